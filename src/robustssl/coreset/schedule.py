@@ -1,0 +1,102 @@
+"""When to select and what to train on: warm-up on the full pool, then a coreset re-selected
+every `every` epochs. The schedule is run state: it is checkpointed and restored, so a run
+resumed after a selection trains on the same subset.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..config import CoresetConfig
+from ..data.dataset import ImageDataset
+from .selectors import Selection, build_selector
+
+
+class CoresetSchedule:
+    """Owns the training pool (all positions minus the validation split), the budget and the current coreset.
+
+    Positions are row indices into the training ImageDataset.
+    """
+
+    def __init__(self, cfg: CoresetConfig, epochs: int, n: int, batch_size: int, seed: int) -> None:
+        self.cfg, self.epochs, self.batch_size = cfg, epochs, batch_size
+        g = torch.Generator().manual_seed(seed + 7919)
+        perm = torch.randperm(n, generator=g)
+        n_val = max(1, round(cfg.val_fraction * n)) if cfg.method == "rcs" else 0
+        # The validation split is removed from the pool: it is never trained on.
+        self.val = perm[:n_val].sort().values
+        self.pool = perm[n_val:].sort().values
+        self.selector = build_selector(cfg, seed)
+        self.current: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
+        self.selected_at = -1
+        self.selections: list[dict[str, Any]] = []
+
+    # --- budget -------------------------------------------------------------------------
+    def budget(self) -> int:
+        """Number of selected units: samples, or whole batches when coreset.unit=batch."""
+        if self.cfg.unit == "batch":
+            return max(1, round(self.cfg.fraction * (len(self.pool) // self.batch_size)))
+        return max(1, round(self.cfg.fraction * len(self.pool)))
+
+    def coreset_size(self) -> int:
+        """Images in a coreset (the real fraction is this over len(pool))."""
+        return self.budget() * self.batch_size if self.cfg.unit == "batch" else self.budget()
+
+    def uses_coreset(self, epoch: int) -> bool:
+        return self.cfg.method != "full" and epoch >= self.cfg.warmup_epochs
+
+    def is_selection_epoch(self, epoch: int) -> bool:
+        return self.uses_coreset(epoch) and (epoch - self.cfg.warmup_epochs) % self.cfg.every == 0
+
+    def steps_per_epoch_bound(self) -> int:
+        return len(self.pool) // self.batch_size
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (the lr schedule spans exactly these)."""
+        full = len(self.pool) // self.batch_size
+        core = self.coreset_size() // self.batch_size
+        return sum(core if self.uses_coreset(e) else full for e in range(self.epochs))
+
+    # --- the hook the trainer calls -------------------------------------------------------
+    def positions_for_epoch(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageDataset) -> torch.Tensor:
+        """The positions to train on in `epoch`, selecting a new coreset first when one is due."""
+        if not self.uses_coreset(epoch):
+            return self.pool
+        if self.current is None or (self.is_selection_epoch(epoch) and self.selected_at != epoch):
+            self.select(epoch, model, method, data)
+        assert self.current is not None
+        return self.current
+
+    def select(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageDataset) -> Selection:
+        start = time.perf_counter()
+        sel = self.selector.select(model, method, data, self.pool, self.val, self.budget(), self.batch_size)
+        seconds = time.perf_counter() - start
+        self.current, self.weights, self.selected_at = sel.positions.cpu(), sel.weights, epoch
+        self.selections.append({"epoch": epoch, "seconds": seconds, "size": int(sel.positions.numel())})
+        return sel
+
+    # --- state ------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.cfg.method, "fraction_requested": self.cfg.fraction, "unit": self.cfg.unit,
+            "pool_size": len(self.pool), "validation_size": len(self.val), "coreset_size": self.coreset_size(),
+            "fraction_real": self.coreset_size() / max(1, len(self.pool)), "warmup_epochs": self.cfg.warmup_epochs,
+            "every": self.cfg.every, "n_selections": len(self.selections),
+            "selection_seconds": sum(s["seconds"] for s in self.selections), "selections": self.selections,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "val": self.val, "pool": self.pool, "current": self.current, "weights": self.weights,
+            "selected_at": self.selected_at, "selections": self.selections, "selector": self.selector.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not torch.equal(state["val"], self.val) or not torch.equal(state["pool"], self.pool):
+            raise RuntimeError("the checkpoint's validation split differs from this configuration's; resume with the run's own config")
+        self.current, self.weights = state["current"], state["weights"]
+        self.selected_at, self.selections = state["selected_at"], list(state["selections"])
+        self.selector.load_state_dict(state["selector"])

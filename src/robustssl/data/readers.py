@@ -1,0 +1,356 @@
+"""Readers for the real on-disk formats of the supported datasets.
+
+Every reader returns an :class:`ImageDataset` whose images are uint8 [N, C, H, W],
+labels int64 [N] (or None) and indices int64 [N] = 0..N-1. Problems with the files
+raise :class:`DatasetError`, whose message names the file, what is wrong and the fix.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robustssl.data.dataset import ImageDataset
+
+__all__ = ["DatasetError", "read_idx", "read_cifar", "read_stl10", "read_image_folder", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: uint8 data, 3 dims (N, H, W)
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: uint8 data, 1 dim (N,)
+_IDX_FIX = (
+    "Re-download the file (for Fashion-MNIST from the Debian package: "
+    "`apt-get install --reinstall -y dataset-fashion-mnist`)."
+)
+_STL_SIZE = 96
+_STL_DEFAULT_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+# Pillow modes that hold one channel; every other mode is decoded as RGB.
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+class DatasetError(Exception):
+    """A dataset cannot be read; the message names the file/folder, the problem and the fix."""
+
+
+def _make_dataset(
+    images: np.ndarray, labels: np.ndarray | None, name: str, split: str, classes: Sequence[str]
+) -> ImageDataset:
+    """Wrap uint8 [N, C, H, W] images and integer [N] labels into an ImageDataset."""
+    n = images.shape[0]
+    return ImageDataset(
+        images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+        labels=None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+        indices=torch.arange(n, dtype=torch.int64),
+        name=name,
+        split=split,
+        classes=list(classes),
+    )
+
+
+def _require_file(path: Path, fix: str) -> None:
+    if not path.is_file():
+        raise DatasetError(f"Missing file {path}. {fix}")
+
+
+# ---------------------------------------------------------------- idx (MNIST, Fashion-MNIST)
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    """Whole file content, gunzipped when it starts with the gzip magic (extension ignored)."""
+    _require_file(path, _IDX_FIX)
+    raw = path.read_bytes()
+    if not raw.startswith(_GZIP_MAGIC):
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as err:
+        raise DatasetError(f"{path} is a corrupt or truncated gzip file ({err}). {_IDX_FIX}") from err
+
+
+def _parse_idx(path: Path, magic: int, what: str) -> np.ndarray:
+    """Parse an idx file of uint8 data; returns an array shaped by its header dims."""
+    data = _read_maybe_gzip(path)
+    if len(data) < 4:
+        raise DatasetError(f"{path} is truncated: {len(data)} bytes, too short for an idx header. {_IDX_FIX}")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DatasetError(
+            f"{path} is not an idx {what} file: magic number {found}, expected {magic}. "
+            f"The file is corrupt or the images/labels files are swapped. {_IDX_FIX}"
+        )
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path} is truncated inside its idx header. {_IDX_FIX}")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(data) != expected:
+        raise DatasetError(
+            f"{path} is corrupt or truncated: header says dims {dims} ({expected} bytes) "
+            f"but the (decompressed) file has {len(data)} bytes. {_IDX_FIX}"
+        )
+    # copy: frombuffer views are read-only and torch wants writable memory
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def read_idx(
+    images_path: str | Path,
+    labels_path: str | Path,
+    name: str,
+    split: str,
+    classes: Sequence[str] | None = None,
+) -> ImageDataset:
+    """Read an MNIST-style idx pair (gzip or raw, detected from the magic bytes).
+
+    Returns images uint8 [N, 1, H, W] and labels int64 [N]. `classes` defaults to
+    the label values as strings ("0", "1", ...).
+    """
+    images_path, labels_path = Path(images_path), Path(labels_path)
+    images = _parse_idx(images_path, _IDX_IMAGES_MAGIC, "images")
+    labels = _parse_idx(labels_path, _IDX_LABELS_MAGIC, "labels")
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"{images_path} holds {images.shape[0]} images but {labels_path} holds {labels.shape[0]} labels: "
+            f"the two files come from different splits or one is damaged. {_IDX_FIX}"
+        )
+    if classes is None:
+        classes = [str(c) for c in range(int(labels.max(initial=0)) + 1)]
+    return _make_dataset(images[:, None], labels, name, split, classes)
+
+
+# ---------------------------------------------------------------- CIFAR-10 / CIFAR-100
+
+_CIFAR_LAYOUT = {
+    # which: (folder, {split: batch files}, label key, meta file, class-names key)
+    "cifar10": (
+        "cifar-10-batches-py",
+        {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+        b"labels",
+        "batches.meta",
+        b"label_names",
+    ),
+    "cifar100": (
+        "cifar-100-python",
+        {"train": ["train"], "test": ["test"]},
+        b"fine_labels",
+        "meta",
+        b"fine_label_names",
+    ),
+}
+
+
+def _cifar_folder(root: Path, folder: str) -> Path:
+    """Accept both the parent folder and the extracted folder itself as `root`."""
+    return root if root.name == folder else root / folder
+
+
+def _load_pickle(path: Path, keys: Sequence[bytes], fix: str) -> dict:
+    """Unpickle a CIFAR dict (trusted official files only) and check it has `keys`."""
+    _require_file(path, fix)
+    try:
+        with path.open("rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise DatasetError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}). {fix}") from err
+    missing = [k.decode() for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise DatasetError(f"{path} is not a CIFAR python batch: missing keys {missing}. {fix}")
+    return obj
+
+
+def read_cifar(root: str | Path, which: str, split: str) -> ImageDataset:
+    """Read CIFAR-10/100 from the official python-pickle layout.
+
+    `root` is the folder holding `cifar-10-batches-py/` (or `cifar-100-python/`), or that
+    folder itself. Returns images uint8 [N, 3, 32, 32] (N = 50000 train, 10000 test),
+    labels int64 [N] (CIFAR-100: the 100 fine labels) and the class names.
+
+    Security: the files are Python pickles, and unpickling can execute arbitrary code.
+    Only read files you trust, e.g. the official archive whose md5 was verified.
+    """
+    if which not in _CIFAR_LAYOUT:
+        raise DatasetError(f"Unknown CIFAR variant {which!r}; use one of {sorted(_CIFAR_LAYOUT)}.")
+    if split not in ("train", "test"):
+        raise DatasetError(f"{which} has no split {split!r}; use 'train' or 'test'.")
+    folder_name, split_files, label_key, meta_file, names_key = _CIFAR_LAYOUT[which]
+    folder = _cifar_folder(Path(root), folder_name)
+    fix = f"Re-extract the official {which} archive so that {folder} holds its files (or use download=True)."
+    batches = [_load_pickle(folder / fname, (b"data", label_key), fix) for fname in split_files[split]]
+    images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
+    if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or images.shape[0] != labels.shape[0]:
+        raise DatasetError(
+            f"{folder}: {split} batches hold data of shape {images.shape} and {labels.shape[0]} labels; "
+            f"expected [N, 3072] and N labels. {fix}"
+        )
+    meta = _load_pickle(folder / meta_file, (names_key,), fix)
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+    return _make_dataset(images.reshape(-1, 3, 32, 32), labels, which, split, classes)
+
+
+# ---------------------------------------------------------------- STL-10
+
+
+def _stl_images(path: Path, fix: str) -> np.ndarray:
+    """STL-10 *_X.bin -> uint8 [N, 3, 96, 96] (the file stores each channel column-major)."""
+    _require_file(path, fix)
+    flat = np.fromfile(path, dtype=np.uint8)
+    per_image = 3 * _STL_SIZE * _STL_SIZE
+    if flat.size == 0 or flat.size % per_image:
+        raise DatasetError(
+            f"{path} is corrupt or truncated: {flat.size} bytes is not a positive multiple of {per_image} "
+            f"(one 3x96x96 image). {fix}"
+        )
+    # stored as [N, C, W, H]; swapping the last two axes gives row-major [N, C, H, W]
+    return flat.reshape(-1, 3, _STL_SIZE, _STL_SIZE).transpose(0, 1, 3, 2)
+
+
+def _stl_labels(path: Path, n: int, fix: str) -> np.ndarray:
+    """STL-10 *_y.bin (uint8, classes 1..10) -> int64 [N] in 0..9."""
+    _require_file(path, fix)
+    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64)
+    if labels.shape[0] != n or labels.min(initial=1) < 1:
+        raise DatasetError(
+            f"{path} is corrupt: {labels.shape[0]} labels for {n} images (labels must be 1..10). {fix}"
+        )
+    return labels - 1
+
+
+def _stl_classes(path: Path) -> list[str]:
+    # class_names.txt ships with the archive; fall back to the published names if it was lost
+    if not path.is_file():
+        return list(_STL_DEFAULT_CLASSES)
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_stl10(root: str | Path, split: str) -> ImageDataset:
+    """Read STL-10 from the official binary layout `root/stl10_binary/*.bin`.
+
+    `root` is the folder holding `stl10_binary/`, or that folder itself. Returns images
+    uint8 [N, 3, 96, 96] (N = 5000 train, 8000 test, 100000 unlabeled), labels int64 [N]
+    in 0..9, or None for the 'unlabeled' split.
+    """
+    if split not in ("train", "test", "unlabeled"):
+        raise DatasetError(f"stl10 has no split {split!r}; use 'train', 'test' or 'unlabeled'.")
+    root = Path(root)
+    folder = root if root.name == "stl10_binary" else root / "stl10_binary"
+    fix = f"Re-extract the official STL-10 archive so that {folder} holds its .bin files (or use download=True)."
+    images = _stl_images(folder / f"{split}_X.bin", fix)
+    labels = None if split == "unlabeled" else _stl_labels(folder / f"{split}_y.bin", images.shape[0], fix)
+    return _make_dataset(images, labels, "stl10", split, _stl_classes(folder / "class_names.txt"))
+
+
+# ---------------------------------------------------------------- ImageFolder
+
+
+def _import_pil():
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise DatasetError("Reading an image folder needs Pillow: run `pip install pillow`.") from err
+    return Image
+
+
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Sorted class folders and the (file, class id) pairs under them, files sorted."""
+    if not root.is_dir():
+        raise DatasetError(f"Image folder {root} does not exist. Create it as {root}/<class name>/<image files>.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root} has no class subfolders; expected {root}/<class name>/<image files>.")
+    samples = []
+    for label, cls in enumerate(classes):
+        files = sorted(
+            p for p in (root / cls).iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not files:
+            raise DatasetError(
+                f"Class folder {root / cls} holds no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                "Add images or remove the folder."
+            )
+        samples.extend((f, label) for f in files)
+    return classes, samples
+
+
+def _probe(Image, path: Path) -> tuple[int, tuple[int, int]]:
+    """(channels, (width, height)) read from the image header only."""
+    try:
+        with Image.open(path) as img:
+            return (1 if img.mode in _GRAY_MODES else 3), img.size
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"Cannot read image {path} ({err}). Replace or delete the file.") from err
+
+
+def _decide_channels(found: list[int], channels: int | None) -> int:
+    if channels is not None:
+        if channels not in (1, 3):
+            raise DatasetError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
+        return channels
+    # majority wins; a tie goes to RGB because gray -> RGB loses nothing
+    return 1 if found.count(1) > found.count(3) else 3
+
+
+def _decide_size(sizes: list[tuple[int, int]], files: list[Path], image_size: int | None) -> tuple[int, int]:
+    """Target (width, height): the common size, or image_size x image_size when given."""
+    if image_size is not None:
+        if image_size <= 0:
+            raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}.")
+        return image_size, image_size
+    for size, path in zip(sizes, files):
+        if size != sizes[0]:
+            raise DatasetError(
+                f"Images differ in size: {files[0]} is {sizes[0][0]}x{sizes[0][1]} but {path} is "
+                f"{size[0]}x{size[1]} (width x height). Pass image_size (data.image_size=...) to resize all images."
+            )
+    return sizes[0]
+
+
+def _decode(Image, path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    """Decode one file to uint8 [H, W, C] in `mode`, resized to `size` if it differs."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)  # RGBA -> RGB drops alpha; RGB -> L uses ITU-R 601 luma
+            if img.size != size:
+                # bilinear; Pillow widens the filter when shrinking, so it antialiases
+                img = img.resize(size, Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"Cannot decode image {path} ({err}). Replace or delete the file.") from err
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_image_folder(
+    root: str | Path,
+    split_name: str,
+    image_size: int | None = None,
+    channels: int | None = None,
+    name: str = "imagefolder",
+) -> ImageDataset:
+    """Read an ImageFolder tree `root/<class>/<image files>` decoded with Pillow.
+
+    Classes are the subfolders sorted by name (label = position); files are sorted
+    within a class. Returns images uint8 [N, C, H, W] and labels int64 [N].
+    Sizes: all images must share one size unless `image_size` is given, which resizes
+    every image to image_size x image_size with bilinear resampling (aspect not kept).
+    Channels: `channels` (1 or 3) if given, else the mode of the majority of images
+    (ties -> RGB); the others are converted.
+    """
+    Image = _import_pil()
+    root = Path(root)
+    classes, samples = _list_image_folder(root)
+    files = [f for f, _ in samples]
+    probes = [_probe(Image, f) for f in files]
+    c = _decide_channels([p[0] for p in probes], channels)
+    width, height = _decide_size([p[1] for p in probes], files, image_size)
+    images = np.empty((len(files), height, width, c), dtype=np.uint8)
+    for i, path in enumerate(files):
+        images[i] = _decode(Image, path, "L" if c == 1 else "RGB", (width, height))
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    return _make_dataset(images.transpose(0, 3, 1, 2), labels, name, split_name, classes)

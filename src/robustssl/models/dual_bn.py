@@ -1,0 +1,90 @@
+"""Dual BatchNorm (ACL's "dual stream"): one BN for natural inputs, one for adversarial.
+
+The branch is model state switched by a context manager, not an argument threaded through
+every forward call:
+
+    with bn_branch(model, "pgd"):
+        z_adv = model(x_adv)
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+BRANCHES = ("normal", "pgd")
+
+
+class DualBatchNorm(nn.Module):
+    """Two BatchNorms of the same shape; `self.branch` picks which one a forward uses."""
+
+    def __init__(self, num_features: int, dims: int = 2) -> None:
+        super().__init__()
+        bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        self.normal = bn(num_features)
+        self.pgd = bn(num_features)
+        self.branch = "normal"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pgd(x) if self.branch == "pgd" else self.normal(x)
+
+
+def make_bn(num_features: int, dual: bool, dims: int = 2) -> nn.Module:
+    """A BatchNorm layer: dual (two branches) or plain."""
+    if dual:
+        return DualBatchNorm(num_features, dims)
+    return nn.BatchNorm2d(num_features) if dims == 2 else nn.BatchNorm1d(num_features)
+
+
+def has_dual_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, DualBatchNorm) for m in model.modules())
+
+
+def current_branch(model: nn.Module) -> str | None:
+    """The branch the model's dual BNs use now (None when it has no dual BN)."""
+    for m in model.modules():
+        if isinstance(m, DualBatchNorm):
+            return m.branch
+    return None
+
+
+def set_bn_branch(model: nn.Module, branch: str) -> None:
+    """Route every DualBatchNorm of `model` to `branch` ('normal' or 'pgd'); no-op without dual BN."""
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown BN branch {branch!r}; valid: {', '.join(BRANCHES)}")
+    for m in model.modules():
+        if isinstance(m, DualBatchNorm):
+            m.branch = branch
+
+
+@contextmanager
+def bn_branch(model: nn.Module, branch: str | None) -> Iterator[None]:
+    """Use `branch` inside the block and restore the previous branch after (None: leave as is)."""
+    previous = current_branch(model)
+    if branch is None or previous is None:
+        yield
+        return
+    set_bn_branch(model, branch)
+    try:
+        yield
+    finally:
+        set_bn_branch(model, previous)
+
+
+@contextmanager
+def model_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
+    """Put the model in 'train' or 'eval' mode inside the block and restore each module's flag after."""
+    if mode is None:
+        yield
+        return
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be 'train', 'eval' or None, got {mode!r}")
+    flags = [(m, m.training) for m in model.modules()]
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag

@@ -1,0 +1,91 @@
+"""The model every method trains: input normalization -> backbone -> projector.
+
+Inputs are images in [0, 1]; normalization lives inside the model so attacks and
+evaluation always work in pixel space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .cnn import SmallCNN
+from .heads import mlp_projector
+from .resnet import ResNet18
+
+ARCHS = ("resnet18", "cnn")
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class SSLModel(nn.Module):
+    """Encoder (normalize + backbone) with a projector.
+
+    features(x): [B, C, H, W] in [0,1] -> [B, feature_dim]  (the representation evaluated)
+    forward(x):  [B, C, H, W] in [0,1] -> [B, proj_dim]      (projector output, not normalized)
+    The BN branch of dual-BN models is chosen with `robustssl.models.bn_branch`.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.backbone = backbone
+        self.projector = projector
+        self.feature_dim: int = backbone.feature_dim  # type: ignore[assignment]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.features(x))
+
+    def head(self) -> nn.Linear:
+        """The projector's last Linear layer (what coreset selection differentiates)."""
+        linears = [m for m in self.projector.modules() if isinstance(m, nn.Linear)]
+        return linears[-1]
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights of normalize + backbone only (what is exported and evaluated)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("projector.")}
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model's architecture (stored with every export)."""
+
+    arch: str = "resnet18"
+    width: int = 64
+    stem: str = "cifar"
+    dual_bn: bool = False
+    in_channels: int = 3
+    proj_hidden: int = 512
+    proj_out: int = 128
+    proj_layers: int = 2
+    proj_bn: bool = True
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+
+def build_model(spec: ModelSpec) -> SSLModel:
+    """Build the SSL model described by `spec` (ResNet-18 with width multiplier or the small CNN)."""
+    if len(spec.mean) != spec.in_channels or len(spec.std) != spec.in_channels:
+        raise ValueError(f"normalization mean/std have {len(spec.mean)}/{len(spec.std)} values for {spec.in_channels} input channels")
+    if spec.arch == "resnet18":
+        backbone: nn.Module = ResNet18(spec.in_channels, spec.width, spec.dual_bn, spec.stem)
+    elif spec.arch == "cnn":
+        backbone = SmallCNN(spec.in_channels, spec.width, spec.dual_bn)
+    else:
+        raise ValueError(f"unknown model.arch {spec.arch!r}; valid: {', '.join(ARCHS)}")
+    projector = mlp_projector(
+        backbone.feature_dim, spec.proj_hidden, spec.proj_out, spec.proj_layers, spec.dual_bn, spec.proj_bn  # type: ignore[arg-type]
+    )
+    return SSLModel(backbone, projector, tuple(spec.mean), tuple(spec.std))

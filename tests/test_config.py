@@ -1,0 +1,40 @@
+import pytest
+
+from robustssl.config import ConfigError, from_dict, load_config, to_dict
+
+
+def test_recipes_load_and_overrides_apply():
+    cfg = load_config("acl_fmnist_cpu", ["optim.lr=0.25", "eval.attacks=[pgd20]", "data.train_subset=null"])
+    assert cfg.optim.lr == 0.25 and cfg.eval.attacks == ["pgd20"] and cfg.data.train_subset is None
+    assert cfg.method.name == "acl" and cfg.model.dual_bn
+    assert load_config("acl_cifar10").optim.name == "lars"
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lrr=1", "valid keys here: optim.name, optim.lr"),
+        ("optimizer.lr=1", "valid sections: data, model"),
+        ("optim.lr=fast", "optim.lr: expected a number"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("method.name=byol", "choose one of: simclr, acl"),
+        ("eval.attacks=[pgd20, cw]", "choose from: pgd20, autoattack"),
+        ("augment.crop_scale=[0.9, 0.1]", "augment.crop_scale"),
+        ("coreset.fraction=0", "coreset.fraction"),
+        ("train.epochs=1.5", "train.epochs: expected an integer"),
+        ("noequals", "section.key=value"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_fix(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config("acl_fmnist_cpu", [override])
+
+
+def test_unknown_yaml_key_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {arch: cnn, widht: 8}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.widht'.*model.width"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="bundled recipe: .*acl_fmnist_cpu"):
+        load_config(tmp_path / "nope.yaml")
