@@ -9,6 +9,7 @@ def test_recipes_load_and_overrides_apply():
     assert cfg.method.name == "acl" and cfg.model.dual_bn
     assert load_config("acl_cifar10").optim.name == "lars"
     assert from_dict(to_dict(cfg)) == cfg
+    assert load_config("acl_fmnist_cpu", ["optim.lr=1e-3"]).optim.lr == 1e-3  # YAML 1.1 reads this as a string
 
 
 @pytest.mark.parametrize(

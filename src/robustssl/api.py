@@ -1,0 +1,67 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from .config import RunConfig, from_dict, load_config
+from .data import load_dataset
+from .models import load_encoder
+from .train.trainer import CONFIG, ENCODER, SUMMARY, RunResult, load_train_set, resolve_device
+from .train.trainer import pretrain as _pretrain
+
+
+def pretrain(config: str | Path | RunConfig | None, out: str | Path, overrides: list[str] | None = None, resume: bool = False) -> RunResult:
+    """Pretrain an encoder. `config`: a YAML path, a bundled recipe name, or a RunConfig
+    (None with resume=True: the run's own config). Writes checkpoint.pt, metrics.jsonl,
+    encoder.safetensors and run.json into `out`."""
+    if resume:
+        saved = Path(out) / CONFIG
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} does not exist; start the run without --resume")
+        if overrides:
+            raise ValueError("--resume continues the same run: key=value overrides are not allowed")
+        cfg = from_dict(yaml.safe_load(saved.read_text()))
+    elif isinstance(config, RunConfig):
+        cfg = from_dict(_as_dict(config), overrides)
+    else:
+        cfg = load_config(config, overrides)
+    return _pretrain(cfg, out, resume=resume)
+
+
+def _as_dict(cfg: RunConfig) -> dict[str, Any]:
+    from .config import to_dict
+
+    return to_dict(cfg)
+
+
+def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a robustssl run (no {CONFIG}); pass the --out folder of `robustssl pretrain`")
+    return from_dict(yaml.safe_load(path.read_text()), overrides)
+
+
+def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None) -> dict[str, Any]:
+    """Evaluate a run's encoder with its config's `eval` section (plus overrides); writes
+    report.json, report.md and robustness_curve.png into the run folder and returns the report."""
+    from .eval import evaluate_encoder, write_report
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    device = resolve_device(cfg.train.device)
+    model, _ = load_encoder(run_dir / ENCODER, device=str(device))
+    train = load_train_set(cfg)
+    test = load_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download)
+    torch.manual_seed(cfg.eval.seed)
+    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch)
+    extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name}
+    summary = run_dir / SUMMARY
+    if summary.is_file():
+        extra["training"] = json.loads(summary.read_text())
+    write_report(report, run_dir, extra=extra)
+    return report
