@@ -100,9 +100,11 @@ class CoresetConfig:
     rd_eps: float = 8 / 255
     rd_alpha: float = 8 / 255 / 3
     rd_steps: int = 3
-    eta: float = 0.01
-    refresh_every: int = 1
-    sketch_dim: int = 0  # 0: the full flattened head gradient
+    eta: float = 0.01  # the simulated head step of the greedy loop
+    refresh_every: int = 1  # re-evaluate g_val every r picks (1: after every pick, as in the paper)
+    sketch_dim: int = 0  # 0: score with the full flattened head gradient; k: a seeded random projection to k dims
+    candidate_attack_steps: int | None = None  # attack steps for candidate losses (None: the method's own)
+    candidate_fraction: float = 1.0  # score a seeded random share of the candidates (1.0: all, as in the paper)
 
 
 @dataclass
@@ -161,10 +163,11 @@ POSITIVE = {
 NON_NEGATIVE = {
     "attack.eps", "attack.alpha", "attack.steps", "optim.momentum", "optim.weight_decay", "optim.trust_coef",
     "optim.warmup_epochs", "train.checkpoint_every_steps", "train.checkpoint_every_epochs", "coreset.warmup_epochs",
-    "coreset.rd_eps", "coreset.rd_alpha", "coreset.rd_steps", "coreset.eta", "coreset.sketch_dim", "eval.eps",
+    "coreset.rd_eps", "coreset.rd_alpha", "coreset.rd_steps", "coreset.eta", "coreset.sketch_dim",
+    "coreset.candidate_attack_steps", "eval.eps",
     "eval.pgd_alpha", "eval.alf_steps", "train.seed", "eval.seed",
 }
-UNIT_INTERVAL = {"augment.jitter_p", "augment.grayscale_p", "coreset.fraction", "coreset.val_fraction"}
+UNIT_INTERVAL = {"augment.jitter_p", "augment.grayscale_p", "coreset.fraction", "coreset.val_fraction", "coreset.candidate_fraction"}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -245,7 +248,7 @@ def _validate(cfg: RunConfig) -> None:
         if flat[key] is not None and flat[key] <= 0:
             raise ConfigError(f"{key} must be > 0, got {flat[key]}")
     for key in NON_NEGATIVE:
-        if flat[key] < 0:
+        if flat[key] is not None and flat[key] < 0:
             raise ConfigError(f"{key} must be >= 0, got {flat[key]}")
     for key in UNIT_INTERVAL:
         if not 0.0 <= flat[key] <= 1.0:

@@ -25,10 +25,11 @@ class Selection:
 
 
 def units_to_positions(pool: torch.Tensor, picks: torch.Tensor, unit: str, batch_size: int, order: torch.Tensor | None = None) -> torch.Tensor:
-    """Map picked units to positions. For unit=batch, unit i is the i-th batch of `order` (a permutation of pool)."""
-    if unit == "sample":
-        return pool[picks]
+    """Map picked units to positions: unit i is the i-th sample, or the i-th batch, of `order`
+    (a permutation of pool; the pool itself when None)."""
     order = pool if order is None else order
+    if unit == "sample":
+        return order[picks]
     rows = picks[:, None] * batch_size + torch.arange(batch_size)[None, :]
     return order[rows.flatten()]
 

@@ -1,0 +1,74 @@
+"""Candidate gradient embeddings: the gradient of the method's own training loss w.r.t. the
+head, one row per candidate (a minibatch, or a sample), full or randomly projected.
+
+Never the mean over output units: for a softmax/CE head that mean is identically zero
+(the RCS code's compressed-gradient defect).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data.dataset import ImageDataset
+from .head import HeadView, only_head_trainable
+
+
+def _batch_gradient(model: torch.nn.Module, method: Any, x: torch.Tensor, view: HeadView) -> torch.Tensor:
+    grads = torch.autograd.grad(method.training_loss(model, x), view.params)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _per_sample_gradients(model: torch.nn.Module, method: Any, x: torch.Tensor, view: HeadView) -> torch.Tensor:
+    """[B, dim]: each image's share of the gradient of the summed loss (the rows sum to it exactly).
+
+    A head forward's row r belongs to image r % B (methods stack views view-major). The head
+    weight's gradient is sum_r delta_r h_r^T, so image i's share is the sum over its rows.
+    """
+    b = x.shape[0]
+    with view.capture() as calls:
+        loss = method.training_loss(model, x) * b
+    outs = [out for _, out in calls]
+    deltas = torch.autograd.grad(loss, outs, allow_unused=True)
+    per = torch.zeros(b, view.dim, device=x.device)
+    for (h, out), delta in zip(calls, deltas):
+        if delta is None:  # forwards the loss does not depend on (the attack's)
+            continue
+        if out.shape[0] % b:
+            raise ValueError(f"head forward of {out.shape[0]} rows for {b} images: sample units need view-major batches")
+        owner = torch.arange(out.shape[0], device=x.device) % b
+        rows = torch.einsum("ro,ri->roi", delta, h).reshape(out.shape[0], -1)
+        if view.head.bias is not None:
+            rows = torch.cat([rows, delta], dim=1)
+        per.index_add_(0, owner, rows)
+    return per
+
+
+def candidate_gradients(
+    model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int
+) -> torch.Tensor:
+    """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
+
+    units: for unit="batch", each entry is one candidate minibatch (positions) and its row is
+    the gradient of that batch's mean loss (what one SGD step on it would use). For
+    unit="sample", each entry is one position; images are run `chunk` at a time (each
+    other's negatives, as in a training batch) and a row is that image's share of the
+    chunk's summed-loss gradient. Runs in the model's current mode; only the head gets gradients.
+    """
+    device = data.images.device
+    with only_head_trainable(model, view):
+        if unit == "batch":
+            return torch.stack([
+                _batch_gradient(model, method, data.images[p.to(device)].float().div_(255), view) for p in units
+            ])
+        flat = torch.stack(units)
+        return torch.cat([
+            _per_sample_gradients(model, method, data.images[flat[s : s + chunk].to(device)].float().div_(255), view)
+            for s in range(0, flat.numel(), chunk)
+        ])
+
+
+def gaussian_sketch(dim: int, sketch_dim: int, seed: int, device: torch.device | str) -> torch.Tensor:
+    """A seeded random projection P [dim, sketch_dim] with E[<xP, yP>] = <x, y>."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(dim, sketch_dim, generator=g) / sketch_dim**0.5).to(device)

@@ -1,0 +1,77 @@
+"""RCS: robustness-aware coreset selection (Xu et al., NeurIPS 2023), label-free.
+
+One selection:
+  1. RD on the validation split: virtual-adversarial PGD on RD itself, head inputs cached.
+  2. Candidate gradients: d(method.training_loss)/d(head) per candidate (batch or sample),
+     the model in eval mode so selection never moves BatchNorm statistics.
+  3. Greedy: pick argmax <g_b, g_val>, one simulated head step of eta, refresh g_val.
+The head is restored (the simulation never touches the model); training on the coreset is
+unweighted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from ..attacks import PGDConfig
+from ..config import CoresetConfig
+from ..data.dataset import ImageDataset
+from ..models import has_dual_bn, model_mode
+from .divergence import ValidationRD
+from .embeddings import candidate_gradients, gaussian_sketch
+from .greedy import greedy_select
+from .head import HeadView
+from .selectors import Selection, units_to_positions
+
+
+class RCSSelector:
+    def __init__(self, cfg: CoresetConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed + 15485863)
+        self.rd_attack = PGDConfig(cfg.rd_eps, cfg.rd_alpha, cfg.rd_steps, "linf", True)
+        self.last: dict[str, Any] = {}
+
+    def candidate_units(self, pool: torch.Tensor, batch_size: int, budget: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Candidates: minibatches of a fresh seeded shuffle of the pool, or single samples;
+        with candidate_fraction < 1, the first share of them (never fewer than the budget)."""
+        order = pool[torch.randperm(len(pool), generator=self.generator)]
+        if self.cfg.unit == "sample":
+            units = list(order.unbind())
+        else:
+            units = [order[i * batch_size : (i + 1) * batch_size] for i in range(len(order) // batch_size)]
+        keep = max(budget, math.ceil(self.cfg.candidate_fraction * len(units)))
+        return units[:keep], order
+
+    def select(self, model: torch.nn.Module, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+               budget: int, batch_size: int) -> Selection:
+        view = HeadView(model)
+        branch = "pgd" if has_dual_bn(model) else None
+        units, order = self.candidate_units(pool, batch_size, budget)
+        saved_attack = method.attack_cfg
+        if self.cfg.candidate_attack_steps is not None:
+            method.attack_cfg = dataclasses.replace(saved_attack, steps=self.cfg.candidate_attack_steps)
+        try:
+            with model_mode(model, "eval"):
+                x_val = data.images[val.to(data.images.device)].float().div_(255)
+                rd = ValidationRD(model, view, x_val, self.rd_attack, branch)
+                grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size)
+        finally:
+            method.attack_cfg = saved_attack
+        sketch = None
+        if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
+            sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
+        w0 = view.flat()
+        result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
+        self.last = {"rd_before": float(rd.value(w0).detach()), "refreshes": result.refreshes, "candidates": len(units)}
+        positions = units_to_positions(pool, result.picks.cpu(), self.cfg.unit, batch_size, order)
+        return Selection(positions.sort().values, None, result.gains.detach().cpu())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
