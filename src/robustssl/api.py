@@ -65,3 +65,42 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
         extra["training"] = json.loads(summary.read_text())
     write_report(report, run_dir, extra=extra)
     return report
+
+
+def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:
+    """Run one coreset selection from a run's last checkpoint (its config's `coreset` section,
+    plus overrides such as coreset.fraction=0.1); writes and returns indices, gains and time.
+
+    The selection uses the model as checkpointed and does not change the run.
+    """
+    import time
+
+    from .coreset.schedule import CoresetSchedule
+    from .methods import build_method
+    from .models import build_model
+    from .train.checkpoint import load_checkpoint
+    from .train.trainer import CHECKPOINT, model_spec
+
+    run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    if cfg.coreset.method == "full":
+        raise ValueError("coreset.method is 'full' in this run's config: pass coreset.method=rcs (or random) to select")
+    device = resolve_device(cfg.train.device)
+    data = load_train_set(cfg).to(device)
+    model = build_model(model_spec(cfg, data)).to(device)
+    model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
+    method = build_method(cfg, data.image_size, data.num_channels)
+    schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    start = time.perf_counter()
+    sel = schedule.select(0, model, method, data)
+    seconds = time.perf_counter() - start
+    result = {
+        "run": str(run_dir), "coreset": {k: v for k, v in schedule.summary().items() if k != "selections"},
+        "seconds": seconds, "sample_ids": data.indices[sel.positions.to(device)].cpu().tolist(),
+        "gains": None if sel.gains is None else sel.gains.tolist(),
+    }
+    path = Path(out) if out else run_dir / "selection.json"
+    path.write_text(json.dumps(result))
+    result["path"] = str(path)
+    return result
