@@ -31,10 +31,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides.append(f"eval.attacks=[{','.join(_split(args.attacks) or [])}]")
     if args.n_examples is not None:
         overrides.append(f"eval.n_examples={args.n_examples}")
-    from .eval import format_table
+    from .eval.report import format_table, summary_rows
 
     report = api.evaluate(args.run, overrides=overrides, branch=args.branch)
-    print(format_table(report))
+    print(format_table(summary_rows(report)))
     print(f"report: {Path(args.run) / 'report.md'}")
     return 0
 

@@ -114,6 +114,7 @@ class EvalConfig:
     eps: float = 8 / 255
     pgd_alpha: float = 2 / 255
     n_examples: int | None = None  # None: the full test set
+    autoattack_examples: int | None = None  # AutoAttack on the first M of those (None: all of them)
     train_examples: int | None = None  # linear-probe training images (None: the full training split)
     eps_curve: list[float] = field(default_factory=list)  # extra eps values for the robustness curve
     linear_epochs: int = 25
@@ -158,7 +159,7 @@ POSITIVE = {
     "model.width", "model.proj_hidden", "model.proj_out", "model.proj_layers", "method.tau", "optim.lr",
     "optim.batch_size", "train.epochs", "train.log_every_steps", "eval.linear_epochs", "eval.linear_lr",
     "eval.linear_batch_size", "eval.batch_size", "coreset.every", "coreset.refresh_every", "data.train_subset",
-    "eval.n_examples", "eval.train_examples",
+    "eval.n_examples", "eval.train_examples", "eval.autoattack_examples",
 }
 NON_NEGATIVE = {
     "attack.eps", "attack.alpha", "attack.steps", "optim.momentum", "optim.weight_decay", "optim.trust_coef",

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: install everything, then run the test suite (CPU, no network).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+.venv/bin/python -m pytest -q "$@"

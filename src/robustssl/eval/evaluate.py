@@ -1,0 +1,207 @@
+"""Evaluate a frozen encoder: linear probes, clean / PGD / AutoAttack accuracy, eps curve, sanity checks.
+
+    report = evaluate_encoder(model, train, test, cfg, device)
+    write_report(report, "runs/acl/eval")   # report.json, report.md, robustness_curve.png
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import logging
+from importlib import metadata
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..config import EvalConfig
+from ..data.dataset import ImageDataset
+from ..models.dual_bn import has_dual_bn
+from ..models.encoder import SSLModel
+from .classifier import LinearEvalModel, default_branch
+from .linear import train_alf, train_slf
+from .report import write_report
+from .robust import AttackResult, autoattack_accuracy, clean_accuracy, pgd_accuracy
+from .sanity import (
+    LARGE_EPS_MAX_ACCURACY,
+    all_passed,
+    check_attack_order,
+    check_eps_zero,
+    check_large_eps,
+    fgsm_slack,
+    large_eps,
+    large_eps_alpha,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "robustssl.eval/1"
+PGD_STEPS = 20
+TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"slf": train_slf, "alf": train_alf}
+ATTACKS = ("pgd20", "autoattack")
+
+__all__ = ["evaluate_classifier", "evaluate_encoder", "curve_points", "write_report"]
+
+
+def curve_points(cfg: EvalConfig) -> list[float]:
+    """The eps values of the robustness curve: cfg.eps_curve plus 0 and cfg.eps, sorted, unique."""
+    return sorted({0.0, float(cfg.eps), *(float(e) for e in cfg.eps_curve)})
+
+
+def curve_alpha(eps: float, cfg: EvalConfig) -> float:
+    """PGD step for a curve point: cfg.pgd_alpha scaled with eps (alpha/eps fixed), exactly cfg.pgd_alpha at cfg.eps."""
+    if cfg.eps <= 0:
+        return cfg.pgd_alpha
+    return cfg.pgd_alpha * eps / cfg.eps
+
+
+def _test_tensors(test: ImageDataset, n: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n test images as float [n, C, H, W] in [0, 1] and labels int64 [n] (CPU)."""
+    if test.labels is None:
+        raise ValueError(f"{test.name}/{test.split} has no labels; evaluation needs a labelled test split")
+    n = len(test) if n is None else min(n, len(test))
+    if n <= 0:
+        raise ValueError(f"{test.name}/{test.split}: no test images to evaluate on")
+    return test.images[:n].cpu().float().div_(255.0), test.labels[:n].cpu()
+
+
+def _n_classes(train: ImageDataset, test: ImageDataset) -> int:
+    counts = [d.num_classes for d in (train, test) if d.num_classes is not None]
+    if not counts:
+        raise ValueError("neither split has labels; evaluation needs labelled data")
+    return max(counts)
+
+
+def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig) -> dict[str, Any]:
+    """Every accuracy and check for one trained classifier (a `LinearEvalModel`, or any module
+    mapping inputs in [0, 1] to logits; it is run in eval mode).
+
+    x: float [N, C, H, W] in [0, 1]; y: int64 [N]. Runs clean accuracy, the attacks of
+    `cfg.attacks` at cfg.eps (PGD-20 with alpha cfg.pgd_alpha; AutoAttack standard), the
+    PGD-20 curve over `curve_points(cfg)`, and the attacks the sanity checks need (FGSM at
+    cfg.eps, PGD-20 at `large_eps(cfg.eps)`). All in eval mode, fp32, seeded with cfg.seed.
+    """
+    bs, seed = cfg.batch_size, cfg.seed
+    clean = clean_accuracy(model, x, y, bs)
+    log.info("clean accuracy %.4f (%d examples)", clean.accuracy, clean.n_examples)
+    pgd20 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
+    log.info("PGD-20 accuracy %.4f at eps %.4g", pgd20.accuracy, cfg.eps)
+    fgsm = pgd_accuracy(model, x, y, cfg.eps, cfg.eps, 1, random_start=False, seed=seed, batch_size=bs, name="fgsm")
+    aa: AttackResult | None = None
+    n_aa = x.shape[0] if cfg.autoattack_examples is None else min(cfg.autoattack_examples, x.shape[0])
+    if "autoattack" in cfg.attacks:
+        aa = autoattack_accuracy(model, x[:n_aa], y[:n_aa], cfg.eps, seed, batch_size=bs)
+        log.info("AutoAttack accuracy %.4f at eps %.4g on %d examples", aa.accuracy, cfg.eps, n_aa)
+
+    curve: dict[float, AttackResult] = {float(cfg.eps): pgd20}
+    for e in curve_points(cfg):
+        if e not in curve:
+            curve[e] = pgd_accuracy(model, x, y, e, curve_alpha(e, cfg), PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
+    big = large_eps(cfg.eps)
+    large = pgd_accuracy(model, x, y, big, large_eps_alpha(big, PGD_STEPS), PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
+
+    if aa is not None and n_aa < x.shape[0]:  # AutoAttack ran on the first n_aa: compare it on exactly those
+        order = [
+            check_attack_order(clean, pgd20, None, fgsm),
+            check_attack_order(clean.first(n_aa), pgd20.first(n_aa), aa, fgsm.first(n_aa), name="attack_order_autoattack_subset"),
+        ]
+    else:
+        order = [check_attack_order(clean, pgd20, aa, fgsm)]
+    sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large)]
+    requested = {"pgd20": pgd20, "autoattack": aa}
+    if aa is not None and n_aa < x.shape[0]:
+        aa.extra["pgd20_on_same_examples"] = pgd20.first(n_aa).accuracy
+        aa.extra["clean_on_same_examples"] = clean.first(n_aa).accuracy
+    return {
+        "clean": clean.record(),
+        "attacks": [requested[name].record() for name in cfg.attacks if requested.get(name) is not None],
+        "curve": [curve[e].record() for e in sorted(curve)],
+        "sanity_attacks": {"fgsm": fgsm.record(), "large_eps": large.record()},
+        "sanity": sanity,
+        "sanity_passed": all_passed(sanity),
+    }
+
+
+def _split_info(d: ImageDataset, n_used: int, how: str) -> dict[str, Any]:
+    return {"name": d.name, "split": d.split, "n_total": len(d), "n_used": n_used, "selection": how}
+
+
+def _versions() -> dict[str, str]:
+    out = {"torch": torch.__version__}
+    for pkg in ("robustssl", "pyautoattack"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def evaluate_encoder(
+    model: SSLModel,
+    train: ImageDataset,
+    test: ImageDataset,
+    cfg: EvalConfig,
+    device: torch.device | str,
+    branch: str | None = None,
+) -> dict[str, Any]:
+    """Run every protocol of `cfg.protocols` on a frozen copy of `model` and return the report dict.
+
+    train / test: labelled uint8 splits. For each protocol ("slf", "alf") a fresh linear
+    head is trained on `train` (a seeded subset of cfg.train_examples when set), then
+    evaluated on the first cfg.n_examples test images (all when None): clean accuracy,
+    cfg.attacks at cfg.eps, the PGD-20 eps curve, and the sanity checks. The encoder runs
+    in eval mode, fp32, on `branch` ("pgd" for dual-BN encoders when None). `model` itself
+    is not modified (a frozen deep copy is evaluated). See report.py for the schema.
+    """
+    unknown = [p for p in cfg.protocols if p not in TRAINERS] + [a for a in cfg.attacks if a not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown protocol/attack {unknown}; protocols: {', '.join(TRAINERS)}; attacks: {', '.join(ATTACKS)}")
+    device = torch.device(device)
+    n_classes = _n_classes(train, test)
+    x, y = _test_tensors(test, cfg.n_examples)
+    encoder = copy.deepcopy(model).to(device)
+    used_branch = branch if branch is not None else default_branch(encoder)
+
+    protocols: dict[str, Any] = {}
+    for protocol in cfg.protocols:
+        log.info("evaluating protocol %s", protocol.upper())
+        clf = LinearEvalModel(encoder, n_classes, used_branch).to(device)
+        training = TRAINERS[protocol](clf, train, cfg, device)
+        protocols[protocol] = {"training": training, **evaluate_classifier(clf, x, y, cfg)}
+
+    n_train = len(train) if cfg.train_examples is None else min(cfg.train_examples, len(train))
+    subset = x.shape[0] < len(test)
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "encoder": {
+            "feature_dim": int(model.feature_dim),
+            "dual_bn": has_dual_bn(model),
+            "bn_branch": used_branch,
+            "n_classes": n_classes,
+        },
+        "data": {
+            "train": _split_info(train, n_train, "all" if n_train == len(train) else f"seeded random subset (seed {cfg.seed})"),
+            "test": _split_info(test, x.shape[0], "all" if not subset else f"first {x.shape[0]}"),
+        },
+        "test_subset": {"used": subset, "n_examples": int(x.shape[0]), "n_total": len(test)},
+        "settings": {
+            **dataclasses.asdict(cfg),
+            "device": str(device),
+            "pgd_steps": PGD_STEPS,
+            "curve_alpha": "pgd_alpha * eps / cfg.eps (alpha/eps fixed)",
+            "fgsm": {
+                "eps": cfg.eps, "alpha": cfg.eps, "steps": 1, "random_start": False,
+                "pgd_slack_examples": fgsm_slack(int(x.shape[0])),
+            },
+            "large_eps": {
+                "eps": large_eps(cfg.eps), "alpha": large_eps_alpha(large_eps(cfg.eps), PGD_STEPS), "steps": PGD_STEPS,
+                "max_accuracy": LARGE_EPS_MAX_ACCURACY,
+            },
+        },
+        "protocols": protocols,
+        "sanity_passed": all(p["sanity_passed"] for p in protocols.values()),
+        "versions": _versions(),
+        "extra": {},
+    }

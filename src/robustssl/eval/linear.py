@@ -1,0 +1,167 @@
+"""Linear probes on a frozen encoder: SLF (clean features) and ALF (adversarial examples).
+
+Both follow methods.md §7: SGD momentum 0.9, weight decay 2e-4, lr `cfg.linear_lr`, batch
+`cfg.linear_batch_size`, `cfg.linear_epochs` epochs, lr x0.1 at 40 % and 80 % of the
+epochs (epochs 10 and 20 of 25). Only the head is trained; the encoder stays frozen, in
+eval mode, on the model's BN branch.
+
+Deliberate differences from the papers' scripts (listed in the docs):
+- No data augmentation while training the head. SLF computes the features of the training
+  images once and trains the head on them, which makes it seconds instead of minutes; ALF
+  attacks the unaugmented images.
+- Runs are seeded (`cfg.seed`: head initialisation, shuffling, PGD random starts) and repeat
+  exactly on the CPU.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from ..attacks.pgd import PGDConfig, pgd
+from ..config import EvalConfig
+from ..data.dataset import ImageDataset
+from .classifier import LinearEvalModel
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 2e-4
+LR_DECAY = 0.1
+LR_MILESTONES = (0.4, 0.8)  # fractions of the epochs: 10 and 20 of 25
+
+
+def lr_at(epoch: int, base_lr: float, epochs: int) -> float:
+    """Learning rate of 0-based `epoch`: base_lr, x0.1 from 40 % of the epochs, x0.01 from 80 %."""
+    drops = sum(epoch >= round(f * epochs) for f in LR_MILESTONES)
+    return base_lr * LR_DECAY**drops
+
+
+def train_subset(train: ImageDataset, n: int | None, seed: int) -> ImageDataset:
+    """A seeded random subset of `n` training images (the whole split when n is None or >= its size)."""
+    if n is None or n >= len(train):
+        return train
+    g = torch.Generator().manual_seed(seed)
+    positions = torch.randperm(len(train), generator=g)[:n]
+    return train.subset(positions.to(train.images.device))
+
+
+def _labels(train: ImageDataset) -> torch.Tensor:
+    if train.labels is None:
+        raise ValueError(f"{train.name}/{train.split} has no labels; a linear probe needs a labelled training split")
+    return train.labels
+
+
+def _to_unit(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float [B, C, H, W] in [0, 1] on `device`."""
+    return images.to(device).float().div_(255.0)
+
+
+@torch.no_grad()
+def extract_features(model: LinearEvalModel, images: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
+    """Encoder features [N, feature_dim] (on `device`) of uint8 images [N, C, H, W]; eval mode, model's branch."""
+    out = [model.features(_to_unit(images[s : s + batch_size], device)) for s in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def _optimizer(model: LinearEvalModel, cfg: EvalConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.head.parameters(), lr=cfg.linear_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+def _head_step(model: LinearEvalModel, opt: torch.optim.Optimizer, logits: torch.Tensor, y: torch.Tensor) -> float:
+    loss = F.cross_entropy(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.item())
+
+
+def _summary(protocol: str, cfg: EvalConfig, n: int, losses: list[float], seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "protocol": protocol,
+        "epochs": cfg.linear_epochs,
+        "lr": cfg.linear_lr,
+        "lr_milestones": [round(f * cfg.linear_epochs) for f in LR_MILESTONES],
+        "momentum": MOMENTUM,
+        "weight_decay": WEIGHT_DECAY,
+        "batch_size": cfg.linear_batch_size,
+        "train_examples": n,
+        "epoch_loss": losses,
+        "seconds": round(seconds, 3),
+        "augmentation": "none",
+        **extra,
+    }
+
+
+def train_slf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
+    """Standard linear finetuning: train `model.head` on clean features of `train` (uint8 images, labels).
+
+    The features of the (unaugmented) training images, or of a seeded subset of
+    `cfg.train_examples` of them, are computed once through the frozen encoder (eval mode,
+    the model's BN branch, fp32); the head is then trained on them for `cfg.linear_epochs`
+    epochs. The head is re-initialised from `cfg.seed` first. Returns a summary of the
+    training (settings, per-epoch mean loss, seconds).
+    """
+    t0 = time.perf_counter()
+    train = train_subset(train, cfg.train_examples, cfg.seed)
+    labels = _labels(train).to(device)
+    model.to(device)
+    model.reset_head(cfg.seed)
+    feats = extract_features(model, train.images, cfg.batch_size, device)
+    opt = _optimizer(model, cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    model.train()
+    for epoch in range(cfg.linear_epochs):
+        _set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
+        order = torch.randperm(len(train), generator=g).to(device)
+        total = 0.0
+        for s in range(0, len(train), cfg.linear_batch_size):
+            idx = order[s : s + cfg.linear_batch_size]
+            total += _head_step(model, opt, model.logits(feats[idx]), labels[idx]) * idx.numel()
+        losses.append(total / len(train))
+    model.eval()
+    return _summary("slf", cfg, len(train), losses, time.perf_counter() - t0, features="precomputed once (clean)")
+
+
+def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
+    """Adversarial linear finetuning: train `model.head` on PGD examples of the whole model.
+
+    Every batch of (unaugmented, uint8) training images is replaced by its l_inf PGD examples
+    (eps `cfg.eps`, alpha `cfg.pgd_alpha`, `cfg.alf_steps` steps, random start, cross-entropy)
+    against encoder + current head, attacked in eval mode on the model's BN branch; the head
+    takes one SGD step on them. Same optimizer, schedule, subset and seeding as `train_slf`.
+    Returns a summary of the training.
+    """
+    t0 = time.perf_counter()
+    train = train_subset(train, cfg.train_examples, cfg.seed)
+    labels = _labels(train)
+    model.to(device)
+    model.reset_head(cfg.seed)
+    opt = _optimizer(model, cfg)
+    attack = PGDConfig(eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.alf_steps, norm="linf", random_start=True)
+    g = torch.Generator().manual_seed(cfg.seed)
+    attack_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    losses = []
+    model.train()
+    for epoch in range(cfg.linear_epochs):
+        _set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
+        order = torch.randperm(len(train), generator=g)
+        total = 0.0
+        for s in range(0, len(train), cfg.linear_batch_size):
+            idx = order[s : s + cfg.linear_batch_size].to(train.images.device)
+            x, y = _to_unit(train.images[idx], device), labels[idx].to(device)
+            # pgd() switches the model to eval mode for the attack and restores train mode after.
+            x_adv = pgd(model, x, lambda xa: F.cross_entropy(model(xa), y, reduction="sum"), attack, mode="eval", generator=attack_gen)
+            total += _head_step(model, opt, model(x_adv), y) * idx.numel()
+        losses.append(total / len(train))
+    model.eval()
+    return _summary(
+        "alf", cfg, len(train), losses, time.perf_counter() - t0,
+        attack={"norm": "linf", "eps": cfg.eps, "alpha": cfg.pgd_alpha, "steps": cfg.alf_steps, "random_start": True},
+    )

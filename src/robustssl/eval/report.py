@@ -1,0 +1,193 @@
+"""The robustness report of one evaluation: report.json, report.md, robustness_curve.png.
+
+report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
+
+    schema, created                  format tag, UTC time
+    encoder                          feature_dim, dual_bn, bn_branch, n_classes
+    data.train / data.test           name, split, n_total, n_used, selection
+    test_subset                      used (bool), n_examples, n_total
+    settings                         the EvalConfig fields, device, pgd_steps, and the
+                                     FGSM / large-eps attacks the sanity checks run
+    protocols.<slf|alf>
+      training                       optimizer settings, train_examples, epoch_loss, seconds
+      clean                          a record (below) with attack "clean"
+      attacks                        one record per requested attack (pgd20, autoattack)
+      curve                          PGD-20 records over the eps points (0 and eps included)
+      sanity_attacks                 fgsm and large_eps records
+      sanity                         [{name, passed, detail}, ...]
+      sanity_passed                  bool
+    sanity_passed                    all checks of all protocols passed
+    versions                         torch, robustssl, pyautoattack
+    extra                            whatever the caller passed (training time, coreset, ...)
+
+A record: {attack, norm, eps, steps, accuracy, n_examples, seed, seconds, ...} (PGD adds
+alpha and random_start; AutoAttack adds version, sub_attacks and autoattack_warnings).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def fmt_eps(eps: float) -> str:
+    """0.0313725... -> '0.0314 (8/255)'; plain number when eps is not a multiple of 1/255."""
+    k = eps * 255
+    if eps > 0 and abs(k - round(k)) < 1e-6:
+        return f"{eps:.4g} ({round(k)}/255)"
+    return f"{eps:.4g}"
+
+
+def _pct(acc: float) -> str:
+    return f"{100 * acc:.2f}%"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table (columns: the keys of the first row) for the terminal; floats with 4 digits."""
+    if not rows:
+        return "(no rows)"
+    cols = list(rows[0])
+    cells = [[_cell(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+
+    def line(vals: list[str]) -> str:
+        # first column (names) left-aligned, numbers right-aligned
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per protocol: clean and attack accuracies, examples, checks passed."""
+    rows = []
+    for name, p in report["protocols"].items():
+        row: dict[str, Any] = {"protocol": name.upper(), "clean": p["clean"]["accuracy"]}
+        for rec in p["attacks"]:
+            row[rec["attack"]] = rec["accuracy"]
+        row["n_examples"] = p["clean"]["n_examples"]
+        row["eps"] = fmt_eps(report["settings"]["eps"])
+        passed = sum(c["passed"] for c in p["sanity"])
+        row["checks"] = f"{passed}/{len(p['sanity'])} " + ("PASS" if passed == len(p["sanity"]) else "FAIL")
+        rows.append(row)
+    return rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _record_row(rec: dict[str, Any]) -> list[str]:
+    return [
+        rec["attack"], rec["norm"] or "-", fmt_eps(rec["eps"]), str(rec["steps"]),
+        _pct(rec["accuracy"]), str(rec["n_examples"]), "-" if rec["seed"] is None else str(rec["seed"]),
+    ]
+
+
+def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
+    out = [f"## {name.upper()}", ""]
+    t = p["training"]
+    out.append(
+        f"Linear head: {t['epochs']} epochs, lr {t['lr']} (x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), "
+        f"SGD momentum {t['momentum']}, wd {t['weight_decay']}, batch {t['batch_size']}, "
+        f"{t['train_examples']} training images, no augmentation, {t['seconds']:.1f} s."
+    )
+    out.append("")
+    header = ["attack", "norm", "eps", "steps", "accuracy", "examples", "seed"]
+    out += _md_table(header, [_record_row(r) for r in [p["clean"], *p["attacks"]]])
+    for rec in p["attacks"]:
+        if rec.get("autoattack_warnings"):
+            out += ["", "AutoAttack warned: " + " / ".join(rec["autoattack_warnings"])]
+    out += ["", "Robustness curve (PGD-20, random start):", ""]
+    curve_rows = [[fmt_eps(r["eps"]), f"{r['alpha']:.4g}", _pct(r["accuracy"])] for r in p["curve"]]
+    out += _md_table(["eps", "alpha", "accuracy"], curve_rows)
+    out += ["", "Sanity checks:", ""]
+    out += [f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}" for c in p["sanity"]]
+    return out + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: a loud subset / failed-check note, one table per protocol, the checks, the settings."""
+    out = ["# Robustness report", ""]
+    sub = report["test_subset"]
+    if sub["used"]:
+        out += [
+            f"> **WARNING: SUBSET EVALUATION.** Only the first {sub['n_examples']} of {sub['n_total']} test images "
+            "were used. These numbers are not comparable with full-test-set results.",
+            "",
+        ]
+    if not report["sanity_passed"]:
+        out += ["> **WARNING: A SANITY CHECK FAILED** (a sign of gradient masking); the robust accuracies below "
+                "are likely overestimates. See the checks of each protocol.", ""]
+    enc, data, s = report["encoder"], report["data"], report["settings"]
+    out += [
+        f"Encoder: {enc['feature_dim']}-d features, "
+        + (f"dual BN evaluated on the `{enc['bn_branch']}` branch" if enc["dual_bn"] else "single BN")
+        + f"; {enc['n_classes']} classes. Eval mode, fp32, inputs in [0, 1].",
+        f"Train: {data['train']['name']}/{data['train']['split']}, {data['train']['n_used']} of {data['train']['n_total']} "
+        f"({data['train']['selection']}). Test: {data['test']['name']}/{data['test']['split']}, "
+        f"{data['test']['n_used']} of {data['test']['n_total']} ({data['test']['selection']}).",
+        f"Threat model: l_inf, eps {fmt_eps(s['eps'])}; PGD-20 alpha {fmt_eps(s['pgd_alpha'])}; seed {s['seed']}.",
+        "",
+    ]
+    rows = summary_rows(report)
+    if rows:
+        out += _md_table(list(rows[0]), [[_cell(v) for v in r.values()] for r in rows])
+        out.append("")
+    for name, p in report["protocols"].items():
+        out += _protocol_md(name, p)
+    if report.get("extra"):
+        out += ["## Extra", "", "```json", json.dumps(report["extra"], indent=2, default=str), "```", ""]
+    out += ["## Settings", "", "```json", json.dumps(s, indent=2), "```", ""]
+    return "\n".join(out)
+
+
+def plot_robustness_curve(report: dict[str, Any], path: str | Path) -> Path:
+    """PGD-20 accuracy vs eps, one line per protocol, saved as a PNG (Agg canvas, no pyplot state)."""
+    fig = Figure(figsize=(5, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, p in report["protocols"].items():
+        eps = [r["eps"] for r in p["curve"]]
+        acc = [100 * r["accuracy"] for r in p["curve"]]
+        ax.plot(eps, acc, marker="o", label=name.upper())
+    ax.axvline(report["settings"]["eps"], color="gray", linestyle=":", linewidth=1)
+    n = report["test_subset"]["n_examples"]
+    ax.set_xlabel("eps (l_inf, inputs in [0, 1])")
+    ax.set_ylabel("accuracy under PGD-20 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Robustness curve ({n} test images" + (", SUBSET)" if report["test_subset"]["used"] else ")"))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write report.json, report.md and robustness_curve.png into `out_dir` (created if needed).
+
+    `extra` (JSON-serializable, e.g. training time or coreset info) is merged into
+    report["extra"] of the written files; `report` itself is not modified. Returns the paths.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    full = {**report, "extra": {**report.get("extra", {}), **(extra or {})}}
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "curve": out / "robustness_curve.png"}
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(full, indent=2, default=str) + "\n")
+    tmp.replace(paths["json"])
+    paths["markdown"].write_text(render_markdown(full))
+    plot_robustness_curve(full, paths["curve"])
+    return paths

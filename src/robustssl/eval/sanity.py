@@ -1,0 +1,116 @@
+"""Sanity checks that catch gradient masking (methods.md §7).
+
+Each check returns {"name", "passed", "detail"}. A failed check is warned about
+(`SanityCheckWarning`, through `warnings`, and logged) and recorded in the report; it is
+never raised and never hidden.
+
+- eps_zero: PGD at eps=0 gives exactly the clean per-example flags (same examples). A
+  difference means the model is randomized or the attack pipeline changes the inputs.
+- attack_order: AutoAttack <= PGD-20 <= FGSM <= clean, on accuracies, with tolerance 0,
+  except PGD-20 <= FGSM, which allows one example or 1 % (`FGSM_SLACK_PERCENT`), whichever is
+  larger: on a nearly linear model the single full-size FGSM step can beat a random-start
+  PGD on a handful of examples (and GPU runs vary by an example); masking shows as PGD
+  well above FGSM. A stronger attack scoring higher than a weaker one means the gradients
+  mislead the stronger attack.
+- large_eps: PGD-20 at a large radius (`large_eps(eps)`, 0.5 by default) must drive the
+  accuracy to at most `LARGE_EPS_MAX_ACCURACY` (0.1). At eps=0.5 every image of [0, 1]^d
+  lies within reach of the constant mid-gray image, which carries no class information, so
+  a working attack can always get to chance level or below; an honest PGD on a
+  differentiable model gets close to 0. 0.1 is chance for 10 classes and leaves room for
+  the few examples 20 steps do not move. Accuracy above it at that radius means the
+  attack is not getting useful gradients.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from .robust import AttackResult
+
+log = logging.getLogger(__name__)
+
+LARGE_EPS = 0.5
+LARGE_EPS_MAX_ACCURACY = 0.1
+LARGE_EPS_STEPS = 20
+FGSM_SLACK_PERCENT = 1
+
+
+class SanityCheckWarning(UserWarning):
+    """A robustness number failed a sanity check (a sign of gradient masking)."""
+
+
+def large_eps(eps: float) -> float:
+    """The radius of the large-eps check: 0.5, or 4*eps when that is larger (capped at 1)."""
+    return min(1.0, max(LARGE_EPS, 4 * eps))
+
+
+def large_eps_alpha(eps: float, steps: int = LARGE_EPS_STEPS) -> float:
+    """Step size for the large-eps PGD: 2.5*eps/steps, so the steps can cross the whole ball."""
+    return 2.5 * eps / steps
+
+
+def _check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    if not passed:
+        message = f"robustness sanity check '{name}' FAILED: {detail}"
+        log.warning(message)
+        warnings.warn(message, SanityCheckWarning, stacklevel=3)
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def check_eps_zero(clean: AttackResult, pgd_zero: AttackResult) -> dict[str, Any]:
+    """PGD at eps=0 must reproduce the clean per-example flags exactly."""
+    if pgd_zero.eps != 0:
+        raise ValueError(f"check_eps_zero needs a PGD result at eps=0, got eps={pgd_zero.eps}")
+    if clean.n_examples != pgd_zero.n_examples:
+        return _check("eps_zero", False, f"different example counts: clean {clean.n_examples}, PGD {pgd_zero.n_examples}")
+    differ = int((clean.flags != pgd_zero.flags).sum().item())
+    detail = (
+        f"{pgd_zero.attack} at eps=0: {pgd_zero.accuracy:.4f}, clean: {clean.accuracy:.4f}; "
+        f"{differ} of {clean.n_examples} examples differ"
+    )
+    return _check("eps_zero", differ == 0, detail)
+
+
+def fgsm_slack(n_examples: int) -> int:
+    """How many more examples PGD-20 may get right than FGSM: one, or 1 % when that is more."""
+    return max(1, -(-n_examples * FGSM_SLACK_PERCENT // 100))
+
+
+def _correct(r: AttackResult) -> int:
+    return int(r.flags.sum().item())
+
+
+def check_attack_order(
+    clean: AttackResult, pgd: AttackResult, autoattack: AttackResult | None = None, fgsm: AttackResult | None = None,
+    name: str = "attack_order",
+) -> dict[str, Any]:
+    """Accuracies must not increase with attack strength: AutoAttack <= PGD <= FGSM <= clean.
+
+    Compared as counts of correct examples (all results on the same examples): tolerance 0
+    for AutoAttack <= PGD, PGD <= clean and FGSM <= clean; PGD <= FGSM is allowed
+    `fgsm_slack(n)` examples (see the module docstring). AutoAttack and FGSM are optional.
+    """
+    chain = [r for r in (autoattack, pgd, fgsm, clean) if r is not None]
+    order = " <= ".join(f"{r.attack} {r.accuracy:.4f}" for r in chain)
+    if len({r.n_examples for r in chain}) > 1:
+        return _check(name, False, f"{order}: results on different numbers of examples")
+    links = [(autoattack, pgd, 0), (pgd, clean, 0), (pgd, fgsm, fgsm_slack(pgd.n_examples)), (fgsm, clean, 0)]
+    broken = [
+        f"{weak.attack} {weak.accuracy:.4f} < {strong.attack} {strong.accuracy:.4f}" + (f" (slack {tol} examples)" if tol else "")
+        for strong, weak, tol in links
+        if strong is not None and weak is not None and _correct(strong) > _correct(weak) + tol
+    ]
+    detail = f"{order} on {pgd.n_examples} examples" + ("" if not broken else " violated: " + "; ".join(broken))
+    return _check(name, not broken, detail)
+
+
+def check_large_eps(result: AttackResult, max_accuracy: float = LARGE_EPS_MAX_ACCURACY) -> dict[str, Any]:
+    """PGD at a large radius must bring the accuracy down to at most `max_accuracy`."""
+    detail = f"{result.attack} at eps={result.eps:.4g}: accuracy {result.accuracy:.4f} (must be <= {max_accuracy})"
+    return _check("large_eps", result.accuracy <= max_accuracy, detail)
+
+
+def all_passed(checks: list[dict[str, Any]]) -> bool:
+    return all(c["passed"] for c in checks)
+
