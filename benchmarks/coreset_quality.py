@@ -67,6 +67,8 @@ def main() -> None:
                                   "checks_passed": bool(slf["sanity_passed"])})
                 print(f"seed {seed} {arm:9s}: clean {slf['clean']['accuracy']:.4f} pgd20 {acc['pgd20']:.4f} "
                       f"AA {acc['autoattack']:.4f} pretrain {r.seconds:.0f}s", flush=True)
+                if args.json:  # after every run, so an interrupted benchmark keeps what it measured
+                    Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2))
     print(f"\nmachine: {machine(torch.device(args.device))}")
     print(f"ACL, {args.n} Fashion-MNIST images, {args.epochs} epochs, f=0.2, warm-up {every}, every {every}; SLF; eps 0.1; "
           f"clean/PGD-20 on {args.n_test} test images, AutoAttack on {args.n_aa}; seeds {args.seeds}")

@@ -48,3 +48,34 @@ def test_augment_colour_and_strength_zero_is_identity():
     assert torch.allclose(aug(x), x, atol=1e-5)
     full = ContrastiveAugment(AugmentSpec(), 16, 3)
     assert full(x).shape == x.shape
+
+
+def test_crop_covers_the_requested_area_and_flip_mirrors():
+    # A horizontal ramp: a full-size crop without flip is the identity, with flip the mirror.
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 1, 16).expand(4, 1, 16, 16).contiguous()
+    aug = ContrastiveAugment(AugmentSpec(crop_scale=(1.0, 1.0), flip=True, jitter=(0, 0, 0, 0), jitter_p=0.0), 16, 1)
+    torch.manual_seed(0)
+    out = aug(ramp)
+    for img in out:
+        same, mirrored = torch.allclose(img, ramp[0], atol=1e-5), torch.allclose(img, ramp[0].flip(-1), atol=1e-5)
+        assert same or mirrored
+    # A small crop of a ramp spans a narrower value range than the image.
+    small = ContrastiveAugment(AugmentSpec(crop_scale=(0.1, 0.1), flip=False, jitter=(0, 0, 0, 0), jitter_p=0.0), 16, 1)
+    spans = small(ramp).amax(dim=(1, 2, 3)) - small(ramp).amin(dim=(1, 2, 3))
+    assert (spans < 0.7).all()
+
+
+def test_colour_jitter_and_grayscale_on_rgb():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 8)
+    gray_only = ContrastiveAugment(AugmentSpec(crop_scale=(1, 1), flip=False, jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=1.0), 8, 3)
+    g = gray_only(x)
+    assert torch.allclose(g[:, 0], g[:, 1]) and torch.allclose(g[:, 1], g[:, 2])
+    hue = ContrastiveAugment(AugmentSpec(crop_scale=(1, 1), flip=False, jitter=(0, 0, 0, 0.5), jitter_p=1.0, grayscale_p=0.0), 8, 3)
+    h = hue(x)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    unclamped = (h > 0.001) & (h < 0.999)
+    assert not torch.allclose(h, x, atol=1e-3)
+    # A hue rotation keeps luma where nothing was clipped.
+    keep = unclamped.all(1, keepdim=True)
+    assert torch.allclose(((h - x) * luma).sum(1, keepdim=True)[keep], torch.zeros(1), atol=1e-4)
