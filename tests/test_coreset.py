@@ -171,3 +171,21 @@ def test_sigkill_after_selection_resumes_on_the_same_subset(tmp_path):
     assert [s["epoch"] for s in a["coreset"]["selections"]] == [s["epoch"] for s in b["coreset"]["selections"]] == [1, 3]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_rcs_selection_leaves_the_model_untouched():
+    torch.manual_seed(0)
+    cfg = load_config("acl_fmnist_cpu", ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "attack.steps=1",
+                                         "coreset.method=rcs", "coreset.val_fraction=0.02", "coreset.fraction=0.25"])
+    images, labels = structured_images(64, 0)
+    data = ImageDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), torch.arange(64), "s", "train")
+    spec = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=3, mean=(0.5,), std=(0.5,))
+    model = build_model(spec).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sched = CoresetSchedule(cfg.coreset, epochs=1, n=64, batch_size=16, seed=0)
+    assert len(sched.val) == 1  # a single validation image must work (eval-mode BN)
+    sel = sched.select(0, model, build_method(cfg, 28, 1), data)
+    assert len(sel.positions) == sched.coreset_size()
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"selection changed {k}"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import api
 from .config import ConfigError, recipe_dir
+from .data import DatasetError
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, DatasetError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"robustssl {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

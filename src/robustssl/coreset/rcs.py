@@ -54,19 +54,21 @@ class RCSSelector:
         saved_attack = method.attack_cfg
         if self.cfg.candidate_attack_steps is not None:
             method.attack_cfg = dataclasses.replace(saved_attack, steps=self.cfg.candidate_attack_steps)
+        # The whole selection runs in eval mode: BN uses (and never updates) running statistics,
+        # in the candidate losses and in every g_val refresh of the greedy loop alike.
         try:
             with model_mode(model, "eval"):
                 x_val = data.images[val.to(data.images.device)].float().div_(255)
                 rd = ValidationRD(model, view, x_val, self.rd_attack, branch)
                 grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size)
+                sketch = None
+                if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
+                    sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
+                w0 = view.flat()
+                result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
+                self.last = {"rd_before": float(rd.value(w0).detach()), "refreshes": result.refreshes, "candidates": len(units)}
         finally:
             method.attack_cfg = saved_attack
-        sketch = None
-        if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
-            sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
-        w0 = view.flat()
-        result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
-        self.last = {"rd_before": float(rd.value(w0).detach()), "refreshes": result.refreshes, "candidates": len(units)}
         positions = units_to_positions(pool, result.picks.cpu(), self.cfg.unit, batch_size, order)
         return Selection(positions.sort().values, None, result.gains.detach().cpu())
 
