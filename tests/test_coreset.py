@@ -1,8 +1,3 @@
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -20,6 +15,7 @@ from robustssl.models import ModelSpec, build_model
 from robustssl.train.checkpoint import load_checkpoint
 
 from .datafiles import structured_images, write_fashion_mnist
+from .kill_resume import kill_when, pretrain, resume
 
 
 def test_greedy_matches_brute_force_with_one_simulated_step_per_pick():
@@ -136,36 +132,18 @@ def test_validation_images_are_never_trained_on(unit):
     assert len(sched.selections) == 3
 
 
-def _cli(*args):
-    return [sys.executable, "-m", "robustssl.cli", *args]
-
-
 def test_sigkill_after_selection_resumes_on_the_same_subset(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=256, n_test=16)
     overrides = [f"data.root={root}", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
                  "train.progress=false", "attack.steps=1", "train.epochs=4", "train.checkpoint_every_steps=1",
                  "coreset.method=rcs", "coreset.warmup_epochs=1", "coreset.every=2", "coreset.fraction=0.5",
                  "coreset.val_fraction=0.05", "coreset.rd_steps=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = tmp_path / "ref"
-    subprocess.run(_cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(ref), *overrides), check=True, env=env, capture_output=True)
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(run), *overrides), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, state = time.time() + 120, None
-    while time.time() < deadline:  # kill inside epoch 2, after the epoch-1 selection
-        try:
-            state = load_checkpoint(run / "checkpoint.pt")
-        except (FileNotFoundError, RuntimeError):
-            state = None
-        if state and state["epoch"] == 2 and state["batch"] >= 1:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = load_checkpoint(run / "checkpoint.pt")
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    pretrain(ref, overrides)
+    # Kill inside epoch 2, after the epoch-1 selection.
+    killed = kill_when(run, overrides, lambda ck: ck["epoch"] == 2 and ck["batch"] >= 1)
     assert killed["coreset"]["selected_at"] == 1 and killed["step"] < load_checkpoint(ref / "checkpoint.pt")["step"]
-    subprocess.run(_cli("pretrain", "--out", str(run), "--resume"), check=True, env=env, capture_output=True)
+    resume(run)
     a, b = load_checkpoint(ref / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
     assert torch.equal(a["coreset"]["current"], b["coreset"]["current"])
     assert [s["epoch"] for s in a["coreset"]["selections"]] == [s["epoch"] for s in b["coreset"]["selections"]] == [1, 3]

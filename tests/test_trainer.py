@@ -1,8 +1,4 @@
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ from robustssl.train.metrics import read_metrics
 from robustssl.train.trainer import TrainingError
 
 from .datafiles import write_fashion_mnist
+from .kill_resume import cli, kill_when, pretrain, resume
 
 TINY = [
     "model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
@@ -46,38 +43,15 @@ def test_pretrain_writes_run_artifacts(tmp_path, data_root):
         api.pretrain("acl_fmnist_cpu", run, overrides=TINY + [f"data.root={data_root}"])
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "robustssl.cli", *args]
-
-
 def test_sigkill_and_resume_gives_the_same_weights(tmp_path, data_root):
     overrides = TINY + [f"data.root={data_root}", "train.epochs=3", "train.checkpoint_every_steps=1", "train.seed=3"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = tmp_path / "ref"
-    subprocess.run(_cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(ref), *overrides), check=True, env=env, capture_output=True)
-
-    run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(run), *overrides), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    pretrain(ref, overrides)
     # Kill mid-epoch, after a step checkpoint of the second epoch exists.
-    while time.time() < deadline:
-        ck = run / "checkpoint.pt"
-        if ck.exists():
-            try:
-                state = load_checkpoint(ck)
-            except RuntimeError:
-                state = None
-            if state and state["epoch"] == 1 and state["batch"] >= 2:
-                break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(run / "checkpoint.pt")
+    killed_at = kill_when(run, overrides, lambda ck: ck["epoch"] == 1 and ck["batch"] >= 2)
     assert killed_at["step"] < 3 * (200 // 32), "the run finished before it could be killed"
     assert not (run / "encoder.safetensors").exists()
-
-    subprocess.run(_cli("pretrain", "--out", str(run), "--resume"), check=True, env=env, capture_output=True)
+    resume(run)
     a, b = _final_weights(ref), _final_weights(run)
     assert a.keys() == b.keys()
     for k in a:
@@ -102,7 +76,7 @@ def test_bad_config_is_rejected_before_any_work(tmp_path, data_root):
     with pytest.raises(ConfigError, match="optim.lrr"):
         api.pretrain("acl_fmnist_cpu", run, overrides=[f"data.root={data_root}", "optim.lrr=1"])
     assert not run.exists()
-    proc = subprocess.run(_cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(run), "method.name=byol"), capture_output=True, text=True)
+    proc = subprocess.run(cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(run), "method.name=byol"), capture_output=True, text=True)
     assert proc.returncode == 2 and "choose one of: simclr, acl" in proc.stderr
     assert not run.exists()
 
