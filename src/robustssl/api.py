@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import yaml
 
-from .config import RunConfig, from_dict, load_config
+from .config import RunConfig, from_dict, load_config, to_dict
 from .data import load_dataset
 from .models import load_encoder
 from .train.trainer import CONFIG, ENCODER, SUMMARY, RunResult, load_train_set, resolve_device
@@ -27,16 +27,10 @@ def pretrain(config: str | Path | RunConfig | None, out: str | Path, overrides: 
             raise ValueError("--resume continues the same run: key=value overrides are not allowed")
         cfg = from_dict(yaml.safe_load(saved.read_text()))
     elif isinstance(config, RunConfig):
-        cfg = from_dict(_as_dict(config), overrides)
+        cfg = from_dict(to_dict(config), overrides)
     else:
         cfg = load_config(config, overrides)
     return _pretrain(cfg, out, resume=resume)
-
-
-def _as_dict(cfg: RunConfig) -> dict[str, Any]:
-    from .config import to_dict
-
-    return to_dict(cfg)
 
 
 def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -121,7 +121,18 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
         elapsed, phase_totals = ck["elapsed"], dict(ck["phase_seconds"])
         metrics.truncate_after(step)
 
+    timer = PhaseTimer(device)
+    t0 = time.perf_counter()
+
+    def totals() -> dict[str, float]:
+        """Seconds per phase over the whole run, earlier (resumed-from) sessions included."""
+        merged = dict(phase_totals)
+        for k, v in timer.seconds.items():
+            merged[k] = merged.get(k, 0.0) + v
+        return merged
+
     def save(epoch: int, batch: int) -> None:
+        """Checkpoint; (epoch, batch) is where a resumed run continues."""
         save_atomic(
             {
                 "format": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -132,15 +143,6 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
             out / CHECKPOINT,
         )
 
-    timer = PhaseTimer(device)
-
-    def totals() -> dict[str, float]:
-        merged = dict(phase_totals)
-        for k, v in timer.seconds.items():
-            merged[k] = merged.get(k, 0.0) + v
-        return merged
-
-    t0 = time.perf_counter()
     bar = tqdm(total=schedule.total_steps(), initial=step, disable=not cfg.train.progress, unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.train.epochs):
         method.start_epoch(epoch)
@@ -149,7 +151,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
             positions = schedule.positions_for_epoch(epoch, model, method, data)
         losses, n_images = [], 0
         first_batch = start_batch if epoch == start_epoch else 0
-        for pos, x in loader.epoch(positions, epoch, first_batch):
+        for _, x in loader.epoch(positions, epoch, first_batch):
             try:
                 logs = method.step(model, optimizer, x, timer)
             except NonFiniteLoss as e:
@@ -158,7 +160,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
                 kept = f"the last good checkpoint {out / CHECKPOINT} is intact" if (out / CHECKPOINT).exists() else "no checkpoint was written before it"
                 raise TrainingError(
                     f"{e} at epoch {epoch}, step {step}; the run stopped and {kept}. "
-                    "Lower optim.lr or the attack step, then resume with --resume."
+                    "Start a new run with a lower optim.lr (or attack.alpha): a resumed run would repeat the same steps."
                 ) from None
             scheduler.step()
             step += 1
