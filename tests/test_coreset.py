@@ -1,7 +1,6 @@
 
 import pytest
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from robustssl.config import CoresetConfig, load_config
