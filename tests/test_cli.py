@@ -31,6 +31,8 @@ def test_pretrain_evaluate_select(tmp_path, root, capsys):
     assert attacks["autoattack"]["accuracy"] <= attacks["autoattack"]["pgd20_on_same_examples"]
     assert {"eps_zero", "attack_order", "attack_order_autoattack_subset", "large_eps"} == {c["name"] for c in slf["sanity"]}
     assert report["extra"]["training"]["method"] == "acl"
+    coreset = report["extra"]["training"]["coreset"]
+    assert coreset["method"] == "full" and coreset["n_selections"] == 0 and coreset["selection_seconds"] == 0
     assert (run / "report.md").is_file() and (run / "robustness_curve.png").stat().st_size > 0
 
     assert main(["select", "--run", str(run), "--method", "rcs", "--fraction", "0.5", "coreset.unit=sample"]) == 0

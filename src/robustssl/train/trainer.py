@@ -7,6 +7,7 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,9 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
             out / CHECKPOINT,
         )
 
-    bar = tqdm(total=schedule.total_steps(), initial=step, disable=not cfg.train.progress, unit="step", dynamic_ncols=True)
+    # In a log file (no terminal) a redraw every step would flood it: update every 30 s there.
+    bar = tqdm(total=schedule.total_steps(), initial=step, disable=not cfg.train.progress, unit="step", dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     for epoch in range(start_epoch, cfg.train.epochs):
         method.start_epoch(epoch)
         epoch_start, epoch_phases = time.perf_counter(), dict(timer.seconds)
