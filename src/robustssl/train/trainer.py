@@ -6,6 +6,7 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -64,13 +65,9 @@ def load_train_set(cfg: RunConfig) -> ImageDataset:
 
 
 def model_spec(cfg: RunConfig, data: ImageDataset) -> ModelSpec:
+    """The architecture: the config's model section plus what the data decides (channels, normalization)."""
     mean, std = dataset_stats(cfg.data.name, data.num_channels)
-    m = cfg.model
-    return ModelSpec(
-        arch=m.arch, width=m.width, stem=m.stem, dual_bn=m.dual_bn, in_channels=data.num_channels,
-        proj_hidden=m.proj_hidden, proj_out=m.proj_out, proj_layers=m.proj_layers, proj_bn=m.proj_bn,
-        mean=tuple(mean), std=tuple(std),
-    )
+    return ModelSpec(**dataclasses.asdict(cfg.model), in_channels=data.num_channels, mean=tuple(mean), std=tuple(std))
 
 
 def prepare_run_dir(cfg: RunConfig, out: Path, resume: bool) -> RunConfig:
