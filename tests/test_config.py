@@ -1,6 +1,6 @@
 import pytest
 
-from robustssl.config import ConfigError, from_dict, load_config, to_dict
+from robustssl.config import ConfigError, from_dict, load_config, recipe_dir, to_dict
 
 
 def test_recipes_load_and_overrides_apply():
@@ -39,3 +39,11 @@ def test_unknown_yaml_key_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="bundled recipe: .*acl_fmnist_cpu"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in recipe_dir().glob("*.yaml")))
+def test_every_bundled_recipe_validates(recipe):
+    cfg = load_config(recipe)
+    assert cfg.method.name in ("acl", "simclr")
+    if "rcs" in recipe:
+        assert cfg.coreset.method == "rcs" and cfg.coreset.fraction == 0.2
