@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -9,9 +10,12 @@ import torch
 import yaml
 
 from .config import RunConfig, from_dict, load_config, to_dict
+from .coreset.schedule import CoresetSchedule
 from .data import load_dataset
-from .models import load_encoder
-from .train.trainer import CONFIG, ENCODER, SUMMARY, RunResult, load_train_set, resolve_device
+from .methods import build_method
+from .models import build_model, load_encoder
+from .train.checkpoint import load_checkpoint
+from .train.trainer import CHECKPOINT, CONFIG, ENCODER, SUMMARY, RunResult, load_train_set, model_spec, resolve_device
 from .train.trainer import pretrain as _pretrain
 
 
@@ -43,7 +47,7 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunCo
 def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None) -> dict[str, Any]:
     """Evaluate a run's encoder with its config's `eval` section (plus overrides); writes
     report.json, report.md and robustness_curve.png into the run folder and returns the report."""
-    from .eval import evaluate_encoder, write_report
+    from .eval import evaluate_encoder, write_report  # only evaluation needs the eval stack (AutoAttack, plots)
 
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
@@ -67,14 +71,6 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
 
     The selection uses the model as checkpointed and does not change the run.
     """
-    import time
-
-    from .coreset.schedule import CoresetSchedule
-    from .methods import build_method
-    from .models import build_model
-    from .train.checkpoint import load_checkpoint
-    from .train.trainer import CHECKPOINT, model_spec
-
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
     if cfg.coreset.method == "full":

@@ -10,7 +10,8 @@ from typing import Any
 
 from . import api
 
-RECIPES = ("acl_fmnist_cpu", "simclr_fmnist_cpu")
+# table label -> (bundled recipe, run folder)
+RUNS = {"ACL": ("acl_fmnist_cpu", "acl"), "SimCLR": ("simclr_fmnist_cpu", "simclr")}
 
 
 def _row(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -58,8 +59,8 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
     An existing quickstart folder is replaced (the quickstart always starts fresh)."""
     out = Path(out)
     rows = []
-    for recipe in RECIPES:
-        run = out / recipe.split("_")[0]
+    for label, (recipe, folder) in RUNS.items():
+        run = out / folder
         if run.exists():
             shutil.rmtree(run)
         print(f"== pretraining {recipe} -> {run}")
@@ -68,7 +69,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         seconds = time.perf_counter() - start
         print(f"== evaluating {run}")
         report = api.evaluate(run)
-        rows.append(_row(recipe.split("_")[0].upper() if recipe.startswith("acl") else "SimCLR", report, seconds))
+        rows.append(_row(label, report, seconds))
     table = render(rows)
     (out / "quickstart.md").write_text(table + "\n")
     (out / "quickstart.json").write_text(json.dumps(rows, indent=2))

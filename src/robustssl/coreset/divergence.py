@@ -11,6 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from ..attacks import PGDConfig, pgd
+from ..models import bn_branch
 from .head import HeadView
 
 
@@ -35,8 +36,6 @@ class ValidationRD:
     """
 
     def __init__(self, model: torch.nn.Module, view: HeadView, x_val: torch.Tensor, cfg: PGDConfig, branch: str | None) -> None:
-        from ..models import bn_branch
-
         self.view = view
         x_adv = virtual_adversarial(model, x_val, cfg, branch)
         with torch.no_grad(), bn_branch(model, branch), view.capture() as seen:

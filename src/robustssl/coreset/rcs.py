@@ -33,7 +33,6 @@ class RCSSelector:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed + 15485863)
         self.rd_attack = PGDConfig(cfg.rd_eps, cfg.rd_alpha, cfg.rd_steps, "linf", True)
-        self.last: dict[str, Any] = {}
 
     def candidate_units(self, pool: torch.Tensor, batch_size: int, budget: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Candidates: minibatches of a fresh seeded shuffle of the pool, or single samples;
@@ -66,7 +65,6 @@ class RCSSelector:
                     sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
                 w0 = view.flat()
                 result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
-                self.last = {"rd_before": float(rd.value(w0).detach()), "refreshes": result.refreshes, "candidates": len(units)}
         finally:
             method.attack_cfg = saved_attack
         positions = units_to_positions(pool, result.picks.cpu(), self.cfg.unit, batch_size, order)

@@ -55,7 +55,8 @@ class RandomSelector:
 
 
 class FullSelector(RandomSelector):
-    """The whole pool (never called by the schedule, which skips selection for `full`; kept for `robustssl select`)."""
+    """The whole pool. The schedule never calls it (a `full` run has no coreset epochs); it gives `full`
+    the same selector interface and checkpoint state as the others."""
 
     def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor, budget: int, batch_size: int) -> Selection:
         return Selection(pool.clone())
@@ -67,7 +68,7 @@ def build_selector(cfg: CoresetConfig, seed: int) -> Any:
     if cfg.method == "full":
         return FullSelector(cfg, seed)
     if cfg.method == "rcs":
-        from .rcs import RCSSelector
+        from .rcs import RCSSelector  # here, not at the top: rcs imports this module
 
         return RCSSelector(cfg, seed)
     raise ValueError(f"unknown coreset.method {cfg.method!r}; valid: full, random, rcs")
