@@ -17,6 +17,8 @@ from robustssl.data import catalog
 from robustssl.data.download import Archive, download_and_verify, extract_archive, verify_md5
 from robustssl.data.readers import read_cifar, read_idx, read_image_folder, read_stl10
 
+from .datafiles import CIFAR10_NAMES, py2_pickle, write_cifar10, write_cifar_batch, write_fashion_mnist
+
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -124,6 +126,65 @@ def test_idx_missing_files_names_places_and_fix(tmp_path, monkeypatch):
     assert "apt-get install -y dataset-fashion-mnist" in msg and "data.root=" in msg
 
 
+@pytest.fixture
+def system_fashion(tmp_path, monkeypatch):
+    """Valid Fashion-MNIST files in a stand-in for /usr/share/datasets, so a fallback would succeed."""
+    system = tmp_path / "system"
+    write_fashion_mnist(system / "fashion-mnist", n_train=8, n_test=4)
+    monkeypatch.setattr(catalog, "SYSTEM_DATA_DIR", system)
+    return system
+
+
+def test_explicit_root_never_falls_back(tmp_path, monkeypatch, system_fashion):
+    write_fashion_mnist(tmp_path / "env" / "fashion-mnist", n_train=8, n_test=4)
+    monkeypatch.setenv("ROBUSTSSL_DATA", str(tmp_path / "env"))
+    typo = tmp_path / "fashoin"
+    with pytest.raises(DatasetError) as err:
+        load_dataset("fashion-mnist", "test", root=str(typo))
+    msg = str(err.value)
+    assert f"in {typo}, {typo / 'fashion-mnist'} (only there, because data.root is set)" in msg
+    assert "correct data.root=" in msg and "remove data.root to use $ROBUSTSSL_DATA" in msg
+    assert load_dataset("fashion-mnist", "test").images.shape[0] == 4  # the fallback data were valid
+
+
+def test_env_var_never_falls_back_to_system(tmp_path, monkeypatch, system_fashion):
+    env = tmp_path / "env"
+    env.mkdir()
+    monkeypatch.setenv("ROBUSTSSL_DATA", str(env))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("fashion-mnist", "train")
+    msg = str(err.value)
+    assert f"in {env}, {env / 'fashion-mnist'} (only there, because $ROBUSTSSL_DATA is set)" in msg
+    assert f"unset ROBUSTSSL_DATA to use the system copy in {system_fashion / 'fashion-mnist'}" in msg
+    monkeypatch.delenv("ROBUSTSSL_DATA")
+    assert load_dataset("fashion-mnist", "train").images.shape[0] == 8
+
+
+def test_env_var_folder_itself_may_hold_the_idx_files(tmp_path, monkeypatch):
+    images, labels = _fake_mnist(4, seed=2)
+    _write_idx_split(tmp_path / "env", "t10k", images, labels, gz=False)
+    monkeypatch.setenv("ROBUSTSSL_DATA", str(tmp_path / "env"))
+    assert np.array_equal(load_dataset("mnist", "test").images[:, 0].numpy(), images)
+
+
+@pytest.mark.skipif(not (REAL_FASHION / "train-images-idx3-ubyte.gz").is_file(),
+                    reason="Debian package dataset-fashion-mnist is not installed")
+def test_explicit_root_ignores_installed_fashion_mnist(tmp_path):
+    with pytest.raises(DatasetError, match="only there, because data.root is set"):
+        load_dataset("fashion-mnist", "train", root=str(tmp_path / "typo"))
+
+
+def test_idx_label_out_of_range_names_file_value_and_range(tmp_path):
+    images, labels = _fake_mnist(5)
+    labels[3] = 12
+    _write_idx_split(tmp_path, "train", images, labels, gz=True)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("mnist", "train", root=str(tmp_path))
+    msg = str(err.value)
+    assert str(tmp_path / "train-labels-idx1-ubyte.gz") in msg
+    assert "label 12 (position 3" in msg and "valid labels are 0..9 (10 classes)" in msg
+
+
 @pytest.mark.skipif(not (REAL_FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
                     reason="Debian package dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_test_split():
@@ -193,12 +254,90 @@ def test_cifar_corrupt_pickle(tmp_path):
         load_dataset("cifar10", "test", root=str(tmp_path))
 
 
+def test_cifar10_official_python2_pickles(tmp_path):
+    arrays = write_cifar10(tmp_path, per_batch=3, n_test=4)  # numpy.core._reconstruct, byte strings
+    train = load_dataset("cifar10", "train", root=str(tmp_path))
+    _check_common(train, 15, (3, 32, 32))
+    assert np.array_equal(train.images.numpy().reshape(15, -1), arrays["train_x"])
+    assert train.labels.tolist() == arrays["train_y"].tolist() and train.classes == CIFAR10_NAMES
+    test = load_dataset("cifar10", "test", root=str(tmp_path))
+    assert np.array_equal(test.images.numpy().reshape(4, -1), arrays["test_x"])
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_cifar10_python3_pickles(tmp_path, protocol):
+    arrays = write_cifar10(tmp_path)
+    x, y = arrays["test_x"], arrays["test_y"].tolist()
+    batch = {b"data": np.asfortranarray(x) if protocol == 5 else x, b"labels": y}  # 5: _frombuffer, order F
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps(batch, protocol=protocol))
+    assert np.array_equal(load_dataset("cifar10", "test", root=str(tmp_path)).images.numpy().reshape(4, -1), x)
+
+
+class _RunsCode:
+    """Unpickling this calls exec, which creates the marker file: stands in for any payload."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize("split, fname", [("train", "data_batch_1"), ("test", "batches.meta")])
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path, split, fname):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "code_ran"
+    payload = pickle.dumps({b"data": _RunsCode(marker), b"labels": [0], b"label_names": [b"x"]})
+    path = tmp_path / "cifar-10-batches-py" / fname
+    path.write_bytes(payload)
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", split, root=str(tmp_path))
+    msg = str(err.value)
+    assert f"{path} is not an official CIFAR file" in msg and "builtins.exec" in msg and "data.download=true" in msg
+    assert not marker.exists()
+    pickle.loads(payload)  # the payload is live: a plain unpickler runs it
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("bad", [10, -1])
+def test_cifar_label_out_of_range_names_file_value_and_range(tmp_path, bad):
+    arrays = write_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    write_cifar_batch(path, arrays["train_x"][6:9], [1, bad, 2])
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", "train", root=str(tmp_path))
+    msg = str(err.value)
+    assert str(path) in msg and f"label {bad} (position 1" in msg and "valid labels are 0..9" in msg
+
+
+def test_cifar_meta_with_wrong_class_count(tmp_path):
+    write_cifar10(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    meta.write_bytes(py2_pickle({"label_names": CIFAR10_NAMES[:9]}))
+    with pytest.raises(DatasetError, match="batches.meta lists 9 class names.*cifar10 has 10"):
+        load_dataset("cifar10", "test", root=str(tmp_path))
+
+
 def test_cifar_missing_gives_download_instructions(tmp_path):
     with pytest.raises(DatasetError) as err:
         load_dataset("cifar10", "train", root=str(tmp_path))
     msg = str(err.value)
     assert "download=True" in msg and "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
     assert "c58f30108f718f92721af3b95e74349a" in msg and str(tmp_path / "cifar-10-python.tar.gz") in msg
+
+
+def test_archive_env_var_never_falls_back_to_cache(tmp_path, monkeypatch):
+    write_cifar10(tmp_path / "home" / ".cache" / "robustssl")  # the default place, Path.home() is patched
+    env = tmp_path / "env"
+    env.mkdir()
+    monkeypatch.setenv("ROBUSTSSL_DATA", str(env))
+    with pytest.raises(DatasetError) as err:
+        load_dataset("cifar10", "test")
+    msg = str(err.value)
+    assert f"no cifar-10-batches-py/ in {env} (only there, because $ROBUSTSSL_DATA is set)" in msg
+    assert str(env / "cifar-10-python.tar.gz") in msg
+    monkeypatch.delenv("ROBUSTSSL_DATA")
+    assert load_dataset("cifar10", "test").images.shape[0] == 4
 
 
 def _tar_gz(path: Path, source: Path) -> str:
@@ -269,6 +408,28 @@ def test_stl10_truncated_bin(tmp_path):
         read_stl10(tmp_path, "test")
 
 
+@pytest.mark.parametrize("bad", [0, 11])
+def test_stl10_label_out_of_range_names_file_value_and_range(tmp_path, bad):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    (folder / "train_X.bin").write_bytes(bytes(2 * 3 * 96 * 96))
+    (folder / "train_y.bin").write_bytes(bytes([1, bad]))
+    with pytest.raises(DatasetError) as err:
+        read_stl10(tmp_path, "train")
+    assert "train_y.bin" in str(err.value) and f"label {bad} (position 1" in str(err.value)
+    assert "valid labels are 1..10" in str(err.value)
+
+
+def test_stl10_class_names_with_wrong_count(tmp_path):
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    (folder / "test_X.bin").write_bytes(bytes(3 * 96 * 96))
+    (folder / "test_y.bin").write_bytes(bytes([4]))
+    (folder / "class_names.txt").write_text("airplane\nbird\n")
+    with pytest.raises(DatasetError, match="class_names.txt lists 2 class names.*Delete the file"):
+        read_stl10(tmp_path, "test")
+
+
 # ---------------------------------------------------------------- ImageFolder
 
 
@@ -313,6 +474,31 @@ def test_image_folder_mixed_sizes_need_image_size(tmp_path):
     with pytest.raises(DatasetError, match="2.png is 8x6.*image_size"):
         read_image_folder(tmp_path, "all")
     assert read_image_folder(tmp_path, "all", image_size=5).images.shape == (2, 1, 5, 5)
+
+
+def test_image_folder_size_error_names_both_files_and_config_key(tmp_path):
+    _save_png(tmp_path / "a" / "1.png", np.zeros((8, 8), dtype=np.uint8))
+    _save_png(tmp_path / "b" / "2.png", np.zeros((8, 5), dtype=np.uint8))
+    with pytest.raises(DatasetError) as err:
+        read_image_folder(tmp_path, "all")
+    msg = str(err.value)
+    assert str(tmp_path / "a" / "1.png") in msg and str(tmp_path / "b" / "2.png") in msg
+    assert "data.image_size=<N>" in msg
+    with pytest.raises(DatasetError, match="data.image_size=<N>"):
+        read_image_folder(tmp_path, "all", image_size=0)
+
+
+def test_image_folder_mixed_channels_warn_with_files_and_config_key(tmp_path, caplog):
+    _save_png(tmp_path / "a" / "gray.png", np.zeros((4, 4), dtype=np.uint8))
+    _save_png(tmp_path / "a" / "rgb1.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    _save_png(tmp_path / "b" / "rgb2.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    with caplog.at_level("WARNING", logger="robustssl.data.readers"):
+        assert read_image_folder(tmp_path, "all").images.shape == (3, 3, 4, 4)  # majority RGB
+    text = caplog.text
+    assert str(tmp_path / "a" / "gray.png") in text and str(tmp_path / "a" / "rgb1.png") in text
+    assert "converting all to RGB" in text and "data.channels=<1|3>" in text
+    with pytest.raises(DatasetError, match=r"data\.channels=<1\|3>"):
+        read_image_folder(tmp_path, "all", channels=2)
 
 
 def test_image_folder_errors(tmp_path):

@@ -84,14 +84,54 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _idx_search_dirs(key: str, root: str | None) -> list[Path]:
-    """root (and root/<name>), then $ROBUSTSSL_DATA/<name>, then /usr/share/datasets/<name>."""
-    dirs = [Path(root).expanduser(), Path(root).expanduser() / key] if root else []
+def _chosen_base(root: str | None) -> tuple[Path | None, str]:
+    """The folder the user chose and the setting that chose it: data.root, else $ROBUSTSSL_DATA.
+
+    A chosen folder is the only place searched: falling back elsewhere would hide a typo
+    while the run records the wrong path.
+    """
+    if root:
+        return Path(root).expanduser(), "data.root"
     env = _env_root()
     if env is not None:
-        dirs.append(env / key)
-    dirs.append(SYSTEM_DATA_DIR / key)
-    return dirs
+        return env, f"${DATA_ENV_VAR}"
+    return None, ""
+
+
+def _idx_search_dirs(key: str, root: str | None) -> list[Path]:
+    """root and root/<name>; else $ROBUSTSSL_DATA and its <name>/; else /usr/share/datasets/<name>."""
+    base, _ = _chosen_base(root)
+    return [base, base / key] if base is not None else [SYSTEM_DATA_DIR / key]
+
+
+def _idx_fix(key: str, root: str | None) -> str:
+    """How to make the idx files findable, for whichever setting chose the searched folders."""
+    base, via = _chosen_base(root)
+    system = SYSTEM_DATA_DIR / key
+    debian = f"`apt-get install -y dataset-{key}` (installs them in {system})" if key == "fashion-mnist" else ""
+    if base is None:
+        return (
+            f"{debian + ', or ' if debian else ''}put the idx files (gzipped or not) in a folder and pass "
+            f"data.root=<that folder> (or set {DATA_ENV_VAR} to a folder holding {key}/)."
+        )
+    system_copy = f"the system copy in {system}" + (f" ({debian})" if debian else "")
+    if via == "data.root":
+        env = _env_root()
+        instead = f"${DATA_ENV_VAR} ({env})" if env is not None else system_copy
+        return (
+            f"put the idx files (gzipped or not) in {base} or {base / key}, correct data.root=<folder holding "
+            f"them>, or remove data.root to use {instead}."
+        )
+    return (
+        f"put the idx files (gzipped or not) in {base} or {base / key}, pass data.root=<folder holding them>, "
+        f"or unset {DATA_ENV_VAR} to use {system_copy}."
+    )
+
+
+def _only_note(root: str | None) -> str:
+    """Why the search stopped at the chosen folder, so the user does not expect a fallback."""
+    _, via = _chosen_base(root)
+    return f" (only there, because {via} is set)" if via else ""
 
 
 def _load_idx(key: str, split: str, root: str | None) -> ImageDataset:
@@ -103,13 +143,9 @@ def _load_idx(key: str, split: str, root: str | None) -> ImageDataset:
         if images is not None and labels is not None:
             classes = _FASHION_CLASSES if key == "fashion-mnist" else [str(d) for d in range(10)]
             return read_idx(images, labels, key, split, classes=classes)
-    debian = ""
-    if key == "fashion-mnist":
-        debian = "`apt-get install -y dataset-fashion-mnist` (installs them in /usr/share/datasets/fashion-mnist), or "
     raise DatasetError(
         f"{key} {split} split not found: looked for {stems[0]}[.gz] and {stems[1]}[.gz] in "
-        f"{', '.join(str(d) for d in dirs)}. Fix: {debian}put the idx files (gzipped or not) in a folder and pass "
-        f"data.root=<that folder> (or set {DATA_ENV_VAR} to a folder holding {key}/)."
+        f"{', '.join(str(d) for d in dirs)}{_only_note(root)}. Fix: {_idx_fix(key, root)}"
     )
 
 
@@ -117,11 +153,9 @@ def _load_idx(key: str, split: str, root: str | None) -> ImageDataset:
 
 
 def _archive_roots(root: str | None) -> list[Path]:
-    """Where to look for CIFAR/STL data; the first entry is also where downloads go."""
-    if root:
-        return [Path(root).expanduser()]
-    env = _env_root()
-    return ([env] if env is not None else []) + [Path.home() / ".cache" / "robustssl"]
+    """The one place for CIFAR/STL data: root, else $ROBUSTSSL_DATA, else ~/.cache/robustssl (downloads go there)."""
+    base, _ = _chosen_base(root)
+    return [base] if base is not None else [Path.home() / ".cache" / "robustssl"]
 
 
 def _has_folder(base: Path, folder: str) -> bool:
@@ -152,7 +186,8 @@ def _locate_archive_data(key: str, root: str | None, download: bool) -> Path:
         return roots[0]
     target = roots[0] / archive.filename
     raise DatasetError(
-        f"{key} not found: no {archive.folder}/ in {', '.join(str(r) for r in roots)}. Fix: pass download=True "
+        f"{key} not found: no {archive.folder}/ in {', '.join(str(r) for r in roots)}{_only_note(root)}. "
+        f"Fix: correct the folder if it is a typo, pass download=True "
         f"(data.download=true) to fetch it, or {manual_download_help(archive.url, target, archive.md5)}"
     )
 
@@ -173,10 +208,13 @@ def load_dataset(
 
     name: one of DATASET_NAMES. split: 'train'/'test' ('unlabeled' too for stl10); for
     'imagefolder' the subfolder of `root` to read (root/<split>/<class>/<images>).
-    root: where the data are. Without it: fashion-mnist/mnist look in
-    $ROBUSTSSL_DATA/<name> then /usr/share/datasets/<name> (the idx files, .gz or raw);
-    cifar10/cifar100/stl10 look for the extracted archive folder (or the archive) in
-    $ROBUSTSSL_DATA, else ~/.cache/robustssl, which is also where downloads go.
+    root: where the data are (config data.root). Exactly one place is searched, never a
+    fallback, so a mistyped folder fails instead of silently reading other data:
+    root if given, else $ROBUSTSSL_DATA if set, else the default. fashion-mnist/mnist
+    look for the idx files (.gz or raw) in that folder and its <name>/ subfolder (default:
+    /usr/share/datasets/<name>); cifar10/cifar100/stl10 look for the extracted archive
+    folder (or the archive) in that folder (default: ~/.cache/robustssl), which is also
+    where downloads go. A miss raises DatasetError listing the folders searched.
     download: fetch and verify the official archive when CIFAR/STL-10 is missing.
     image_size, channels: imagefolder only (resize / force 1 or 3 channels).
     """

@@ -7,6 +7,8 @@ raise :class:`DatasetError`, whose message names the file, what is wrong and the
 from __future__ import annotations
 
 import gzip
+import importlib
+import logging
 import pickle
 import zlib
 from collections.abc import Sequence
@@ -18,6 +20,8 @@ import torch
 from robustssl.data.dataset import ImageDataset
 
 __all__ = ["DatasetError", "read_idx", "read_cifar", "read_stl10", "read_image_folder", "IMAGE_EXTENSIONS"]
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -43,6 +47,8 @@ def _make_dataset(
 ) -> ImageDataset:
     """Wrap uint8 [N, C, H, W] images and integer [N] labels into an ImageDataset."""
     n = images.shape[0]
+    if labels is not None:  # readers check per file; this guards any reader that forgets
+        _check_label_range(np.asarray(labels), len(classes), f"{name} {split} split", "Fix the label files.")
     return ImageDataset(
         images=torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
         labels=None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64)),
@@ -51,6 +57,18 @@ def _make_dataset(
         split=split,
         classes=list(classes),
     )
+
+
+def _check_label_range(labels: np.ndarray, n_classes: int, source: str | Path, fix: str, offset: int = 0) -> None:
+    """Refuse labels outside offset..offset+n_classes-1: they would index past the classifier's outputs."""
+    low, high = offset, offset + n_classes - 1
+    bad = np.flatnonzero((labels < low) | (labels > high))
+    if bad.size:
+        raise DatasetError(
+            f"{source} holds label {int(labels[bad[0]])} (position {int(bad[0])}; {bad.size} labels out of range), "
+            f"but valid labels are {low}..{high} ({n_classes} classes). The file is corrupt or belongs to another "
+            f"dataset. {fix}"
+        )
 
 
 def _require_file(path: Path, fix: str) -> None:
@@ -121,19 +139,21 @@ def read_idx(
         )
     if classes is None:
         classes = [str(c) for c in range(int(labels.max(initial=0)) + 1)]
+    _check_label_range(labels, len(classes), labels_path, _IDX_FIX)
     return _make_dataset(images[:, None], labels, name, split, classes)
 
 
 # ---------------------------------------------------------------- CIFAR-10 / CIFAR-100
 
 _CIFAR_LAYOUT = {
-    # which: (folder, {split: batch files}, label key, meta file, class-names key)
+    # which: (folder, {split: batch files}, label key, meta file, class-names key, number of classes)
     "cifar10": (
         "cifar-10-batches-py",
         {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
         b"labels",
         "batches.meta",
         b"label_names",
+        10,
     ),
     "cifar100": (
         "cifar-100-python",
@@ -141,8 +161,21 @@ _CIFAR_LAYOUT = {
         b"fine_labels",
         "meta",
         b"fine_label_names",
+        100,
     ),
 }
+
+# The only globals the official CIFAR pickles reference (numpy arrays inside dicts of
+# bytes/str/int/list); numpy 2 renamed numpy.core to numpy._core, and pickle protocol 5
+# stores contiguous arrays through _frombuffer. Anything else could run code.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+})
 
 
 def _cifar_folder(root: Path, folder: str) -> Path:
@@ -150,12 +183,44 @@ def _cifar_folder(root: Path, folder: str) -> Path:
     return root if root.name == folder else root / folder
 
 
+def _numpy_global(module: str, name: str):
+    """Resolve an allowed numpy global under whichever of numpy.core / numpy._core this numpy has."""
+    spellings = [module]
+    if module.startswith("numpy.core."):  # numpy 1.x pickle: prefer numpy 2's name (no deprecation warning)
+        spellings.insert(0, "numpy._core." + module[len("numpy.core."):])
+    elif module.startswith("numpy._core."):  # numpy 2.x pickle read by numpy 1.x
+        spellings.append("numpy.core." + module[len("numpy._core."):])
+    for spelling in spellings:
+        try:
+            return getattr(importlib.import_module(spelling), name)
+        except (ImportError, AttributeError):
+            continue
+    raise AttributeError(f"numpy has no {module}.{name}")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that builds only numpy arrays and plain containers, so a planted file cannot run code."""
+
+    def __init__(self, file, path: Path, fix: str) -> None:
+        super().__init__(file, encoding="bytes")  # the official files are Python 2 pickles
+        self._path, self._fix = path, fix
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise DatasetError(
+                f"{self._path} is not an official CIFAR file: it references {module}.{name}, which CIFAR "
+                f"batches never contain, so it was refused without running it. Delete the folder and "
+                f"re-download the official archive (data.download=true). {self._fix}"
+            )
+        return _numpy_global(module, name)
+
+
 def _load_pickle(path: Path, keys: Sequence[bytes], fix: str) -> dict:
-    """Unpickle a CIFAR dict (trusted official files only) and check it has `keys`."""
+    """Unpickle a CIFAR dict (numpy arrays and plain containers only) and check it has `keys`."""
     _require_file(path, fix)
     try:
         with path.open("rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _CifarUnpickler(f, path, fix).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
         raise DatasetError(f"{path} is corrupt or truncated ({type(err).__name__}: {err}). {fix}") from err
     missing = [k.decode() for k in keys if not isinstance(obj, dict) or k not in obj]
@@ -171,17 +236,22 @@ def read_cifar(root: str | Path, which: str, split: str) -> ImageDataset:
     folder itself. Returns images uint8 [N, 3, 32, 32] (N = 50000 train, 10000 test),
     labels int64 [N] (CIFAR-100: the 100 fine labels) and the class names.
 
-    Security: the files are Python pickles, and unpickling can execute arbitrary code.
-    Only read files you trust, e.g. the official archive whose md5 was verified.
+    Security: the files are Python pickles, which can carry code; they are read with an
+    unpickler that admits only numpy arrays/dtypes and plain containers and raises
+    DatasetError on any other global. Labels outside the class range raise DatasetError.
     """
     if which not in _CIFAR_LAYOUT:
         raise DatasetError(f"Unknown CIFAR variant {which!r}; use one of {sorted(_CIFAR_LAYOUT)}.")
     if split not in ("train", "test"):
         raise DatasetError(f"{which} has no split {split!r}; use 'train' or 'test'.")
-    folder_name, split_files, label_key, meta_file, names_key = _CIFAR_LAYOUT[which]
+    folder_name, split_files, label_key, meta_file, names_key, n_classes = _CIFAR_LAYOUT[which]
     folder = _cifar_folder(Path(root), folder_name)
     fix = f"Re-extract the official {which} archive so that {folder} holds its files (or use download=True)."
-    batches = [_load_pickle(folder / fname, (b"data", label_key), fix) for fname in split_files[split]]
+    batches = []
+    for fname in split_files[split]:
+        batch = _load_pickle(folder / fname, (b"data", label_key), fix)
+        _check_label_range(np.asarray(batch[label_key], dtype=np.int64), n_classes, folder / fname, fix)
+        batches.append(batch)
     images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
     labels = np.concatenate([np.asarray(b[label_key], dtype=np.int64) for b in batches])
     if images.ndim != 2 or images.shape[1] != 3 * 32 * 32 or images.shape[0] != labels.shape[0]:
@@ -191,6 +261,11 @@ def read_cifar(root: str | Path, which: str, split: str) -> ImageDataset:
         )
     meta = _load_pickle(folder / meta_file, (names_key,), fix)
     classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[names_key]]
+    if len(classes) != n_classes:
+        raise DatasetError(
+            f"{folder / meta_file} lists {len(classes)} class names under {names_key.decode()!r}; "
+            f"{which} has {n_classes}. {fix}"
+        )
     return _make_dataset(images.reshape(-1, 3, 32, 32), labels, which, split, classes)
 
 
@@ -215,10 +290,9 @@ def _stl_labels(path: Path, n: int, fix: str) -> np.ndarray:
     """STL-10 *_y.bin (uint8, classes 1..10) -> int64 [N] in 0..9."""
     _require_file(path, fix)
     labels = np.fromfile(path, dtype=np.uint8).astype(np.int64)
-    if labels.shape[0] != n or labels.min(initial=1) < 1:
-        raise DatasetError(
-            f"{path} is corrupt: {labels.shape[0]} labels for {n} images (labels must be 1..10). {fix}"
-        )
+    if labels.shape[0] != n:
+        raise DatasetError(f"{path} is corrupt: {labels.shape[0]} labels for {n} images. {fix}")
+    _check_label_range(labels, len(_STL_DEFAULT_CLASSES), path, fix, offset=1)
     return labels - 1
 
 
@@ -226,7 +300,13 @@ def _stl_classes(path: Path) -> list[str]:
     # class_names.txt ships with the archive; fall back to the published names if it was lost
     if not path.is_file():
         return list(_STL_DEFAULT_CLASSES)
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if len(names) != len(_STL_DEFAULT_CLASSES):
+        raise DatasetError(
+            f"{path} lists {len(names)} class names; STL-10 has {len(_STL_DEFAULT_CLASSES)}. "
+            "Delete the file to use the published names, or re-extract the official archive."
+        )
+    return names
 
 
 def read_stl10(root: str | Path, split: str) -> ImageDataset:
@@ -288,26 +368,39 @@ def _probe(Image, path: Path) -> tuple[int, tuple[int, int]]:
         raise DatasetError(f"Cannot read image {path} ({err}). Replace or delete the file.") from err
 
 
-def _decide_channels(found: list[int], channels: int | None) -> int:
+def _decide_channels(found: list[int], files: list[Path], channels: int | None) -> int:
     if channels is not None:
         if channels not in (1, 3):
-            raise DatasetError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
+            raise DatasetError(
+                f"channels must be 1 (grayscale) or 3 (RGB), got {channels}. Set data.channels=<1|3>."
+            )
         return channels
     # majority wins; a tie goes to RGB because gray -> RGB loses nothing
-    return 1 if found.count(1) > found.count(3) else 3
+    chosen = 1 if found.count(1) > found.count(3) else 3
+    if len(set(found)) > 1:  # RGB -> gray loses colour, so say which files were converted and how to choose
+        gray, rgb = (files[found.index(c)] for c in (1, 3))
+        log.warning(
+            "Images differ in channels: %s is grayscale (%d files) but %s is RGB (%d files); converting all to "
+            "%s (the majority). Set data.channels=<1|3> (load_dataset(channels=...)) to choose.",
+            gray, found.count(1), rgb, found.count(3), "grayscale" if chosen == 1 else "RGB",
+        )
+    return chosen
 
 
 def _decide_size(sizes: list[tuple[int, int]], files: list[Path], image_size: int | None) -> tuple[int, int]:
     """Target (width, height): the common size, or image_size x image_size when given."""
     if image_size is not None:
         if image_size <= 0:
-            raise DatasetError(f"image_size must be a positive number of pixels, got {image_size}.")
+            raise DatasetError(
+                f"image_size must be a positive number of pixels, got {image_size}. Set data.image_size=<N>."
+            )
         return image_size, image_size
     for size, path in zip(sizes, files):
         if size != sizes[0]:
             raise DatasetError(
                 f"Images differ in size: {files[0]} is {sizes[0][0]}x{sizes[0][1]} but {path} is "
-                f"{size[0]}x{size[1]} (width x height). Pass image_size (data.image_size=...) to resize all images."
+                f"{size[0]}x{size[1]} (width x height). Set data.image_size=<N> (load_dataset(image_size=N)) "
+                "to resize every image to NxN, or make all images one size."
             )
     return sizes[0]
 
@@ -340,14 +433,14 @@ def read_image_folder(
     Sizes: all images must share one size unless `image_size` is given, which resizes
     every image to image_size x image_size with bilinear resampling (aspect not kept).
     Channels: `channels` (1 or 3) if given, else the mode of the majority of images
-    (ties -> RGB); the others are converted.
+    (ties -> RGB); the others are converted, with a warning naming a file of each mode.
     """
     Image = _import_pil()
     root = Path(root)
     classes, samples = _list_image_folder(root)
     files = [f for f, _ in samples]
     probes = [_probe(Image, f) for f in files]
-    c = _decide_channels([p[0] for p in probes], channels)
+    c = _decide_channels([p[0] for p in probes], files, channels)
     width, height = _decide_size([p[1] for p in probes], files, image_size)
     images = np.empty((len(files), height, width, c), dtype=np.uint8)
     for i, path in enumerate(files):
