@@ -18,9 +18,10 @@ import statistics
 import torch
 
 from robustssl.config import load_config
+from robustssl.data import Batch
 from robustssl.methods import build_method
 from robustssl.models import ModelSpec, build_model
-from robustssl.train.optim import build_optimizer
+from robustssl.train.optim import build_optimizer, build_scheduler
 from robustssl.train.timer import PhaseTimer
 
 from timing import machine, spread, time_it
@@ -50,12 +51,13 @@ def main() -> None:
     model = build_model(spec).to(device)
     method = build_method(cfg, pr["size"], pr["channels"])
     opt = build_optimizer(model, cfg.optim)
-    x = torch.rand(pr["batch"], pr["channels"], pr["size"], pr["size"], device=device)
+    sched = build_scheduler(opt, cfg.optim, total_steps=10**9, steps_per_epoch=1)
+    batch = Batch(torch.arange(pr["batch"], device=device), torch.rand(pr["batch"], pr["channels"], pr["size"], pr["size"], device=device))
     views = torch.rand(2 * pr["batch"], pr["channels"], pr["size"], pr["size"], device=device)
     timer = PhaseTimer(device)
 
     def acl_step() -> None:
-        method.step(model, opt, x, timer)
+        method.step(model, opt, sched, batch, timer)
 
     def raw_pass() -> None:
         model.train()

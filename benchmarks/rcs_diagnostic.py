@@ -34,6 +34,13 @@ from robustssl.train.timer import PhaseTimer
 from robustssl.train.trainer import load_train_set, model_spec
 
 
+class HeldLR:
+    """The checkpoint's learning rate, held for the short training on the coreset (no schedule)."""
+
+    def step(self) -> None:
+        pass
+
+
 def rd(model: torch.nn.Module, x: torch.Tensor, attack: PGDConfig) -> float:
     x_adv = virtual_adversarial(model, x, attack, "pgd")
     with torch.no_grad(), bn_branch(model, "pgd"):
@@ -81,11 +88,12 @@ def main() -> None:
                     positions = sched.select(0, model, method, data).positions
                     opt = build_optimizer(model, cfg.optim)
                     opt.load_state_dict(ck["optimizer"])
+                    lr = HeldLR()
                     loader, timer = DeviceLoader(data, cfg.optim.batch_size, seed), PhaseTimer()
                     torch.manual_seed(seed + 1)
                     for e in range(args.train_epochs):
-                        for _, x in loader.epoch(positions, e):
-                            method.step(model, opt, x, timer)
+                        for batch in loader.epoch(positions, e):
+                            method.step(model, opt, lr, batch, timer)
                     x_val = data.images[sched.val].float() / 255
                     torch.manual_seed(0)
                     row[f"{arm}_rd_val"] = rd(model, x_val, attack)

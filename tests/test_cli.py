@@ -29,10 +29,10 @@ def test_pretrain_evaluate_select(tmp_path, root, capsys):
     attacks = {a["attack"]: a for a in slf["attacks"]}
     assert attacks["pgd20"]["n_examples"] == 24 and attacks["autoattack"]["n_examples"] == 8
     assert attacks["autoattack"]["accuracy"] <= attacks["autoattack"]["pgd20_on_same_examples"]
-    assert {"eps_zero", "attack_order", "attack_order_autoattack_subset", "large_eps"} == {c["name"] for c in slf["sanity"]}
+    assert {"eps_zero", "attack_order", "attack_order_autoattack_subset", "large_eps", "above_chance"} == {c["name"] for c in slf["sanity"]}
     assert report["extra"]["training"]["method"] == "acl"
     coreset = report["extra"]["training"]["coreset"]
-    assert coreset["method"] == "full" and coreset["n_selections"] == 0 and coreset["selection_seconds"] == 0
+    assert coreset == {"method": "full", "pool_size": 128}, "a full run has no coreset size or fraction to report"
     assert (run / "report.md").is_file() and (run / "robustness_curve.png").stat().st_size > 0
 
     assert main(["select", "--run", str(run), "--method", "rcs", "--fraction", "0.5", "coreset.unit=sample"]) == 0

@@ -63,8 +63,8 @@ class SoftmaxCEMethod:
         self.labels = labels
         self.attack_cfg = None
 
-    def training_loss(self, model, x):
-        return F.cross_entropy(model(x), self.labels[: x.shape[0]])
+    def training_loss(self, model, batch, attack=None):
+        return F.cross_entropy(model(batch.images), self.labels[batch.positions])
 
 
 def test_softmax_ce_head_gradient_embeddings_are_not_zero():
@@ -94,7 +94,8 @@ def test_budget_arithmetic_and_random_reselection():
     assert len(sched.val) == 0 and len(sched.pool) == 1003
     seen = {}
     for e in range(6):
-        pos = sched.positions_for_epoch(e, None, None, None)
+        pos, weights = sched.positions_for_epoch(e, None, None, None)
+        assert weights is None
         seen[e] = pos.clone()
     assert torch.equal(seen[0], sched.pool)
     assert len(seen[1]) == 201 and len(set(seen[1].tolist())) == 201
@@ -125,8 +126,9 @@ def test_validation_images_are_never_trained_on(unit):
     assert len(val) == 10
     trained = set()
     for epoch in range(4):
-        for pos, _ in loader.epoch(sched.positions_for_epoch(epoch, model, method, data), epoch):
-            trained |= set(pos.tolist())
+        positions, _ = sched.positions_for_epoch(epoch, model, method, data)
+        for batch in loader.epoch(positions, epoch):
+            trained |= set(batch.positions.tolist())
     assert trained and not trained & val
     assert len(sched.selections) == 3
 

@@ -34,7 +34,7 @@ from robustssl.eval import (
     train_subset,
     write_report,
 )
-from robustssl.models import ModelSpec, bn_branch, build_model, current_branch
+from robustssl.models import ModelSpec, bn_branch, build_model, current_branch, export_encoder
 
 EPS = 2 / 255
 SPEC = ModelSpec(
@@ -206,7 +206,9 @@ def test_linear_eval_model_frozen_eval_mode_pgd_branch(encoder, test_xy):
     assert xg.grad is not None and xg.grad.abs().sum() > 0
     assert all(p.grad is None for p in model.encoder.parameters())
 
-    single = build_model(ModelSpec(arch="cnn", width=4, in_channels=1, proj_hidden=16, proj_out=8, mean=(0.5,), std=(0.5,)))
+    single = build_model(
+        ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=False, proj_hidden=16, proj_out=8, mean=(0.5,), std=(0.5,))
+    )
     assert LinearEvalModel(single, 10).branch is None
     with pytest.raises(ValueError):
         LinearEvalModel(single, 10, branch="pgd")
@@ -281,7 +283,7 @@ def test_sanity_checks_pass_on_honest_model(honest_with_autoattack):
     result = honest_with_autoattack[0]
     assert failed(result) == []
     assert result["sanity_passed"]
-    assert [c["name"] for c in result["sanity"]] == ["eps_zero", "attack_order", "large_eps"]
+    assert [c["name"] for c in result["sanity"]] == ["eps_zero", "attack_order", "large_eps", "above_chance"]
     assert "autoattack" in result["sanity"][1]["detail"] and "fgsm" in result["sanity"][1]["detail"]
 
 
@@ -360,7 +362,7 @@ def test_report_files_and_fields(report, tmp_path):
         assert pgd20["attack"] == "pgd20" and pgd20["steps"] == 20 and pgd20["eps"] == EPS
         assert [r["eps"] for r in p["curve"]] == [0.0, 1 / 255, EPS, 4 / 255]
         assert p["curve"][2]["accuracy"] == pgd20["accuracy"]
-        assert {c["name"] for c in p["sanity"]} == {"eps_zero", "attack_order", "large_eps"}
+        assert {c["name"] for c in p["sanity"]} == {"eps_zero", "attack_order", "large_eps", "above_chance"}
         assert all(isinstance(c["passed"], bool) and c["detail"] for c in p["sanity"])
     assert rj["sanity_passed"] == all(c["passed"] for p in rj["protocols"].values() for c in p["sanity"])
 
@@ -370,3 +372,188 @@ def test_format_table(report):
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["protocol", "clean", "pgd20"]
     assert len(lines) == 4 and lines[2].startswith("SLF") and lines[3].startswith("ALF")
+
+
+# --- registry ------------------------------------------------------------------------------------
+# New names are imported inside the tests, so each test fails on its own on code that lacks them.
+
+
+def test_registry_tables_drive_evaluation_and_import_cheaply():
+    import subprocess
+    import sys
+
+    import robustssl.eval.evaluate as evaluate_module
+    from robustssl.errors import ConfigError
+    from robustssl.eval.registry import ATTACKS, PROTOCOLS
+
+    assert PROTOCOLS == {"slf": train_slf, "alf": train_alf} and ATTACKS == ("pgd20", "autoattack")
+    assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
+    assert not hasattr(evaluate_module, "TRAINERS")
+    with pytest.raises(ConfigError, match="valid protocols: slf, alf; valid attacks: pgd20, autoattack"):
+        evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["cw"]), "cpu")
+    code = "import sys, robustssl.eval.registry; print([m for m in sys.modules if 'autoattack' in m or 'matplotlib' in m])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# --- the above-chance check -------------------------------------------------------------------
+
+
+def test_chance_level_encoder_fails_above_chance_check(data):
+    """An encoder whose BN running variances are inf maps every image to the same features, so the
+    probe predicts one class: 10 % clean on the balanced test set. It has no input gradients, so the
+    masking checks all pass; only the above-chance check catches it."""
+    broken = calibrated_encoder(data[0])
+    for m in broken.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_var.fill_(float("inf"))
+    cfg = small_cfg(n_examples=100, train_examples=100, linear_epochs=3)
+    with pytest.warns(SanityCheckWarning, match="above_chance"):
+        report = evaluate_encoder(broken, data[0], data[1], cfg, "cpu")
+    slf = report["protocols"]["slf"]
+    assert slf["clean"]["accuracy"] <= 0.15
+    assert failed(slf) == ["above_chance"] and not report["sanity_passed"]
+    assert report["settings"]["above_chance"]["min_clean_accuracy"] == pytest.approx(0.15)
+
+
+# --- probe convergence ----------------------------------------------------------------------------
+
+
+def test_probe_convergence_rule():
+    from robustssl.eval.linear import probe_convergence
+
+    lrs = [lr_at(e, 0.01, 25) for e in range(25)]
+    # The Fashion-MNIST quickstart probe at lr 0.01: epoch 10 still made 3.4 % of the phase's decrease.
+    underfit = [2.1889, 1.9412, 1.7685, 1.6605, 1.5860, 1.5300, 1.4858, 1.4493, 1.4182, 1.3913, 1.3770, 1.3747,
+                1.3725, 1.3703, 1.3681, 1.3659, 1.3638, 1.3617, 1.3596, 1.3575, 1.3563, 1.3561, 1.3559, 1.3557, 1.3555]
+    verdict = probe_convergence(underfit, lrs)
+    assert not verdict["converged"] and verdict["first_phase_epochs"] == 10
+    assert verdict["share_at_cut"] == pytest.approx((1.4182 - 1.3913) / (2.1889 - 1.3913))
+    assert "epoch 10" in verdict["detail"] and "eval.linear_lr" in verdict["detail"]
+    flat = [1.0, 0.7, 0.62, 0.6, 0.595, 0.594, 0.5935, 0.593, 0.5928, 0.5927] + [0.58] * 15
+    assert probe_convergence(flat, lrs)["converged"]
+    noisy = flat[:9] + [0.60] + [0.58] * 15  # a loss that rises at the cut (noise at a large lr) is flat
+    assert probe_convergence(noisy, lrs)["converged"]
+    small = [0.5 * v for v in flat]  # scale-free: the same shape at a smaller loss is as converged
+    assert probe_convergence(small, lrs)["share_at_cut"] == pytest.approx(probe_convergence(flat, lrs)["share_at_cut"])
+    steady = [2.3 - 0.001 * e for e in range(25)]  # a tiny lr: a slow, steady fall
+    assert not probe_convergence(steady, lrs)["converged"]
+    assert not probe_convergence([2.3] * 25, lrs)["converged"]  # the loss never fell
+    assert not probe_convergence([2.3], [0.001])["converged"]  # one epoch cannot show convergence
+
+
+def test_undertrained_probe_is_flagged_and_trained_probe_is_not(data, encoder, tmp_path):
+    from robustssl.eval.linear import ProbeNotConvergedWarning
+
+    well = small_cfg(linear_epochs=40, linear_lr=0.5)
+    well.linear_standardize = True  # this encoder's raw features are ill-conditioned (see the next test)
+    summary = train_slf(LinearEvalModel(copy.deepcopy(encoder), 10), data[0], well, "cpu")
+    assert summary["convergence"]["converged"], summary["convergence"]["detail"]
+
+    cfg = small_cfg(n_examples=50, train_examples=100, linear_epochs=1, linear_lr=1e-4)
+    with pytest.warns(ProbeNotConvergedWarning, match="SLF linear probe did not converge"):
+        report = evaluate_encoder(encoder, data[0], data[1], cfg, "cpu")
+    assert not report["protocols"]["slf"]["training"]["convergence"]["converged"]
+    assert any("did not converge" in note for note in report["notes"])
+    paths = write_report(report, tmp_path)
+    assert "THE PROBE DID NOT CONVERGE" in paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text())["protocols"]["slf"]["training"]["convergence"]["converged"] is False
+    assert "NOT CONVERGED" in format_table(summary_rows(report))
+
+
+def test_raw_features_probe_of_the_fixture_is_flagged(slf_model):
+    """The fixture's probe (raw features, lr 0.5, 25 epochs) learns (test_slf_learns) but is still
+    falling steeply when the lr is cut: the rule reports it, in the training summary."""
+    conv = slf_model[1]["convergence"]
+    assert not conv["converged"] and conv["share_at_cut"] > 0.02
+
+
+def test_standardized_probe_folds_into_one_exact_linear_layer(data, encoder, test_xy):
+    """With eval.linear_standardize the head trains on standardized features; the fold into W, b
+    is exact, and what is evaluated and attacked is a plain linear head on the raw features."""
+    cfg = small_cfg(linear_epochs=3, train_examples=100)
+    cfg.linear_standardize = True  # the key the config adds; read with getattr
+    model = LinearEvalModel(copy.deepcopy(encoder), 10)
+    summary = train_slf(model, data[0], cfg, "cpu")
+    assert summary["standardized_features"] and model.feature_mean is None and model.feature_std is None
+
+    probe = LinearEvalModel(copy.deepcopy(encoder), 10)
+    with torch.no_grad():
+        feats = probe.features(test_xy[0][:40])
+        probe.set_standardization(feats)
+        probe.head.weight.normal_()
+        expected = probe.logits(feats)
+        probe.fold_standardization()
+        assert probe.feature_mean is None
+        assert torch.allclose(probe.logits(feats), expected, atol=1e-4, rtol=1e-5)
+        assert torch.allclose(probe.head(feats), expected, atol=1e-4, rtol=1e-5)
+
+
+# --- BN branch of dual-BN encoders ------------------------------------------------------------------
+
+
+def test_export_with_trained_normal_branch_is_evaluated_on_normal(data, encoder, tmp_path):
+    from robustssl.eval.classifier import UntrainedBranchWarning
+    from robustssl.models import load_encoder
+    from robustssl.models.export import read_export_metadata
+
+    path = export_encoder(encoder, SPEC, tmp_path / "encoder.safetensors", trained_branches=["normal"])
+    loaded, _ = load_encoder(path)
+    trained = read_export_metadata(path)["trained_branches"]
+    assert trained == ["normal"]
+    cfg = small_cfg(n_examples=20, train_examples=60, linear_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedBranchWarning)  # the default branch is a trained one
+        warnings.simplefilter("ignore", SanityCheckWarning)
+        report = evaluate_encoder(loaded, data[0], data[1], cfg, "cpu", trained_branches=trained)
+    assert report["encoder"]["bn_branch"] == "normal" and report["settings"]["bn_branch"] == "normal"
+    assert report["encoder"]["branch_trained"] is True and report["settings"]["trained_branches"] == ["normal"]
+    assert not any("branch" in note for note in report["notes"])
+
+    with pytest.warns(UntrainedBranchWarning, match="'pgd' BN branch was never trained"):
+        report = evaluate_encoder(loaded, data[0], data[1], cfg, "cpu", branch="pgd", trained_branches=trained)
+    assert report["encoder"]["bn_branch"] == "pgd" and report["encoder"]["branch_trained"] is False
+    assert any("'pgd' BN branch was never trained" in note for note in report["notes"])
+    assert "'pgd' BN branch was never trained" in write_report(report, tmp_path)["markdown"].read_text()
+
+
+def test_default_branch_rules(encoder):
+    from robustssl.eval.classifier import default_branch
+
+    assert default_branch(encoder) == "pgd"  # unknown: the published convention
+    assert default_branch(encoder, ["normal", "pgd"]) == "pgd"
+    assert default_branch(encoder, ["normal"]) == "normal"
+    single = build_model(
+        ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=False, proj_hidden=16, proj_out=8, mean=(0.5,), std=(0.5,))
+    )
+    assert default_branch(single, ["normal"]) is None
+
+
+# --- ALF trains on adversarial inputs ---------------------------------------------------------------
+
+
+def test_alf_first_update_is_the_step_on_adversarial_inputs(data, encoder):
+    """One batch, one epoch: SGD's first step is theta1 = theta0 - lr (grad + wd theta0), so the head
+    after train_alf reveals the gradient ALF stepped on. It must not be the clean images' gradient,
+    and the recorded loss (on the inputs trained on) must exceed the clean loss of the same head."""
+    from torch.nn import functional as F
+
+    from robustssl.eval.linear import WEIGHT_DECAY
+
+    n = 64
+    cfg = small_cfg(protocols=["alf"], linear_epochs=1, linear_batch_size=n, train_examples=n, eps=8 / 255,
+                    pgd_alpha=2 / 255, alf_steps=5)
+    model = LinearEvalModel(copy.deepcopy(encoder), 10)
+    summary = train_alf(model, data[0], cfg, "cpu")
+
+    ref = LinearEvalModel(copy.deepcopy(encoder), 10)
+    ref.reset_head(cfg.seed)  # the head train_alf started from
+    w0 = ref.head.weight.detach().clone()
+    subset = train_subset(data[0], n, cfg.seed)
+    clean_loss = F.cross_entropy(ref(subset.images.float() / 255), subset.labels)
+    (g_clean,) = torch.autograd.grad(clean_loss, [ref.head.weight])
+    lr = lr_at(0, cfg.linear_lr, cfg.linear_epochs)
+    g_used = (w0 - model.head.weight.detach()) / lr - WEIGHT_DECAY * w0
+
+    assert (g_used - g_clean).norm() > 0.2 * g_clean.norm(), "ALF stepped on the clean images' gradient"
+    assert summary["epoch_loss"][0] > clean_loss.item() + 0.05, "ALF's training loss is the clean loss"

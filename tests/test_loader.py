@@ -22,13 +22,23 @@ def test_loader_yields_the_index_set_in_batches_and_resumes_mid_epoch():
     subset = torch.tensor([1, 4, 9, 16, 25, 36, 49, 2, 3, 5, 7, 11, 13, 17, 19, 23, 29])
     batches = list(loader.epoch(subset, epoch=2))
     assert len(batches) == len(subset) // 8
-    seen = torch.cat([p for p, _ in batches])
+    seen = torch.cat([b.positions for b in batches])
     assert set(seen.tolist()) <= set(subset.tolist()) and len(set(seen.tolist())) == 16
-    for pos, x in batches:
-        assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
-        assert torch.equal(x, data.images[pos].float() / 255)
+    for b in batches:
+        assert b.images.dtype == torch.float32 and 0 <= b.images.min() and b.images.max() <= 1
+        assert torch.equal(b.images, data.images[b.positions].float() / 255)
+        assert torch.equal(b.labels, data.labels[b.positions]) and b.weights is None
     resumed = list(loader.epoch(subset, epoch=2, start_batch=1))
-    assert torch.equal(resumed[0][0], batches[1][0])
+    assert torch.equal(resumed[0].positions, batches[1].positions)
+
+
+def test_coreset_weights_travel_with_their_positions():
+    data = _data()
+    loader = DeviceLoader(data, batch_size=4, seed=1)
+    positions = torch.tensor([3, 8, 13, 21, 34, 40, 41, 47])
+    weights = positions.float() / 10  # weight i belongs to position i
+    for b in loader.epoch(positions, epoch=0, weights=weights):
+        assert torch.allclose(b.weights, b.positions.float() / 10)
 
 
 def test_augment_is_seeded_batched_and_in_range():

@@ -70,3 +70,57 @@ def test_load_encoder_errors(tmp_path):
         load_encoder(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="3 input channels"):
         build_model(ModelSpec(arch="cnn", in_channels=3, mean=(0.5,), std=(0.5,)))
+
+
+# --- export metadata and damaged exports ------------------------------------------------------
+
+
+def test_export_records_trained_branches_atomically(tmp_path, tiny_spec):
+    from robustssl.models.export import read_export_metadata
+
+    model = build_model(tiny_spec)
+    path = export_encoder(model, tiny_spec, tmp_path / "enc.safetensors", trained_branches=["normal"])
+    meta = read_export_metadata(path)
+    assert meta["trained_branches"] == ["normal"] and meta["spec"]["arch"] == "cnn"
+    assert [p.name for p in tmp_path.iterdir()] == ["enc.safetensors"]  # no temp file left behind
+    # Exports that do not record the branches (older ones, or trained_branches=None) read as unknown.
+    old = export_encoder(model, tiny_spec, tmp_path / "old.safetensors")
+    assert read_export_metadata(old)["trained_branches"] is None
+    assert load_encoder(old)[1] == tiny_spec
+    with pytest.raises(ValueError, match="normal, pgd"):
+        export_encoder(model, tiny_spec, tmp_path / "bad.safetensors", trained_branches=["adv"])
+
+
+def _one_line_run_error(path, match):
+    from robustssl.errors import RunError
+
+    with pytest.raises(RunError, match=match) as info:
+        load_encoder(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "robustssl pretrain" in message
+    # no safetensors/JSON traceback chained to it
+    assert info.value.__cause__ is None and (info.value.__context__ is None or info.value.__suppress_context__)
+
+
+def test_load_encoder_rejects_junk_file(tmp_path):
+    junk = tmp_path / "encoder.safetensors"
+    junk.write_bytes(b"this is not a safetensors file at all" * 20)
+    _one_line_run_error(junk, "not a safetensors file")
+    tiny = tmp_path / "tiny.safetensors"
+    tiny.write_bytes(b"abc")
+    _one_line_run_error(tiny, "not a safetensors file")
+
+
+def test_load_encoder_rejects_truncated_export(tmp_path, tiny_spec):
+    full = export_encoder(build_model(tiny_spec), tiny_spec, tmp_path / "full.safetensors").read_bytes()
+    half = tmp_path / "encoder.safetensors"
+    half.write_bytes(full[: len(full) // 2])
+    _one_line_run_error(half, "truncated")
+
+
+def test_load_encoder_rejects_foreign_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "encoder.safetensors"
+    save_file({"w": torch.zeros(3)}, str(foreign))
+    _one_line_run_error(foreign, "not a robustssl encoder export")

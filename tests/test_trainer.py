@@ -7,6 +7,7 @@ import yaml
 
 from robustssl import api
 from robustssl.config import ConfigError
+from robustssl.errors import RunError
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 from robustssl.train.trainer import TrainingError
@@ -39,7 +40,7 @@ def test_pretrain_writes_run_artifacts(tmp_path, data_root):
     assert [r["epoch"] for r in epochs] == [0, 1]
     assert {"augment", "attack", "update", "selection"} <= set(epochs[0]["time"])
     assert epochs[0]["time"]["attack"] > 0
-    with pytest.raises(TrainingError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a run"):
         api.pretrain("acl_fmnist_cpu", run, overrides=TINY + [f"data.root={data_root}"])
 
 

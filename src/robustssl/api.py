@@ -7,29 +7,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from .config import RunConfig, from_dict, load_config, to_dict
 from .coreset.schedule import CoresetSchedule
 from .data import load_dataset
+from .errors import ConfigError
+from .io import atomic_write_text
 from .methods import build_method
 from .models import build_model, load_encoder
 from .train.checkpoint import load_checkpoint
-from .train.trainer import CHECKPOINT, CONFIG, ENCODER, SUMMARY, RunResult, load_train_set, model_spec, resolve_device
+from .train.run_dir import CHECKPOINT, ENCODER, SUMMARY, read_run_config, resume_config
+from .train.trainer import RunResult, data_options, load_train_set, model_spec, resolve_device
 from .train.trainer import pretrain as _pretrain
 
 
 def pretrain(config: str | Path | RunConfig | None, out: str | Path, overrides: list[str] | None = None, resume: bool = False) -> RunResult:
-    """Pretrain an encoder. `config`: a YAML path, a bundled recipe name, or a RunConfig
-    (None with resume=True: the run's own config). Writes checkpoint.pt, metrics.jsonl,
+    """Pretrain an encoder. `config`: a YAML path, a bundled recipe name, or a RunConfig.
+    With resume=True the run in `out` continues with its own config (a `config` given too
+    must match it; overrides are refused). Writes checkpoint.pt, metrics.jsonl,
     encoder.safetensors and run.json into `out`."""
     if resume:
-        saved = Path(out) / CONFIG
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume: {saved} does not exist; start the run without --resume")
-        if overrides:
-            raise ValueError("--resume continues the same run: key=value overrides are not allowed")
-        cfg = from_dict(yaml.safe_load(saved.read_text()))
+        cfg = resume_config(out, config, overrides)
     elif isinstance(config, RunConfig):
         cfg = from_dict(to_dict(config), overrides)
     else:
@@ -38,25 +36,25 @@ def pretrain(config: str | Path | RunConfig | None, out: str | Path, overrides: 
 
 
 def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a robustssl run (no {CONFIG}); pass the --out folder of `robustssl pretrain`")
-    return from_dict(yaml.safe_load(path.read_text()), overrides)
+    """A run's own config (config.yaml) plus validated overrides."""
+    return read_run_config(run_dir, overrides)
 
 
 def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None) -> dict[str, Any]:
     """Evaluate a run's encoder with its config's `eval` section (plus overrides); writes
     report.json, report.md and robustness_curve.png into the run folder and returns the report."""
     from .eval import evaluate_encoder, write_report  # only evaluation needs the eval stack (AutoAttack, plots)
+    from .models.export import read_export_metadata
 
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir, overrides)
+    cfg = run_config(run_dir, overrides)  # every key validated before the encoder or data are touched
     device = resolve_device(cfg.train.device)
     model, _ = load_encoder(run_dir / ENCODER, device=str(device))
+    trained = read_export_metadata(run_dir / ENCODER).get("trained_branches")
     train = load_train_set(cfg)
-    test = load_dataset(cfg.data.name, "test", root=cfg.data.root, download=cfg.data.download)
+    test = load_dataset(cfg.data.name, "test", **data_options(cfg))
     torch.manual_seed(cfg.eval.seed)
-    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch)
+    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained)
     extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name}
     summary = run_dir / SUMMARY
     if summary.is_file():
@@ -73,8 +71,9 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
-    if cfg.coreset.method == "full":
-        raise ValueError("coreset.method is 'full' in this run's config: pass coreset.method=rcs (or random) to select")
+    schedule_probe = CoresetSchedule(cfg.coreset, cfg.train.epochs, 1, cfg.optim.batch_size, cfg.train.seed)
+    if not schedule_probe.selector.trains_on_subset:
+        raise ConfigError(f"coreset.method is '{cfg.coreset.method}' in this run's config: pass coreset.method=rcs (or random) to select")
     device = resolve_device(cfg.train.device)
     data = load_train_set(cfg).to(device)
     model = build_model(model_spec(cfg, data)).to(device)
@@ -89,8 +88,9 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
         "run": str(run_dir), "coreset": {k: v for k, v in schedule.summary().items() if k != "selections"},
         "seconds": seconds, "sample_ids": data.indices[sel.positions.to(device)].cpu().tolist(),
         "gains": None if sel.gains is None else sel.gains.tolist(),
+        "weights": None if sel.weights is None else sel.weights.tolist(),
     }
     path = Path(out) if out else run_dir / "selection.json"
-    path.write_text(json.dumps(result))
+    atomic_write_text(path, json.dumps(result))
     result["path"] = str(path)
     return result

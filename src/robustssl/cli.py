@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from . import api
-from .config import ConfigError, recipe_dir
+from .config import recipe_dir
 from .data import DatasetError
+from .errors import ConfigError, RobustSSLError
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -43,7 +44,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
-    quickstart(args.out, overrides=args.overrides)
+    quickstart(args.out, overrides=args.overrides, force=args.force)
     return 0
 
 
@@ -61,6 +62,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .coreset.registry import SELECTORS
+    from .eval.registry import ATTACKS, PROTOCOLS
+    from .models import BRANCHES
+
+    selectors = [name for name, s in SELECTORS.items() if s.trains_on_subset]
     p = argparse.ArgumentParser(prog="robustssl", description="Adversarially robust self-supervised pretraining and honest evaluation.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -73,23 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a pretrained run (linear probes, PGD, AutoAttack)")
     ev.add_argument("--run", required=True, help="the --out folder of a pretrain run")
-    ev.add_argument("--protocol", help="comma-separated: slf,alf")
-    ev.add_argument("--attacks", help="comma-separated: pgd20,autoattack")
+    ev.add_argument("--protocol", help=f"comma-separated: {','.join(PROTOCOLS)}")
+    ev.add_argument("--attacks", help=f"comma-separated: {','.join(ATTACKS)}")
     ev.add_argument("--n-examples", type=int, help="evaluate on the first N test images (default: the full test set)")
-    ev.add_argument("--branch", choices=["pgd", "normal"], help="dual-BN branch to evaluate (default: pgd)")
+    ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
     ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
     ev.set_defaults(func=cmd_evaluate)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")
     se.add_argument("--fraction", type=float, help="coreset fraction (default: the run's coreset.fraction)")
-    se.add_argument("--method", choices=["rcs", "random"], help="selector (default: the run's coreset.method)")
+    se.add_argument("--method", choices=selectors, help="selector (default: the run's coreset.method)")
     se.add_argument("--output", help="where to write the selection JSON (default: RUN/selection.json)")
     se.add_argument("overrides", nargs="*", help="coreset.key=value overrides")
     se.set_defaults(func=cmd_select)
 
     qs = sub.add_parser("quickstart", help="ACL vs SimCLR on Fashion-MNIST, evaluated with PGD-20 and AutoAttack (CPU, minutes)")
     qs.add_argument("--out", default="runs/quickstart", help="folder for both runs and the comparison table")
+    qs.add_argument("--force", action="store_true", help="replace run folders in --out that are not a finished quickstart")
     qs.add_argument("overrides", nargs="*", help="section.key=value overrides applied to both runs")
     qs.set_defaults(func=cmd_quickstart)
     return p
@@ -99,12 +106,32 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"robustssl {args.command}: error: {e}", file=sys.stderr)
+    except (RobustSSLError, DatasetError, OSError, ValueError, RuntimeError) as e:
+        print(f"robustssl {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with --resume", file=sys.stderr)
+        print(f"robustssl {args.command}: interrupted; {after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def one_line(e: BaseException) -> str:
+    """The message on one line; an OSError names its file (disk full, a file where a folder should be)."""
+    if isinstance(e, OSError) and not isinstance(e, RobustSSLError) and e.filename:
+        text = f"{e.filename}: {e.strerror or e}"
+    else:
+        text = str(e)
+    return " ".join(text.split())
+
+
+def after_interrupt(args: argparse.Namespace) -> str:
+    """What to do next: resume when a checkpoint exists, otherwise start again."""
+    if args.command != "pretrain":
+        return "run the command again"
+    out = Path(args.out)
+    if (out / "checkpoint.pt").is_file():
+        return f"continue with: robustssl pretrain --out {out} --resume"
+    return (f"no checkpoint was saved yet, so there is nothing to resume; delete {out} (or choose another --out) "
+            "and start the run again")
 
 
 if __name__ == "__main__":

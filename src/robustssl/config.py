@@ -5,38 +5,59 @@ value of the wrong type or out of range says what is expected.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .data.catalog import DATASET_NAMES
+from .errors import ConfigError
+from .models.encoder import ModelConfig
+from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
 
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the user."""
+__all__ = [
+    "AttackConfig", "AugmentConfig", "ConfigError", "CoresetConfig", "DataConfig", "EvalConfig", "MethodConfig",
+    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "flatten", "from_dict", "load_config", "parse_override",
+    "recipe_dir", "resolve_recipe", "to_dict", "to_flat_dict",
+]
+
+
+# --- registries: the vocabularies are the registered components themselves -------------
+def method_names() -> list[str]:
+    from .methods import METHODS  # here: methods import this module's section types
+
+    return list(METHODS)
+
+
+def selector_names() -> list[str]:
+    from .coreset.registry import SELECTORS
+
+    return list(SELECTORS)
+
+
+def protocol_names() -> list[str]:
+    from .eval.registry import PROTOCOLS
+
+    return list(PROTOCOLS)
+
+
+def attack_names() -> list[str]:
+    from .eval.registry import ATTACKS
+
+    return list(ATTACKS)
 
 
 @dataclass
 class DataConfig:
-    name: str = "fashion-mnist"
-    root: str | None = None
+    name: str = one_of("fashion-mnist", DATASET_NAMES)
+    root: str | None = None  # given: the data are searched there only
     download: bool = False
-    train_subset: int | None = None  # a seeded random subset of the training split (None: all)
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "resnet18"
-    width: int = 64
-    stem: str = "cifar"
-    dual_bn: bool = True
-    proj_hidden: int = 512
-    proj_out: int = 512
-    proj_layers: int = 3
-    proj_bn: bool = True
+    train_subset: int | None = positive(None)  # a seeded random subset of the training split (None: all)
+    image_size: int | None = positive(None)  # imagefolder: resize every image to this size (None: all must match)
+    channels: int | None = one_of(None, (1, 3))  # type: ignore[arg-type]  # imagefolder: force 1 or 3 channels
 
 
 @dataclass
@@ -44,85 +65,101 @@ class AugmentConfig:
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     flip: bool = True
     jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
+    jitter_p: float = unit_interval(0.8)
+    grayscale_p: float = unit_interval(0.2)
 
 
 @dataclass
 class MethodConfig:
-    name: str = "acl"
-    tau: float = 0.5
+    """`name` picks the method; `settings` holds each configured method's own settings
+    (a dataclass declared by the method, written `method.<name>.<key>`)."""
+
+    name: str = one_of("acl", method_names)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .methods import METHODS
+
+        if self.name in METHODS and self.name not in self.settings:  # the selected method always has its settings
+            self.settings[self.name] = METHODS[self.name].Settings()
+
+    @property
+    def params(self) -> Any:
+        """The selected method's settings."""
+        return self.settings[self.name]
 
 
 @dataclass
 class AttackConfig:
     """The training attack (PGD on the method's own loss)."""
 
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 5
-    norm: str = "linf"
+    eps: float = non_negative(8 / 255)
+    alpha: float = non_negative(2 / 255)
+    steps: int = non_negative(5)
+    norm: str = one_of("linf", ("linf", "l2"))
     random_start: bool = True
 
 
 @dataclass
 class OptimConfig:
-    name: str = "lars"
-    lr: float = 5.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-6
+    name: str = one_of("lars", ("lars", "sgd"))
+    lr: float = positive(5.0)
+    momentum: float = non_negative(0.9)
+    weight_decay: float = non_negative(1e-6)
     nesterov: bool = False
-    trust_coef: float = 1e-3
-    batch_size: int = 512
-    warmup_epochs: float = 10.0
-    schedule: str = "cosine"
+    trust_coef: float = non_negative(1e-3)
+    lars_exclude_1d: bool = True  # LARS: biases and norm parameters skip adaptation and weight decay
+    batch_size: int = positive(512)
+    warmup_epochs: float = non_negative(10.0)
+    schedule: str = one_of("cosine", ("cosine", "constant"))
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every_steps: int = 0  # 0: only at epoch ends
-    checkpoint_every_epochs: int = 1
-    log_every_steps: int = 10
+    epochs: int = positive(1000)
+    seed: int = non_negative(0)
+    device: str = one_of("auto", ("auto", "cpu", "cuda"))
+    checkpoint_every_steps: int = non_negative(0)  # 0: only at epoch ends
+    checkpoint_every_epochs: int = non_negative(1)
+    log_every_steps: int = positive(10)
     progress: bool = True
 
 
 @dataclass
 class CoresetConfig:
-    method: str = "full"
-    fraction: float = 0.2
-    warmup_epochs: int = 100
-    every: int = 20
-    unit: str = "batch"
-    val_fraction: float = 0.01
-    rd_eps: float = 8 / 255
-    rd_alpha: float = 8 / 255 / 3
-    rd_steps: int = 3
-    eta: float = 0.01  # the simulated head step of the greedy loop
-    refresh_every: int = 1  # re-evaluate g_val every r picks (1: after every pick, as in the paper)
-    sketch_dim: int = 0  # 0: score with the full flattened head gradient; k: a seeded random projection to k dims
-    candidate_attack_steps: int | None = None  # attack steps for candidate losses (None: the method's own)
-    candidate_fraction: float = 1.0  # score a seeded random share of the candidates (1.0: all, as in the paper)
+    method: str = one_of("full", selector_names)
+    fraction: float = unit_interval(0.2)
+    warmup_epochs: int = non_negative(100)
+    every: int = positive(20)
+    unit: str = one_of("batch", ("batch", "sample"))
+    val_fraction: float = unit_interval(0.01)
+    rd_eps: float = non_negative(8 / 255)
+    rd_alpha: float = non_negative(8 / 255 / 3)
+    rd_steps: int = non_negative(3)
+    eta: float = non_negative(0.01)  # the simulated head step of the greedy loop
+    refresh_every: int = positive(1)  # re-evaluate g_val every r picks (1: after every pick, as in the paper)
+    sketch_dim: int = non_negative(0)  # 0: score with the full flattened head gradient; k: a seeded random projection
+    candidate_attack_steps: int | None = non_negative(None)  # attack steps for candidate losses (None: the method's own)
+    candidate_fraction: float = unit_interval(1.0)  # score a seeded random share of the candidates (1.0: all)
 
 
 @dataclass
 class EvalConfig:
-    protocols: list[str] = field(default_factory=lambda: ["slf"])
-    attacks: list[str] = field(default_factory=lambda: ["pgd20", "autoattack"])
-    eps: float = 8 / 255
-    pgd_alpha: float = 2 / 255
-    n_examples: int | None = None  # None: the full test set
-    autoattack_examples: int | None = None  # AutoAttack on the first M of those (None: all of them)
-    train_examples: int | None = None  # linear-probe training images (None: the full training split)
-    eps_curve: list[float] = field(default_factory=list)  # extra eps values for the robustness curve
-    linear_epochs: int = 25
-    linear_lr: float = 0.01
-    linear_batch_size: int = 512
-    alf_steps: int = 10
-    seed: int = 0
-    batch_size: int = 500
+    protocols: list[str] = one_of(["slf"], protocol_names)
+    attacks: list[str] = one_of(["pgd20", "autoattack"], attack_names)
+    eps: float = unit_interval(8 / 255)
+    pgd_alpha: float = non_negative(2 / 255)
+    n_examples: int | None = positive(None)  # None: the full test set
+    autoattack_examples: int | None = positive(None)  # AutoAttack on the first M of those (None: all of them)
+    train_examples: int | None = positive(None)  # linear-probe training images (None: the full training split)
+    eps_curve: list[float] = unit_interval([])  # extra eps values for the robustness curve
+    linear_epochs: int = positive(25)
+    linear_lr: float = positive(0.01)
+    linear_standardize: bool = False  # standardize features with training-set mean/std, folded exactly into the head
+    linear_batch_size: int = positive(512)
+    alf_steps: int = non_negative(10)
+    seed: int = non_negative(0)
+    batch_size: int = positive(500)
 
 
 @dataclass
@@ -138,122 +175,37 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-# Closed vocabularies, checked before any work. Kept here so the error can list them.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder"),
-    "model.arch": ("resnet18", "cnn"),
-    "model.stem": ("cifar", "imagenet"),
-    "method.name": ("simclr", "acl"),
-    "attack.norm": ("linf", "l2"),
-    "optim.name": ("lars", "sgd"),
-    "optim.schedule": ("cosine", "constant"),
-    "coreset.method": ("full", "random", "rcs"),
-    "coreset.unit": ("batch", "sample"),
-    "train.device": ("auto", "cpu", "cuda"),
-}
-LIST_CHOICES: dict[str, tuple[str, ...]] = {
-    "eval.protocols": ("slf", "alf"),
-    "eval.attacks": ("pgd20", "autoattack"),
-}
-POSITIVE = {
-    "model.width", "model.proj_hidden", "model.proj_out", "model.proj_layers", "method.tau", "optim.lr",
-    "optim.batch_size", "train.epochs", "train.log_every_steps", "eval.linear_epochs", "eval.linear_lr",
-    "eval.linear_batch_size", "eval.batch_size", "coreset.every", "coreset.refresh_every", "data.train_subset",
-    "eval.n_examples", "eval.train_examples", "eval.autoattack_examples",
-}
-NON_NEGATIVE = {
-    "attack.eps", "attack.alpha", "attack.steps", "optim.momentum", "optim.weight_decay", "optim.trust_coef",
-    "optim.warmup_epochs", "train.checkpoint_every_steps", "train.checkpoint_every_epochs", "coreset.warmup_epochs",
-    "coreset.rd_eps", "coreset.rd_alpha", "coreset.rd_steps", "coreset.eta", "coreset.sketch_dim",
-    "coreset.candidate_attack_steps", "eval.eps",
-    "eval.pgd_alpha", "eval.alf_steps", "train.seed", "eval.seed",
-}
-UNIT_INTERVAL = {"augment.jitter_p", "augment.grayscale_p", "coreset.fraction", "coreset.val_fraction", "coreset.candidate_fraction"}
+SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def _build_method(raw: Any) -> MethodConfig:
+    """method: {name: acl, acl: {tau: 0.5}, ...}: each `<method>` mapping is built with that
+    method's own settings class; the selected method's settings are always present."""
+    from .methods import METHODS
 
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting ints to floats where a float is expected."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {tp}, got {value!r}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r} (write it as [a, b] or a YAML list)")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, key) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot, no sign) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {tp}")
-
-
-def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
-    hints = _hints(cls)
-    valid = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
+        raise ConfigError(f"method: expected a mapping of keys to values, got {raw!r}")
+    name = coerce(raw.get("name", MethodConfig.name), str, "method.name")
+    settings: dict[str, Any] = {}
     for key, value in raw.items():
-        if key not in valid:
-            raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {', '.join(prefix + v for v in valid)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, prefix + key)
-    return cls(**kwargs)
+        if key == "name":
+            continue
+        if key not in METHODS:
+            valid = ", ".join(["method.name"] + [f"method.{m}.<key>" for m in METHODS])
+            raise ConfigError(f"unknown config key 'method.{key}'; valid keys here: {valid}")
+        settings[key] = build_settings(METHODS[key].Settings, value, f"method.{key}.")
+    cfg = MethodConfig(name=name, settings=settings)
+    check_fields(cfg, "method.")
+    return cfg
 
 
 def _validate(cfg: RunConfig) -> None:
-    flat = to_flat_dict(cfg)
-    for key, options in CHOICES.items():
-        if flat[key] not in options:
-            raise ConfigError(f"{key}={flat[key]!r} is not valid; choose one of: {', '.join(options)}")
-    for key, options in LIST_CHOICES.items():
-        for v in flat[key]:
-            if v not in options:
-                raise ConfigError(f"{key}: {v!r} is not valid; choose from: {', '.join(options)}")
-    for key in POSITIVE:
-        if flat[key] is not None and flat[key] <= 0:
-            raise ConfigError(f"{key} must be > 0, got {flat[key]}")
-    for key in NON_NEGATIVE:
-        if flat[key] is not None and flat[key] < 0:
-            raise ConfigError(f"{key} must be >= 0, got {flat[key]}")
-    for key in UNIT_INTERVAL:
-        if not 0.0 <= flat[key] <= 1.0:
-            raise ConfigError(f"{key} must be in [0, 1], got {flat[key]}")
+    """Rules that relate several keys; then the selected method's and selector's own checks."""
+    from .coreset.registry import SELECTORS
+    from .methods import METHODS
+
     lo, hi = (cfg.augment.crop_scale + [None, None])[:2]
     if len(cfg.augment.crop_scale) != 2 or not 0 < lo <= hi <= 1:
         raise ConfigError(f"augment.crop_scale must be [low, high] with 0 < low <= high <= 1, got {cfg.augment.crop_scale}")
@@ -263,8 +215,10 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"coreset.fraction must be in (0, 1], got {cfg.coreset.fraction}")
     if cfg.coreset.val_fraction >= 1:
         raise ConfigError(f"coreset.val_fraction must be < 1, got {cfg.coreset.val_fraction}")
-    if cfg.method.name == "acl" and cfg.attack.steps == 0:
-        raise ConfigError("method acl needs attack.steps >= 1 (ACL trains on PGD views); use method.name=simclr for clean training")
+    if cfg.data.name != "imagefolder" and (cfg.data.image_size is not None or cfg.data.channels is not None):
+        raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
+    METHODS[cfg.method.name].check_config(cfg)
+    SELECTORS[cfg.coreset.method].check_config(cfg)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -280,39 +234,53 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
-    sections = [f.name for f in dataclasses.fields(RunConfig)]
+    """Apply `section.key=value` (or `method.<name>.key=value`) overrides to a nested dict (a copy)."""
+    raw = copy.deepcopy(raw)
     for item in overrides:
         key, value = parse_override(item)
         parts = key.split(".")
-        if len(parts) != 2:
-            raise ConfigError(f"override key {key!r} must be section.key; sections: {', '.join(sections)}")
-        section, name = parts
-        if section not in sections:
-            raise ConfigError(f"unknown config section '{section}' in {item!r}; valid sections: {', '.join(sections)}")
-        raw.setdefault(section, {})
-        if raw[section] is None:
-            raw[section] = {}
-        raw[section][name] = value
+        if parts[0] not in SECTIONS:
+            raise ConfigError(f"unknown config section '{parts[0]}' in {item!r}; valid sections: {', '.join(SECTIONS)}")
+        depth = 3 if parts[0] == "method" and len(parts) == 3 else 2
+        if len(parts) != depth:
+            raise ConfigError(
+                f"override key {key!r} must be section.key (or method.<method>.key); sections: {', '.join(SECTIONS)}"
+            )
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
     return raw
 
 
 def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """Validated RunConfig from a nested dict plus overrides; raises ConfigError before any work."""
-    cfg = _build(RunConfig, merge(raw or {}, overrides or []), "")
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    raw = merge(raw, overrides or [])
+    method_raw = raw.pop("method", None)
+    cfg = build_settings(RunConfig, raw, "")
+    cfg.method = _build_method(method_raw)
     _validate(cfg)
     return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML recipe (a file path, or the name of a bundled recipe) and apply overrides."""
-    raw: dict[str, Any] = {}
+    raw: Any = {}
     if path is not None:
         p = resolve_recipe(path)
         try:
             raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: not valid YAML ({e}); fix the file or pass another --config") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(SECTIONS)}), "
+                              f"got {type(raw).__name__}; fix the file or pass another --config")
     return from_dict(raw, overrides)
 
 
@@ -332,8 +300,19 @@ def resolve_recipe(path: str | Path) -> Path:
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The nested plain-data form (what config.yaml holds); `from_dict(to_dict(cfg)) == cfg`."""
+    out = dataclasses.asdict(cfg)
+    out["method"] = {"name": cfg.method.name, **{k: dataclasses.asdict(v) for k, v in cfg.method.settings.items()}}
+    return out
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optim': {'lr': 5.0}} -> {'optim.lr': 5.0}: every leaf of a nested dict under its dotted path."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def to_flat_dict(cfg: RunConfig) -> dict[str, Any]:
-    return {f"{s}.{k}": v for s, sec in to_dict(cfg).items() for k, v in sec.items()}
+    """{'optim.lr': 5.0, 'method.acl.tau': 0.5, ...}"""
+    return flatten(to_dict(cfg))

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from . import api
+from .config import load_config
+from .errors import RunError
+from .io import atomic_write_text
 
 # table label -> (bundled recipe, run folder)
 RUNS = {"ACL": ("acl_fmnist_cpu", "acl"), "SimCLR": ("simclr_fmnist_cpu", "simclr")}
+MARKER = "quickstart.json"  # written last: its presence marks a finished quickstart of ours
 
 
 def _row(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -53,16 +57,21 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None) -> list[dict[str, Any]]:
+def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None = None,
+               force: bool = False) -> list[dict[str, Any]]:
     """Pretrain ACL and SimCLR with the CPU recipes, evaluate both, print and write the table.
 
-    An existing quickstart folder is replaced (the quickstart always starts fresh)."""
+    Every override is validated (against both recipes) before anything is touched. Run folders
+    left in `out` are replaced only when `out` holds a finished quickstart (its quickstart.json)
+    or with force=True; otherwise this refuses and nothing is deleted.
+    """
     out = Path(out)
+    for recipe, _ in RUNS.values():
+        load_config(recipe, overrides)
+    clear_previous(out, force)
     rows = []
     for label, (recipe, folder) in RUNS.items():
         run = out / folder
-        if run.exists():
-            shutil.rmtree(run)
         print(f"== pretraining {recipe} -> {run}")
         start = time.perf_counter()
         api.pretrain(recipe, run, overrides=overrides)
@@ -71,8 +80,25 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         report = api.evaluate(run)
         rows.append(_row(label, report, seconds))
     table = render(rows)
-    (out / "quickstart.md").write_text(table + "\n")
-    (out / "quickstart.json").write_text(json.dumps(rows, indent=2))
+    atomic_write_text(out / "quickstart.md", table + "\n")
+    atomic_write_text(out / MARKER, json.dumps(rows, indent=2))
     print()
     print(table)
     return rows
+
+
+def clear_previous(out: Path, force: bool) -> None:
+    """Remove the run folders of an earlier quickstart in `out`; refuse for anything else."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder; choose a folder for the quickstart")
+    present = [out / folder for _, folder in RUNS.values() if (out / folder).exists()]
+    if not present:
+        return
+    if not (out / MARKER).is_file() and not force:
+        raise RunError(
+            f"{out} already holds {', '.join(str(p) for p in present)}, which is not a finished quickstart "
+            f"(no {out / MARKER}); nothing was deleted. Choose another --out, or pass --force to replace them"
+        )
+    (out / MARKER).unlink(missing_ok=True)  # first: an interrupted clean-up must not look finished
+    for p in present:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()

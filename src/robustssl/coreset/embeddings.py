@@ -10,24 +10,26 @@ from typing import Any
 
 import torch
 
+from ..attacks import PGDConfig
+from ..data.batch import Batch, make_batch
 from ..data.dataset import ImageDataset
 from .head import HeadView, only_head_trainable
 
 
-def _batch_gradient(model: torch.nn.Module, method: Any, x: torch.Tensor, view: HeadView) -> torch.Tensor:
-    grads = torch.autograd.grad(method.training_loss(model, x), view.params)
+def _batch_gradient(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None) -> torch.Tensor:
+    grads = torch.autograd.grad(method.training_loss(model, batch, attack), view.params)
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def _per_sample_gradients(model: torch.nn.Module, method: Any, x: torch.Tensor, view: HeadView) -> torch.Tensor:
+def _per_sample_gradients(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None) -> torch.Tensor:
     """[B, dim]: each image's share of the gradient of the summed loss (the rows sum to it exactly).
 
     A head forward's row r belongs to image r % B (methods stack views view-major). The head
     weight's gradient is sum_r delta_r h_r^T, so image i's share is the sum over its rows.
     """
-    b = x.shape[0]
+    b, x = len(batch), batch.images
     with view.capture() as calls:
-        loss = method.training_loss(model, x) * b
+        loss = method.training_loss(model, batch, attack) * b
     outs = [out for _, out in calls]
     deltas = torch.autograd.grad(loss, outs, allow_unused=True)
     per = torch.zeros(b, view.dim, device=x.device)
@@ -45,7 +47,8 @@ def _per_sample_gradients(model: torch.nn.Module, method: Any, x: torch.Tensor, 
 
 
 def candidate_gradients(
-    model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int
+    model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
+    attack: PGDConfig | None = None,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
 
@@ -53,17 +56,15 @@ def candidate_gradients(
     the gradient of that batch's mean loss (what one SGD step on it would use). For
     unit="sample", each entry is one position; images are run `chunk` at a time (each
     other's negatives, as in a training batch) and a row is that image's share of the
-    chunk's summed-loss gradient. Runs in the model's current mode; only the head gets gradients.
+    chunk's summed-loss gradient. attack: the attack the method's loss uses (None: its training
+    attack). Runs in the model's current mode; only the head gets gradients.
     """
-    device = data.images.device
     with only_head_trainable(model, view):
         if unit == "batch":
-            return torch.stack([
-                _batch_gradient(model, method, data.images[p.to(device)].float().div_(255), view) for p in units
-            ])
+            return torch.stack([_batch_gradient(model, method, make_batch(data, p), view, attack) for p in units])
         flat = torch.stack(units)
         return torch.cat([
-            _per_sample_gradients(model, method, data.images[flat[s : s + chunk].to(device)].float().div_(255), view)
+            _per_sample_gradients(model, method, make_batch(data, flat[s : s + chunk]), view, attack)
             for s in range(0, flat.numel(), chunk)
         ])
 

@@ -12,24 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..attacks import PGDConfig
-from ..config import CoresetConfig
 from ..data.dataset import ImageDataset
 from ..models import has_dual_bn, model_mode
 from .divergence import ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select
 from .head import HeadView
-from .selectors import Selection, units_to_positions
+from .selectors import Selection, Selector, units_to_positions
+
+if TYPE_CHECKING:
+    from ..config import CoresetConfig
 
 
-class RCSSelector:
+class RCSSelector(Selector):
+    name = "rcs"
+    needs_validation_split = True
+
     def __init__(self, cfg: CoresetConfig, seed: int) -> None:
-        self.cfg = cfg
+        super().__init__(cfg, seed)
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed + 15485863)
         self.rd_attack = PGDConfig(cfg.rd_eps, cfg.rd_alpha, cfg.rd_steps, "linf", True)
@@ -50,28 +55,19 @@ class RCSSelector:
         view = HeadView(model)
         branch = "pgd" if has_dual_bn(model) else None
         units, order = self.candidate_units(pool, batch_size, budget)
-        saved_attack = method.attack_cfg
+        attack = method.attack_cfg
         if self.cfg.candidate_attack_steps is not None:
-            method.attack_cfg = dataclasses.replace(saved_attack, steps=self.cfg.candidate_attack_steps)
+            attack = dataclasses.replace(attack, steps=self.cfg.candidate_attack_steps)
         # The whole selection runs in eval mode: BN uses (and never updates) running statistics,
         # in the candidate losses and in every g_val refresh of the greedy loop alike.
-        try:
-            with model_mode(model, "eval"):
-                x_val = data.images[val.to(data.images.device)].float().div_(255)
-                rd = ValidationRD(model, view, x_val, self.rd_attack, branch)
-                grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size)
-                sketch = None
-                if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
-                    sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
-                w0 = view.flat()
-                result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
-        finally:
-            method.attack_cfg = saved_attack
+        with model_mode(model, "eval"):
+            x_val = data.images[val.to(data.images.device)].float().div_(255)
+            rd = ValidationRD(model, view, x_val, self.rd_attack, branch)
+            grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size, attack=attack)
+            sketch = None
+            if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
+                sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
+            w0 = view.flat()
+            result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
         positions = units_to_positions(pool, result.picks.cpu(), self.cfg.unit, batch_size, order)
         return Selection(positions.sort().values, None, result.gains.detach().cpu())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])

@@ -11,7 +11,8 @@ import torch
 
 from ..config import CoresetConfig
 from ..data.dataset import ImageDataset
-from .selectors import Selection, build_selector
+from .registry import build_selector
+from .selectors import Selection
 
 
 class CoresetSchedule:
@@ -22,13 +23,13 @@ class CoresetSchedule:
 
     def __init__(self, cfg: CoresetConfig, epochs: int, n: int, batch_size: int, seed: int) -> None:
         self.cfg, self.epochs, self.batch_size = cfg, epochs, batch_size
+        self.selector = build_selector(cfg, seed)
         g = torch.Generator().manual_seed(seed + 7919)
         perm = torch.randperm(n, generator=g)
-        n_val = max(1, round(cfg.val_fraction * n)) if cfg.method == "rcs" else 0
+        n_val = max(1, round(cfg.val_fraction * n)) if self.selector.needs_validation_split else 0
         # The validation split is removed from the pool: it is never trained on.
         self.val = perm[:n_val].sort().values
         self.pool = perm[n_val:].sort().values
-        self.selector = build_selector(cfg, seed)
         self.current: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
         self.selected_at = -1
@@ -46,7 +47,7 @@ class CoresetSchedule:
         return self.budget() * self.batch_size if self.cfg.unit == "batch" else self.budget()
 
     def uses_coreset(self, epoch: int) -> bool:
-        return self.cfg.method != "full" and epoch >= self.cfg.warmup_epochs
+        return self.selector.trains_on_subset and epoch >= self.cfg.warmup_epochs
 
     def is_selection_epoch(self, epoch: int) -> bool:
         return self.uses_coreset(epoch) and (epoch - self.cfg.warmup_epochs) % self.cfg.every == 0
@@ -61,25 +62,35 @@ class CoresetSchedule:
         return sum(core if self.uses_coreset(e) else full for e in range(self.epochs))
 
     # --- the hook the trainer calls -------------------------------------------------------
-    def positions_for_epoch(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageDataset) -> torch.Tensor:
-        """The positions to train on in `epoch`, selecting a new coreset first when one is due."""
+    def positions_for_epoch(self, epoch: int, model: torch.nn.Module, method: Any,
+                            data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(positions, weights) to train on in `epoch`, selecting a new coreset first when one is due.
+
+        weights: float [len(positions)] loss weights of a weighted coreset, or None.
+        """
         if not self.uses_coreset(epoch):
-            return self.pool
+            return self.pool, None
         if self.current is None or (self.is_selection_epoch(epoch) and self.selected_at != epoch):
             self.select(epoch, model, method, data)
         assert self.current is not None
-        return self.current
+        return self.current, self.weights
 
     def select(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageDataset) -> Selection:
         start = time.perf_counter()
         sel = self.selector.select(model, method, data, self.pool, self.val, self.budget(), self.batch_size)
         seconds = time.perf_counter() - start
-        self.current, self.weights, self.selected_at = sel.positions.cpu(), sel.weights, epoch
+        if sel.weights is not None and sel.weights.shape != sel.positions.shape:
+            raise ValueError(f"{type(self.selector).__name__} returned {sel.weights.numel()} weights for {sel.positions.numel()} positions")
+        weights = None if sel.weights is None else sel.weights.detach().float().cpu()
+        self.current, self.weights, self.selected_at = sel.positions.cpu(), weights, epoch
         self.selections.append({"epoch": epoch, "seconds": seconds, "size": int(sel.positions.numel())})
         return sel
 
     # --- state ------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """What run.json records: the settings and the selections; a full run has no coreset to describe."""
+        if not self.selector.trains_on_subset:
+            return {"method": self.cfg.method, "pool_size": len(self.pool)}
         return {
             "method": self.cfg.method, "fraction_requested": self.cfg.fraction, "unit": self.cfg.unit,
             "pool_size": len(self.pool), "validation_size": len(self.val), "coreset_size": self.coreset_size(),

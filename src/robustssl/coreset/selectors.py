@@ -6,18 +6,21 @@ so every method (supervised ones included) works with every selector.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..config import CoresetConfig
 from ..data.dataset import ImageDataset
+
+if TYPE_CHECKING:
+    from ..config import CoresetConfig, RunConfig
 
 
 @dataclass
 class Selection:
-    """positions: int64 row indices into the training set; weights: per position or None (unweighted);
-    gains: the selector's score of each pick in pick order, or None."""
+    """positions: int64 [n] row indices into the training set; weights: float [n], the loss weight
+    of each position (weighted coresets; the trainer passes them to the method's loss), or None
+    (unweighted); gains: the selector's score of each pick in pick order, or None."""
 
     positions: torch.Tensor
     weights: torch.Tensor | None = None
@@ -34,18 +37,29 @@ def units_to_positions(pool: torch.Tensor, picks: torch.Tensor, unit: str, batch
     return order[rows.flatten()]
 
 
-class RandomSelector:
-    """Uniform random coreset, re-sampled at every selection from its own checkpointed generator."""
+class Selector:
+    """Base class. A selector says whether it needs a validation split (held out of training)
+    and whether it trains on a subset at all, picks a Selection, and checkpoints its state.
+
+    To add one: subclass this in a file of this package and add it to `registry.SELECTORS`.
+    """
+
+    name: ClassVar[str] = "base"
+    needs_validation_split: ClassVar[bool] = False  # True: a val split is held out of the pool
+    trains_on_subset: ClassVar[bool] = True  # False: every epoch trains on the whole pool
 
     def __init__(self, cfg: CoresetConfig, seed: int) -> None:
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed + 104729)
 
-    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor, budget: int, batch_size: int) -> Selection:
-        n_units = len(pool) // batch_size if self.cfg.unit == "batch" else len(pool)
-        order = pool[torch.randperm(len(pool), generator=self.generator)]
-        picks = torch.randperm(n_units, generator=self.generator)[:budget]
-        return Selection(units_to_positions(pool, picks, self.cfg.unit, batch_size, order).sort().values)
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Rules this selector puts on the whole config; raise ConfigError. Run at load time."""
+
+    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+               budget: int, batch_size: int) -> Selection:
+        """Pick `budget` units (samples, or batches of `batch_size`) from `pool` (positions)."""
+        raise NotImplementedError  # abstract: every selector defines its selection
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -54,21 +68,25 @@ class RandomSelector:
         self.generator.set_state(state["generator"])
 
 
-class FullSelector(RandomSelector):
-    """The whole pool. The schedule never calls it (a `full` run has no coreset epochs); it gives `full`
-    the same selector interface and checkpoint state as the others."""
+class RandomSelector(Selector):
+    """Uniform random coreset, re-sampled at every selection from its own checkpointed generator."""
 
-    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor, budget: int, batch_size: int) -> Selection:
+    name = "random"
+
+    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+               budget: int, batch_size: int) -> Selection:
+        n_units = len(pool) // batch_size if self.cfg.unit == "batch" else len(pool)
+        order = pool[torch.randperm(len(pool), generator=self.generator)]
+        picks = torch.randperm(n_units, generator=self.generator)[:budget]
+        return Selection(units_to_positions(pool, picks, self.cfg.unit, batch_size, order).sort().values)
+
+
+class FullSelector(Selector):
+    """No coreset: every epoch trains on the whole pool. The schedule never calls `select`."""
+
+    name = "full"
+    trains_on_subset = False
+
+    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+               budget: int, batch_size: int) -> Selection:
         return Selection(pool.clone())
-
-
-def build_selector(cfg: CoresetConfig, seed: int) -> Any:
-    if cfg.method == "random":
-        return RandomSelector(cfg, seed)
-    if cfg.method == "full":
-        return FullSelector(cfg, seed)
-    if cfg.method == "rcs":
-        from .rcs import RCSSelector  # here, not at the top: rcs imports this module
-
-        return RCSSelector(cfg, seed)
-    raise ValueError(f"unknown coreset.method {cfg.method!r}; valid: full, random, rcs")

@@ -1,12 +1,13 @@
 """Datasets: on-disk readers, download/verification, the `load_dataset` catalog, the
 device-resident loader and batched on-device augmentation."""
 from robustssl.data.augment import AugmentSpec, ContrastiveAugment
+from robustssl.data.batch import Batch, make_batch
 from robustssl.data.catalog import DATASET_NAMES, dataset_stats, load_dataset
 from robustssl.data.dataset import ImageDataset
 from robustssl.data.loader import DeviceLoader, epoch_order
 from robustssl.data.readers import DatasetError
 
 __all__ = [
-    "AugmentSpec", "ContrastiveAugment", "DATASET_NAMES", "DatasetError", "DeviceLoader", "ImageDataset",
-    "dataset_stats", "epoch_order", "load_dataset",
+    "AugmentSpec", "Batch", "ContrastiveAugment", "DATASET_NAMES", "DatasetError", "DeviceLoader", "ImageDataset",
+    "dataset_stats", "epoch_order", "load_dataset", "make_batch",
 ]

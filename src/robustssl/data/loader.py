@@ -6,18 +6,24 @@ from typing import Iterator
 
 import torch
 
+from .batch import Batch, make_batch
 from .dataset import ImageDataset
 
 
-def epoch_order(positions: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
-    """A permutation of `positions` that depends only on (seed, epoch): resumable and rank-independent."""
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """A permutation of range(n) that depends only on (seed, epoch): resumable and rank-independent."""
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed) * 1_000_003 + int(epoch))
-    return positions.cpu()[torch.randperm(positions.numel(), generator=g)]
+    return torch.randperm(n, generator=g)
+
+
+def epoch_order(positions: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    """`positions` in the epoch's seeded order."""
+    return positions.cpu()[epoch_permutation(positions.numel(), seed, epoch)]
 
 
 class DeviceLoader:
-    """Yields (positions [b] int64, images [b, C, H, W] float in [0,1]) on the dataset's device.
+    """Yields `Batch`es (positions, images in [0,1], labels, weights) on the dataset's device.
 
     positions index rows of `dataset` (not its sample ids). With drop_last, an epoch has
     len(positions) // batch_size batches.
@@ -36,10 +42,18 @@ class DeviceLoader:
             return n_positions // self.batch_size
         return -(-n_positions // self.batch_size)
 
-    def epoch(self, positions: torch.Tensor, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of one epoch over `positions`, skipping the first `start_batch` (resume)."""
-        order = epoch_order(positions, self.seed, epoch)
-        device = self.dataset.images.device
+    def epoch(self, positions: torch.Tensor, epoch: int, start_batch: int = 0,
+              weights: torch.Tensor | None = None) -> Iterator[Batch]:
+        """Batches of one epoch over `positions`, skipping the first `start_batch` (resume).
+
+        weights: float [len(positions)], the loss weight of each position (a weighted coreset),
+        carried into each Batch; None for unweighted training.
+        """
+        if weights is not None and weights.shape != positions.shape:
+            raise ValueError(f"{weights.shape[0]} weights for {positions.numel()} positions")
+        perm = epoch_permutation(positions.numel(), self.seed, epoch)
+        order = positions.cpu()[perm]
+        ordered_weights = None if weights is None else weights.cpu()[perm]
         for b in range(start_batch, self.num_batches(order.numel())):
-            batch = order[b * self.batch_size : (b + 1) * self.batch_size].to(device)
-            yield batch, self.dataset.images[batch].float().div_(255.0)
+            rows = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield make_batch(self.dataset, order[rows], None if ordered_weights is None else ordered_weights[rows])

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from robustssl.data.dataset import ImageDataset
+from robustssl.errors import RobustSSLError
 
 __all__ = ["DatasetError", "read_idx", "read_cifar", "read_stl10", "read_image_folder", "IMAGE_EXTENSIONS"]
 
@@ -38,7 +39,7 @@ _STL_DEFAULT_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse"
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
-class DatasetError(Exception):
+class DatasetError(RobustSSLError):
     """A dataset cannot be read; the message names the file/folder, the problem and the fix."""
 
 

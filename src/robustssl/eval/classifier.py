@@ -1,7 +1,10 @@
 """The model every evaluation attacks: a frozen SSL encoder followed by a linear head."""
 from __future__ import annotations
 
+import logging
 import math
+import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -9,10 +12,54 @@ from torch import nn
 from ..models.dual_bn import BRANCHES, DualBatchNorm, has_dual_bn
 from ..models.encoder import SSLModel
 
+log = logging.getLogger(__name__)
 
-def default_branch(encoder: nn.Module) -> str | None:
-    """The BN branch evaluation uses by default: 'pgd' for dual-BN encoders, None (no choice) otherwise."""
-    return "pgd" if has_dual_bn(encoder) else None
+
+class UntrainedBranchWarning(UserWarning):
+    """Evaluation runs on a dual-BN branch that training never updated (its BN statistics are the init's)."""
+
+
+def default_branch(encoder: nn.Module, trained_branches: Sequence[str] | None = None) -> str | None:
+    """The BN branch evaluation uses by default.
+
+    Single-BN encoders: None (no choice). Dual-BN encoders: "pgd" when it was trained or when
+    the trained branches are unknown (None, exports from before they were recorded); else
+    the first trained branch ("normal" for SimCLR with dual BN, which trains only that one).
+    """
+    if not has_dual_bn(encoder):
+        return None
+    if not trained_branches or "pgd" in trained_branches:  # None (unknown), none trained, or pgd trained
+        return "pgd"
+    return next(iter(trained_branches))
+
+
+def untrained_branch_note(branch: str, trained_branches: Sequence[str]) -> str:
+    """The report's note (and warning) for evaluating `branch`, which training never updated."""
+    fix = f"evaluate the trained branch (--branch {trained_branches[0]})" if trained_branches else "retrain the encoder"
+    return (
+        f"the '{branch}' BN branch was never trained (trained: {', '.join(trained_branches) or 'none'}); its BatchNorm "
+        f"statistics and affine parameters are the initial ones, so these numbers do not describe the trained encoder; {fix}"
+    )
+
+
+def choose_branch(
+    encoder: nn.Module, branch: str | None = None, trained_branches: Sequence[str] | None = None
+) -> tuple[str | None, str | None]:
+    """(the branch to evaluate, a note or None): `branch` when given, else `default_branch`.
+
+    The note says that the chosen branch of a dual-BN encoder was never trained (known only
+    when `trained_branches` is given); it is also warned (`UntrainedBranchWarning`) and logged.
+    """
+    unknown = [b for b in ([branch] if branch else []) + list(trained_branches or []) if b not in BRANCHES]
+    if unknown:
+        raise ValueError(f"unknown BN branch(es) {unknown}; valid: {', '.join(BRANCHES)}")
+    used = branch if branch is not None else default_branch(encoder, trained_branches)
+    if used is None or trained_branches is None or used in trained_branches:
+        return used, None
+    note = untrained_branch_note(used, trained_branches)
+    log.warning(note)
+    warnings.warn(note, UntrainedBranchWarning, stacklevel=2)
+    return used, note
 
 
 class LinearEvalModel(nn.Module):
@@ -29,6 +76,11 @@ class LinearEvalModel(nn.Module):
     The encoder's parameters are frozen *in place* (requires_grad=False) and the encoder
     is cast to fp32 in place; pass a copy if the caller keeps training it. Gradients still
     flow to the input, which is what attacks need. Only `head` is trainable.
+
+    Optional feature standardization (`set_standardization`): while training, the head sees
+    (features - mean) / std; `fold_standardization` then folds mean and std into the head's
+    weight and bias, exactly, so the classifier that is evaluated and attacked is again one
+    linear layer on the raw features.
     """
 
     def __init__(self, encoder: SSLModel, n_classes: int, branch: str | None = None) -> None:
@@ -47,18 +99,22 @@ class LinearEvalModel(nn.Module):
         self.branch = branch
         self.n_classes = n_classes
         self.head = nn.Linear(encoder.feature_dim, n_classes)
+        self.feature_mean: torch.Tensor | None = None  # [feature_dim], set only while a standardized head trains
+        self.feature_std: torch.Tensor | None = None
         # plain lists (not registered as submodules), used by features() to check mode and branch
         self._encoder_modules: list[nn.Module] = list(encoder.modules())
         self._dual_bns: list[DualBatchNorm] = [m for m in self._encoder_modules if isinstance(m, DualBatchNorm)]
 
-    def train(self, mode: bool = True) -> "LinearEvalModel":
+    def train(self, mode: bool = True) -> LinearEvalModel:
         """Only the head follows `mode`; the encoder stays in eval mode."""
         super().train(mode)
         self.encoder.eval()
         return self
 
     def reset_head(self, seed: int) -> None:
-        """Re-initialise the head from `seed` (PyTorch's default Linear distribution, seeded, so runs repeat)."""
+        """Re-initialise the head from `seed` (PyTorch's default Linear distribution, seeded, so runs
+        repeat) and drop any feature standardization."""
+        self.feature_mean = self.feature_std = None
         g = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(self.head.in_features)
         with torch.no_grad():
@@ -88,9 +144,31 @@ class LinearEvalModel(nn.Module):
                 b.branch = branch
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
-        """Head only: features [B, feature_dim] -> logits [B, n_classes], fp32."""
+        """Head only: features [B, feature_dim] -> logits [B, n_classes], fp32 (standardized first when set)."""
         with _fp32(features):
-            return self.head(features.float())
+            f = features.float()
+            if self.feature_mean is not None and self.feature_std is not None:
+                f = (f - self.feature_mean) / self.feature_std
+            return self.head(f)
+
+    def set_standardization(self, features: torch.Tensor) -> None:
+        """Standardize the head's input with the mean and std of `features` [N, feature_dim] (the
+        training features). Dimensions with std below 1e-8 (constant features) keep std 1."""
+        mean = features.float().mean(0)
+        std = features.float().std(0)
+        self.feature_mean = mean.detach()
+        self.feature_std = torch.where(std > 1e-8, std, torch.ones_like(std)).detach()
+
+    @torch.no_grad()
+    def fold_standardization(self) -> None:
+        """Fold the standardization into the head, exactly: W' = W / std (per input column),
+        b' = b - W' mean; afterwards logits(f) = W' f + b' and no standardization is applied."""
+        if self.feature_mean is None or self.feature_std is None:
+            return
+        w = self.head.weight / self.feature_std.view(1, -1)
+        self.head.bias.sub_(w @ self.feature_mean)
+        self.head.weight.copy_(w)
+        self.feature_mean = self.feature_std = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] in [0, 1] -> logits [B, n_classes] fp32."""

@@ -9,23 +9,30 @@ import copy
 import dataclasses
 import datetime
 import logging
+import warnings
+from collections.abc import Sequence
 from importlib import metadata
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
-from ..models.dual_bn import has_dual_bn
+from ..errors import ConfigError
+from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
-from .classifier import LinearEvalModel, default_branch
-from .linear import train_alf, train_slf
+from .classifier import LinearEvalModel, choose_branch, model_device
+from .linear import ProbeNotConvergedWarning
+from .registry import ATTACKS, PROTOCOLS
 from .report import write_report
 from .robust import AttackResult, autoattack_accuracy, clean_accuracy, pgd_accuracy
 from .sanity import (
+    CHANCE_MARGIN,
     LARGE_EPS_MAX_ACCURACY,
     all_passed,
+    chance_threshold,
+    check_above_chance,
     check_attack_order,
     check_eps_zero,
     check_large_eps,
@@ -38,10 +45,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "robustssl.eval/1"
 PGD_STEPS = 20
-TRAINERS: dict[str, Callable[..., dict[str, Any]]] = {"slf": train_slf, "alf": train_alf}
-ATTACKS = ("pgd20", "autoattack")
 
-__all__ = ["evaluate_classifier", "evaluate_encoder", "curve_points", "write_report"]
+__all__ = ["curve_points", "evaluate_classifier", "evaluate_encoder", "write_report"]
 
 
 def curve_points(cfg: EvalConfig) -> list[float]:
@@ -73,7 +78,15 @@ def _n_classes(train: ImageDataset, test: ImageDataset) -> int:
     return max(counts)
 
 
-def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig) -> dict[str, Any]:
+def _logit_width(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of classes a classifier scores: the width of its logits on one example (eval mode)."""
+    with torch.no_grad(), model_mode(model, "eval"):
+        return int(model(x[:1].to(model_device(model)).float()).shape[1])
+
+
+def evaluate_classifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, n_classes: int | None = None
+) -> dict[str, Any]:
     """Every accuracy and check for one trained classifier (a `LinearEvalModel`, or any module
     mapping inputs in [0, 1] to logits; it is run in eval mode).
 
@@ -81,8 +94,10 @@ def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg:
     `cfg.attacks` at cfg.eps (PGD-20 with alpha cfg.pgd_alpha; AutoAttack standard), the
     PGD-20 curve over `curve_points(cfg)`, and the attacks the sanity checks need (FGSM at
     cfg.eps, PGD-20 at `large_eps(cfg.eps)`). All in eval mode, fp32, seeded with cfg.seed.
+    n_classes: for the above-chance check; None takes the width of the model's logits.
     """
     bs, seed = cfg.batch_size, cfg.seed
+    n_classes = _logit_width(model, x) if n_classes is None else n_classes
     clean = clean_accuracy(model, x, y, bs)
     log.info("clean accuracy %.4f (%d examples)", clean.accuracy, clean.n_examples)
     pgd20 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
@@ -108,7 +123,7 @@ def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg:
         ]
     else:
         order = [check_attack_order(clean, pgd20, aa, fgsm)]
-    sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large)]
+    sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large), check_above_chance(clean, n_classes)]
     requested = {"pgd20": pgd20, "autoattack": aa}
     if aa is not None and n_aa < x.shape[0]:
         aa.extra["pgd20_on_same_examples"] = pgd20.first(n_aa).accuracy
@@ -137,6 +152,29 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _check_names(cfg: EvalConfig) -> None:
+    """ConfigError naming the valid choices when cfg.protocols or cfg.attacks holds an unknown name."""
+    bad_protocols = [p for p in cfg.protocols if p not in PROTOCOLS]
+    bad_attacks = [a for a in cfg.attacks if a not in ATTACKS]
+    if bad_protocols or bad_attacks:
+        raise ConfigError(
+            f"unknown eval.protocols {bad_protocols} / eval.attacks {bad_attacks}; "
+            f"valid protocols: {', '.join(PROTOCOLS)}; valid attacks: {', '.join(ATTACKS)}"
+        )
+
+
+def _probe_notes(protocols: dict[str, Any]) -> list[str]:
+    """One note per protocol whose linear probe did not converge (see linear.probe_convergence)."""
+    notes = []
+    for name, p in protocols.items():
+        conv = p["training"].get("convergence", {})
+        if conv and not conv["converged"]:
+            notes.append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            log.warning(notes[-1])
+            warnings.warn(notes[-1], ProbeNotConvergedWarning, stacklevel=3)
+    return notes
+
+
 def evaluate_encoder(
     model: SSLModel,
     train: ImageDataset,
@@ -144,6 +182,7 @@ def evaluate_encoder(
     cfg: EvalConfig,
     device: torch.device | str,
     branch: str | None = None,
+    trained_branches: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run every protocol of `cfg.protocols` on a frozen copy of `model` and return the report dict.
 
@@ -151,24 +190,27 @@ def evaluate_encoder(
     head is trained on `train` (a seeded subset of cfg.train_examples when set), then
     evaluated on the first cfg.n_examples test images (all when None): clean accuracy,
     cfg.attacks at cfg.eps, the PGD-20 eps curve, and the sanity checks. The encoder runs
-    in eval mode, fp32, on `branch` ("pgd" for dual-BN encoders when None). `model` itself
-    is not modified (a frozen deep copy is evaluated). See report.py for the schema.
+    in eval mode, fp32, on `branch`; when None, dual-BN encoders use "pgd" if it was
+    trained or `trained_branches` is unknown (None), else the trained branch
+    (`classifier.default_branch`). Evaluating a branch outside `trained_branches` warns
+    (`UntrainedBranchWarning`) and is noted in the report. `model` itself is not modified
+    (a frozen deep copy is evaluated). See report.py for the schema.
     """
-    unknown = [p for p in cfg.protocols if p not in TRAINERS] + [a for a in cfg.attacks if a not in ATTACKS]
-    if unknown:
-        raise ValueError(f"unknown protocol/attack {unknown}; protocols: {', '.join(TRAINERS)}; attacks: {', '.join(ATTACKS)}")
+    _check_names(cfg)
     device = torch.device(device)
     n_classes = _n_classes(train, test)
     x, y = _test_tensors(test, cfg.n_examples)
     encoder = copy.deepcopy(model).to(device)
-    used_branch = branch if branch is not None else default_branch(encoder)
+    used_branch, branch_note = choose_branch(encoder, branch, trained_branches)
+    trained = None if trained_branches is None else list(trained_branches)
 
     protocols: dict[str, Any] = {}
     for protocol in cfg.protocols:
         log.info("evaluating protocol %s", protocol.upper())
         clf = LinearEvalModel(encoder, n_classes, used_branch).to(device)
-        training = TRAINERS[protocol](clf, train, cfg, device)
-        protocols[protocol] = {"training": training, **evaluate_classifier(clf, x, y, cfg)}
+        training = PROTOCOLS[protocol](clf, train, cfg, device)
+        protocols[protocol] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
+    notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)
 
     n_train = len(train) if cfg.train_examples is None else min(cfg.train_examples, len(train))
     subset = x.shape[0] < len(test)
@@ -179,6 +221,8 @@ def evaluate_encoder(
             "feature_dim": int(model.feature_dim),
             "dual_bn": has_dual_bn(model),
             "bn_branch": used_branch,
+            "trained_branches": trained,
+            "branch_trained": None if trained is None or used_branch is None else used_branch in trained,
             "n_classes": n_classes,
         },
         "data": {
@@ -189,6 +233,8 @@ def evaluate_encoder(
         "settings": {
             **dataclasses.asdict(cfg),
             "device": str(device),
+            "bn_branch": used_branch,
+            "trained_branches": trained,
             "pgd_steps": PGD_STEPS,
             "curve_alpha": "pgd_alpha * eps / cfg.eps (alpha/eps fixed)",
             "fgsm": {
@@ -199,9 +245,11 @@ def evaluate_encoder(
                 "eps": large_eps(cfg.eps), "alpha": large_eps_alpha(large_eps(cfg.eps), PGD_STEPS), "steps": PGD_STEPS,
                 "max_accuracy": LARGE_EPS_MAX_ACCURACY,
             },
+            "above_chance": {"min_clean_accuracy": chance_threshold(n_classes), "margin": CHANCE_MARGIN},
         },
         "protocols": protocols,
         "sanity_passed": all(p["sanity_passed"] for p in protocols.values()),
+        "notes": notes,
         "versions": _versions(),
         "extra": {},
     }

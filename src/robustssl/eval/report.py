@@ -3,13 +3,17 @@
 report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
 
     schema, created                  format tag, UTC time
-    encoder                          feature_dim, dual_bn, bn_branch, n_classes
+    encoder                          feature_dim, dual_bn, bn_branch, trained_branches (None:
+                                     unknown), branch_trained (None: unknown), n_classes
     data.train / data.test           name, split, n_total, n_used, selection
     test_subset                      used (bool), n_examples, n_total
-    settings                         the EvalConfig fields, device, pgd_steps, and the
-                                     FGSM / large-eps attacks the sanity checks run
+    settings                         the EvalConfig fields, device, bn_branch, trained_branches,
+                                     pgd_steps, and the settings of the FGSM / large-eps /
+                                     above-chance sanity checks
     protocols.<slf|alf>
-      training                       optimizer settings, train_examples, epoch_loss, seconds
+      training                       optimizer settings, train_examples, epoch_loss, epoch_lr,
+                                     convergence {converged, tol, first_phase_epochs,
+                                     share_at_cut, detail}, standardized_features, seconds
       clean                          a record (below) with attack "clean"
       attacks                        one record per requested attack (pgd20, autoattack)
       curve                          PGD-20 records over the eps points (0 and eps included)
@@ -17,6 +21,8 @@ report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
       sanity                         [{name, passed, detail}, ...]
       sanity_passed                  bool
     sanity_passed                    all checks of all protocols passed
+    notes                            warnings about the evaluation itself: an untrained BN
+                                     branch evaluated, a linear probe that did not converge
     versions                         torch, robustssl, pyautoattack
     extra                            whatever the caller passed (training time, coreset, ...)
 
@@ -29,8 +35,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from ..io import atomic_write_text
 
 
 def fmt_eps(eps: float) -> str:
@@ -79,8 +84,14 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         row["eps"] = fmt_eps(report["settings"]["eps"])
         passed = sum(c["passed"] for c in p["sanity"])
         row["checks"] = f"{passed}/{len(p['sanity'])} " + ("PASS" if passed == len(p["sanity"]) else "FAIL")
+        row["probe"] = "converged" if _converged(p) else "NOT CONVERGED"
         rows.append(row)
     return rows
+
+
+def _converged(p: dict[str, Any]) -> bool:
+    """Whether a protocol's probe converged (True for reports that predate the record)."""
+    return bool(p["training"].get("convergence", {}).get("converged", True))
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -100,8 +111,14 @@ def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
     out.append(
         f"Linear head: {t['epochs']} epochs, lr {t['lr']} (x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), "
         f"SGD momentum {t['momentum']}, wd {t['weight_decay']}, batch {t['batch_size']}, "
-        f"{t['train_examples']} training images, no augmentation, {t['seconds']:.1f} s."
+        f"{t['train_examples']} training images, no augmentation"
+        + (", standardized features (folded into the head)" if t.get("standardized_features") else "")
+        + f", {t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}."
     )
+    conv = t.get("convergence")
+    if conv:
+        out.append("")
+        out.append(("Probe converged: " if conv["converged"] else "> **WARNING: THE PROBE DID NOT CONVERGE**: ") + conv["detail"] + ".")
     out.append("")
     header = ["attack", "norm", "eps", "steps", "accuracy", "examples", "seed"]
     out += _md_table(header, [_record_row(r) for r in [p["clean"], *p["attacks"]]])
@@ -113,7 +130,7 @@ def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
     out += _md_table(["eps", "alpha", "accuracy"], curve_rows)
     out += ["", "Sanity checks:", ""]
     out += [f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}" for c in p["sanity"]]
-    return out + [""]
+    return [*out, ""]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -127,8 +144,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
         ]
     if not report["sanity_passed"]:
-        out += ["> **WARNING: A SANITY CHECK FAILED** (a sign of gradient masking); the robust accuracies below "
-                "are likely overestimates. See the checks of each protocol.", ""]
+        out += ["> **WARNING: A SANITY CHECK FAILED** (gradient masking, or a model at chance level); the "
+                "accuracies below are not trustworthy. See the checks of each protocol.", ""]
+    for note in report.get("notes", []):
+        out += [f"> **WARNING:** {note}.", ""]
     enc, data, s = report["encoder"], report["data"], report["settings"]
     out += [
         f"Encoder: {enc['feature_dim']}-d features, "
@@ -153,7 +172,13 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def plot_robustness_curve(report: dict[str, Any], path: str | Path) -> Path:
-    """PGD-20 accuracy vs eps, one line per protocol, saved as a PNG (Agg canvas, no pyplot state)."""
+    """PGD-20 accuracy vs eps, one line per protocol, saved as a PNG (Agg canvas, no pyplot state).
+
+    matplotlib is imported here, not at module level, so importing the eval package stays cheap.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(5, 3.6), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -185,9 +210,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     full = {**report, "extra": {**report.get("extra", {}), **(extra or {})}}
     paths = {"json": out / "report.json", "markdown": out / "report.md", "curve": out / "robustness_curve.png"}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(full, indent=2, default=str) + "\n")
-    tmp.replace(paths["json"])
-    paths["markdown"].write_text(render_markdown(full))
+    atomic_write_text(paths["json"], json.dumps(full, indent=2, default=str) + "\n")
+    atomic_write_text(paths["markdown"], render_markdown(full))
     plot_robustness_curve(full, paths["curve"])
     return paths

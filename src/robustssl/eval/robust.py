@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ class AttackResult:
         # count / n in double precision, so equal counts give equal accuracies across attacks
         return int(self.flags.sum().item()) / self.n_examples if self.n_examples else float("nan")
 
-    def first(self, n: int) -> "AttackResult":
+    def first(self, n: int) -> AttackResult:
         """The same result restricted to the first n examples (to compare with an attack run on them)."""
         return AttackResult(self.attack, self.norm, self.eps, self.steps, self.seed, self.flags[:n], self.seconds, dict(self.extra))
 

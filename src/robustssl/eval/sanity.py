@@ -19,6 +19,13 @@ never raised and never hidden.
   differentiable model gets close to 0. 0.1 is chance for 10 classes and leaves room for
   the few examples 20 steps do not move. Accuracy above it at that radius means the
   attack is not getting useful gradients.
+- above_chance: clean accuracy must be above chance, 1/n_classes + `CHANCE_MARGIN` (0.05,
+  absolute; 0.15 for 10 classes). An encoder that lost its features (e.g. BatchNorm running
+  variances of inf, so every image maps to the same feature vector) gives a probe that
+  predicts one class; such a model passes the three checks above (it has no gradients to
+  mask and is already at chance), and its robust accuracies mean nothing. A real encoder
+  with a trained probe is far above this bar; on a tiny test subset (tens of images) a
+  chance-level model can clear it by luck, so the check is a floor, not a guarantee.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ LARGE_EPS = 0.5
 LARGE_EPS_MAX_ACCURACY = 0.1
 LARGE_EPS_STEPS = 20
 FGSM_SLACK_PERCENT = 1
+CHANCE_MARGIN = 0.05
 
 
 class SanityCheckWarning(UserWarning):
@@ -109,6 +117,23 @@ def check_large_eps(result: AttackResult, max_accuracy: float = LARGE_EPS_MAX_AC
     """PGD at a large radius must bring the accuracy down to at most `max_accuracy`."""
     detail = f"{result.attack} at eps={result.eps:.4g}: accuracy {result.accuracy:.4f} (must be <= {max_accuracy})"
     return _check("large_eps", result.accuracy <= max_accuracy, detail)
+
+
+def chance_threshold(n_classes: int, margin: float = CHANCE_MARGIN) -> float:
+    """The clean accuracy a model must exceed: 1/n_classes + margin (0.15 for 10 classes)."""
+    if n_classes < 2:
+        raise ValueError(f"chance level needs at least 2 classes, got {n_classes}")
+    return 1.0 / n_classes + margin
+
+
+def check_above_chance(clean: AttackResult, n_classes: int, margin: float = CHANCE_MARGIN) -> dict[str, Any]:
+    """Clean accuracy must exceed chance (1/n_classes) by more than `margin`; else the model predicts garbage."""
+    bar = chance_threshold(n_classes, margin)
+    detail = (
+        f"clean accuracy {clean.accuracy:.4f} on {clean.n_examples} examples (must be > {bar:.4f} = "
+        f"chance 1/{n_classes} + {margin}; at or below it the encoder or probe is broken)"
+    )
+    return _check("above_chance", clean.accuracy > bar, detail)
 
 
 def all_passed(checks: list[dict[str, Any]]) -> bool:

@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 
-def nt_xent(z: torch.Tensor, n_views: int, tau: float) -> torch.Tensor:
+def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Contrastive loss over `n_views` views of B images.
 
     z: [n_views * B, d] projector outputs, view-major (rows v*B .. v*B+B-1 are view v);
@@ -13,6 +13,9 @@ def nt_xent(z: torch.Tensor, n_views: int, tau: float) -> torch.Tensor:
        negatives every other row. Per anchor the loss is the mean over its positives p of
        -log(exp(s_ap / tau) / sum_{k != a} exp(s_ak / tau)); with 2 views this is SimCLR's
        loss exactly. Returns the mean over all anchors (a scalar).
+    weights: float [B] per-image weights (a weighted coreset) or None; every anchor of image i
+       is weighted by weights[i] and the result is mean_a(w_a * loss_a), so all-ones weights
+       give the unweighted loss.
     """
     if z.dim() != 2 or z.shape[0] % n_views != 0:
         raise ValueError(f"z must be [n_views*B, d] with n_views={n_views}, got {tuple(z.shape)}")
@@ -25,4 +28,9 @@ def nt_xent(z: torch.Tensor, n_views: int, tau: float) -> torch.Tensor:
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     image = torch.arange(n, device=z.device) % b
     positive = (image[:, None] == image[None, :]) & ~eye
-    return -(log_prob.masked_fill(~positive, 0.0).sum(1) / (n_views - 1)).mean()
+    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(1) / (n_views - 1)
+    if weights is None:
+        return per_anchor.mean()
+    if weights.shape != (b,):
+        raise ValueError(f"weights must be [B]={b} per-image values, got {tuple(weights.shape)}")
+    return (per_anchor * weights.to(per_anchor.dtype)[image]).mean()

@@ -1,18 +1,34 @@
-"""Training methods, one file each. To add one: subclass `Method` and register it here."""
+"""Training methods, one file each. To add one: subclass `Method` in a new file and add it to METHODS.
+
+METHODS is the one list of methods: the config's `method.name` vocabulary, the CLI's choices
+and `build_method` all read it.
+"""
 from __future__ import annotations
 
-from ..config import RunConfig
+from typing import TYPE_CHECKING
+
+from ..attacks import PGDConfig
+from ..data.augment import AugmentSpec, ContrastiveAugment
 from .acl import ACL
 from .base import Method, NonFiniteLoss, Views
 from .simclr import SimCLR
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL)}
 
 
 def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
+    """The configured method, assembled from explicit parts: its settings, the view augmentation
+    for images of `image_size` x `image_size` with `channels` channels, and the training attack."""
     if cfg.method.name not in METHODS:
         raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
-    return METHODS[cfg.method.name](cfg, image_size, channels)
+    a = cfg.augment
+    spec = AugmentSpec(crop_scale=(a.crop_scale[0], a.crop_scale[1]), flip=a.flip, jitter=tuple(a.jitter),  # type: ignore[arg-type]
+                       jitter_p=a.jitter_p, grayscale_p=a.grayscale_p)
+    attack = PGDConfig(cfg.attack.eps, cfg.attack.alpha, cfg.attack.steps, cfg.attack.norm, cfg.attack.random_start)
+    return METHODS[cfg.method.name](cfg.method.params, ContrastiveAugment(spec, image_size, channels), attack)
 
 
 __all__ = ["ACL", "METHODS", "Method", "NonFiniteLoss", "SimCLR", "Views", "build_method"]

@@ -6,31 +6,51 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from ..attacks import pgd
+from ..attacks import PGDConfig, pgd
+from ..errors import ConfigError
 from ..losses import nt_xent
 from ..models import bn_branch
+from ..settings import positive
 from .base import Method, Views
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+
+@dataclass
+class ACLSettings:
+    tau: float = positive(0.5)  # NT-Xent temperature
 
 
 class ACL(Method):
     name = "acl"
+    Settings = ACLSettings
     needs_dual_bn = True
+    trained_branches = ("normal", "pgd")
 
-    def attack(self, model: nn.Module, views: Views) -> Views:
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        if cfg.attack.steps == 0:
+            raise ConfigError("method acl needs attack.steps >= 1 (ACL trains on PGD views); use method.name=simclr for clean training")
+
+    def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         x = torch.cat(views.natural)
-        tau = self.cfg.method.tau
-        x_adv = pgd(model, x, lambda xa: nt_xent(model(xa), self.n_views, tau), self.attack_cfg, mode="eval", branch="pgd")
+        tau = self.settings.tau
+        x_adv = pgd(model, x, lambda xa: nt_xent(model(xa), self.n_views, tau), attack, mode="eval", branch="pgd")
         return Views(views.natural, list(x_adv.chunk(self.n_views)))
 
-    def loss(self, model: nn.Module, views: Views) -> tuple[torch.Tensor, dict[str, float]]:
-        tau = self.cfg.method.tau
+    def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        tau = self.settings.tau
         with bn_branch(model, "normal"):
-            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau)
+            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau, weights)
         with bn_branch(model, "pgd"):
-            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau)
+            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau, weights)
         return self.weighted(l_nat, l_adv), {"loss_nat": float(l_nat.detach()), "loss_adv": float(l_adv.detach())}
 
     def weighted(self, l_nat: torch.Tensor, l_adv: torch.Tensor) -> torch.Tensor:

@@ -3,20 +3,29 @@
 The trainer calls `step`, which runs the three phases under the phase timer and updates
 the model. Selectors (coreset) call `training_loss` for a candidate's loss. A method never
 loads data, checkpoints or sets up distributed training. Methods that own their update
-loop (free adversarial training) override `step`.
+loop (free adversarial training) override `step`, call `update` once per optimizer update
+and declare `updates_per_batch`, so the learning-rate schedule spans every update.
+
+To add a method: a file in this package with a `Method` subclass (its `name`, a `Settings`
+dataclass for its own `method.<name>.*` keys, `check_config` for rules on the whole config,
+`attack` and `loss`), and one line in `methods/__init__.py`'s METHODS.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..attacks import PGDConfig
-from ..config import RunConfig
-from ..data.augment import AugmentSpec, ContrastiveAugment
+from ..data.augment import ContrastiveAugment
+from ..data.batch import Batch
 from ..train.timer import PhaseTimer
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
 
 
 class NonFiniteLoss(RuntimeError):
@@ -31,57 +40,95 @@ class Views:
     adversarial: list[torch.Tensor] = field(default_factory=list)
 
 
+@dataclass
+class NoSettings:
+    """A method without settings of its own."""
+
+
 class Method:
-    """Base class. Subclasses set `name` and implement `attack` and `loss`."""
+    """Base class. Subclasses set `name` (and `Settings`) and implement `loss` (and `attack`).
 
-    name = "base"
-    needs_dual_bn = False
+    Constructed by `build_method` from explicit parts: the method's own settings, the view
+    augmentation and the training attack. No method reads the whole run config.
+    """
 
-    def __init__(self, cfg: RunConfig, image_size: int, channels: int) -> None:
-        self.cfg = cfg
-        a = cfg.augment
-        self.augment_spec = AugmentSpec(
-            crop_scale=(a.crop_scale[0], a.crop_scale[1]), flip=a.flip, jitter=tuple(a.jitter),  # type: ignore[arg-type]
-            jitter_p=a.jitter_p, grayscale_p=a.grayscale_p,
-        )
-        self.augment = ContrastiveAugment(self.augment_spec, image_size, channels)
-        self.attack_cfg = PGDConfig(cfg.attack.eps, cfg.attack.alpha, cfg.attack.steps, cfg.attack.norm, cfg.attack.random_start)
-        self.n_views = 2
+    name: ClassVar[str] = "base"
+    Settings: ClassVar[type] = NoSettings
+    needs_dual_bn: ClassVar[bool] = False  # defined with dual BatchNorm (a note is printed without it)
+    trained_branches: ClassVar[tuple[str, ...]] = ("normal",)  # BN branches the loss trains (dual-BN models)
+    updates_per_batch: ClassVar[int] = 1  # optimizer (and lr-schedule) steps per batch
+    n_views: int = 2
 
+    def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig) -> None:
+        if not isinstance(settings, self.Settings):
+            raise TypeError(f"{self.name} takes {self.Settings.__name__} settings, got {type(settings).__name__}")
+        self.settings = settings
+        self.augment = augment
+        self.attack_cfg = attack
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Rules this method puts on the whole config; raise ConfigError. Run at load time, before any work."""
+
+    # --- the three phases ------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
         """Per-epoch hook (DynACL anneals its augmentation here)."""
 
-    def make_views(self, x: torch.Tensor) -> Views:
-        """x: [B, C, H, W] in [0,1] -> `n_views` independent augmentations."""
-        return Views([self.augment(x) for _ in range(self.n_views)])
+    def make_views(self, batch: Batch) -> Views:
+        """batch.images [B, C, H, W] in [0,1] -> `n_views` independent augmentations."""
+        return Views([self.augment(batch.images) for _ in range(self.n_views)])
 
-    def attack(self, model: nn.Module, views: Views) -> Views:
-        """Add adversarial views (clean methods return `views` unchanged)."""
+    def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
+        """Add adversarial views made with `attack` (clean methods return `views` unchanged)."""
         return views
 
-    def loss(self, model: nn.Module, views: Views) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss (model in train mode) and named parts for logging."""
+    def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss (model in train mode) and named parts for logging.
+
+        weights: float [B] per-image loss weights (a weighted coreset) or None.
+        """
         raise NotImplementedError  # abstract: every method defines its loss
 
-    def training_loss(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """The method's full loss on images x (views, attack, loss): what selectors differentiate."""
-        views = self.attack(model, self.make_views(x))
-        return self.loss(model, views)[0]
+    # --- what the trainer and the selectors call --------------------------------------------
+    def training_loss(self, model: nn.Module, batch: Batch, attack: PGDConfig | None = None) -> torch.Tensor:
+        """The method's full loss on a batch (views, attack, loss): what selectors differentiate.
 
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, timer: PhaseTimer) -> dict[str, float]:
-        """One update on images x [B, C, H, W] in [0,1]; returns logged values (loss first)."""
+        attack: the attack to use (a selector may ask for a cheaper one); None: the training attack.
+        Runs in the model's current mode.
+        """
+        views = self.attack(model, self.make_views(batch), attack or self.attack_cfg)
+        return self.loss(model, views, batch.weights)[0]
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
+             timer: PhaseTimer) -> dict[str, float]:
+        """One batch: views, attack, then `updates_per_batch` updates. Returns logged values (loss first)."""
         with timer.phase("augment"):
-            views = self.make_views(x)
+            views = self.make_views(batch)
         with timer.phase("attack"):
-            views = self.attack(model, views)
+            views = self.attack(model, views, self.attack_cfg)
         with timer.phase("update"):
             model.train()
-            loss, parts = self.loss(model, views)
-            check_finite(loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, parts = self.loss(model, views, batch.weights)
+            self.update(optimizer, scheduler, loss)
         return {"loss": float(loss.detach()), **parts}
+
+    @staticmethod
+    def update(optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:
+        """One optimizer update on `loss` and the matching lr-schedule step; stops on a non-finite loss."""
+        check_finite(loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    # --- state carried between batches (checkpointed with the run) ---------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """State a method carries between batches or epochs (a free-AT perturbation, a schedule)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name} keeps no state, but the checkpoint holds {sorted(state)}")
 
 
 def check_finite(loss: torch.Tensor) -> None:

@@ -5,16 +5,18 @@ evaluation always work in pixel space.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from ..settings import one_of, positive
 from .cnn import SmallCNN
 from .heads import mlp_projector
 from .resnet import ResNet18
 
 ARCHS = ("resnet18", "cnn")
+STEMS = ("cifar", "imagenet")
 
 
 class Normalize(nn.Module):
@@ -59,20 +61,31 @@ class SSLModel(nn.Module):
 
 
 @dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model's architecture (stored with every export)."""
+class ModelConfig:
+    """The architecture a user chooses (the config's `model` section); defaults are ACL's CIFAR-10 model."""
 
-    arch: str = "resnet18"
-    width: int = 64
-    stem: str = "cifar"
-    dual_bn: bool = False
-    in_channels: int = 3
-    proj_hidden: int = 512
-    proj_out: int = 128
-    proj_layers: int = 2
+    arch: str = one_of("resnet18", ARCHS)
+    width: int = positive(64)
+    stem: str = one_of("cifar", STEMS)
+    dual_bn: bool = True
+    proj_hidden: int = positive(512)
+    proj_out: int = positive(512)
+    proj_layers: int = positive(3)
     proj_bn: bool = True
+
+
+@dataclass
+class ModelSpec(ModelConfig):
+    """Everything needed to rebuild a model (stored with every export): the chosen architecture
+    plus what the data decides (input channels, normalization)."""
+
+    in_channels: int = 3
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, in_channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> "ModelSpec":
+        return cls(**asdict(model), in_channels=in_channels, mean=tuple(mean), std=tuple(std))
 
 
 def build_model(spec: ModelSpec) -> SSLModel:

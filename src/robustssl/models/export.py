@@ -1,40 +1,180 @@
-"""Export an encoder to safetensors and load it back into the same architecture."""
+"""Export an encoder to safetensors and load it back into the same architecture.
+
+An export is one safetensors file: the encoder's tensors (normalize + backbone, fp32 as
+trained, on the CPU) and, in the file's string metadata,
+
+    robustssl_model_spec        JSON of the `ModelSpec` (rebuilds the architecture)
+    robustssl_trained_branches  JSON list of the dual-BN branches the training updated,
+                                e.g. ["normal", "pgd"] for ACL, ["normal"] for SimCLR;
+                                absent in exports written before it was recorded
+                                (then unknown: None)
+
+The file is written atomically (`robustssl.io.atomic_write`): a kill leaves the old export
+or none, never half of one. A file that is not a complete robustssl export raises
+`RunError` with one line naming the file and the fix.
+"""
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Any
 
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
+from ..errors import RunError
+from ..io import atomic_write
+from .dual_bn import BRANCHES
 from .encoder import ModelSpec, SSLModel, build_model
 
+SPEC_KEY = "robustssl_model_spec"
+BRANCHES_KEY = "robustssl_trained_branches"
+_HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header length, JSON header, then the tensor data
 
-def export_encoder(model: SSLModel, spec: ModelSpec, path: str | Path) -> Path:
-    """Write the encoder weights (normalize + backbone) and the architecture spec to `path`."""
+__all__ = ["BRANCHES_KEY", "SPEC_KEY", "export_encoder", "load_encoder", "read_export_metadata"]
+
+
+def _fix() -> str:
+    """The fix every damaged-export message ends with."""
+    return (
+        "re-export it by running `robustssl pretrain` (with --resume for an interrupted run), "
+        "or use the encoder.safetensors that pretrain wrote in the run folder"
+    )
+
+
+def _check_branches(trained_branches: Sequence[str]) -> list[str]:
+    """The branch names as a list, in BRANCHES order without repeats; ValueError on an unknown name."""
+    if isinstance(trained_branches, str):
+        raise ValueError(f"trained_branches must be a list of branch names, not the string {trained_branches!r}")
+    unknown = [b for b in trained_branches if b not in BRANCHES]
+    if unknown:
+        raise ValueError(f"unknown BN branch(es) {unknown} in trained_branches; valid: {', '.join(BRANCHES)}")
+    return [b for b in BRANCHES if b in trained_branches]
+
+
+def export_encoder(
+    model: SSLModel, spec: ModelSpec, path: str | Path, trained_branches: Sequence[str] | None = None
+) -> Path:
+    """Write the encoder weights (normalize + backbone) and the architecture spec to `path`, atomically.
+
+    trained_branches: the dual-BN branches training updated ("normal", "pgd"); stored in the
+    metadata so evaluation can pick a trained branch. None records nothing (unknown).
+    """
     path = Path(path)
+    metadata = {SPEC_KEY: json.dumps(asdict(spec))}
+    if trained_branches is not None:
+        metadata[BRANCHES_KEY] = json.dumps(_check_branches(trained_branches))
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.encoder_state_dict().items()}
-    save_file(tensors, str(path), metadata={"robustssl_model_spec": json.dumps(asdict(spec))})
+    blob = save_bytes(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(blob))
     return path
 
 
-def load_encoder(path: str | Path, device: str = "cpu") -> tuple[SSLModel, ModelSpec]:
-    """Rebuild the model from an export; the projector is freshly initialised (not exported)."""
-    from safetensors import safe_open
+def _read_header(path: Path) -> dict[str, Any]:
+    """The safetensors JSON header of `path`, checked against the file size (catches junk and truncation)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(_HEADER_LEN_BYTES)
+        if len(head) < _HEADER_LEN_BYTES:
+            raise RunError(f"{path} is not a safetensors file ({size} bytes); {_fix()}")
+        (n,) = struct.unpack("<Q", head)
+        if n > size - _HEADER_LEN_BYTES:
+            raise RunError(f"{path} is not a safetensors file or is truncated (its header claims {n} bytes, "
+                           f"the file has {size}); {_fix()}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise RunError(f"{path} is not a safetensors file (unreadable header); {_fix()}") from None
+    if not isinstance(header, dict):
+        raise RunError(f"{path} is not a safetensors file (unreadable header); {_fix()}")
+    ends = [e.get("data_offsets", [0, 0])[1] for k, e in header.items() if k != "__metadata__" and isinstance(e, dict)]
+    expected = _HEADER_LEN_BYTES + n + max(ends, default=0)
+    if size < expected:
+        raise RunError(f"{path} is truncated ({size} of {expected} bytes); {_fix()}")
+    return header
 
+
+def _parse_spec(path: Path, text: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raise RunError(f"{path}: its model spec metadata is not valid JSON; {_fix()}") from None
+    if not isinstance(raw, dict):
+        raise RunError(f"{path}: its model spec metadata is not a JSON object; {_fix()}")
+    return raw
+
+
+def _parse_branches(path: Path, text: str | None) -> list[str] | None:
+    """The recorded trained branches, or None when the export does not record them."""
+    if text is None:
+        return None
+    try:
+        branches = json.loads(text)
+        if isinstance(branches, list):
+            return _check_branches(branches)
+    except ValueError:  # bad JSON (JSONDecodeError is a ValueError) or an unknown branch name
+        pass
+    raise RunError(f"{path}: its {BRANCHES_KEY} metadata is not a list of {', '.join(BRANCHES)}; {_fix()}")
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any]:
+    """What an export says about itself, without loading the weights.
+
+    Returns {"spec": the ModelSpec fields as a dict (JSON types), "trained_branches": list
+    of branch names, or None for exports that do not record them}. Raises FileNotFoundError
+    for a missing file and RunError for a file that is not a complete robustssl export
+    (junk, truncated, or a safetensors file without robustssl metadata).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no encoder export at {path}; run `robustssl pretrain` first (it writes encoder.safetensors)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if "robustssl_model_spec" not in meta:
-        raise ValueError(f"{path} is not a robustssl encoder export (no model spec in its metadata)")
-    raw = json.loads(meta["robustssl_model_spec"])
+    meta = _read_header(path).get("__metadata__") or {}
+    if SPEC_KEY not in meta:
+        raise RunError(f"{path} is a safetensors file but not a robustssl encoder export (no {SPEC_KEY} in its metadata); "
+                       f"{_fix()}")
+    return {"spec": _parse_spec(path, meta[SPEC_KEY]), "trained_branches": _parse_branches(path, meta.get(BRANCHES_KEY))}
+
+
+def _spec_from_dict(path: Path, raw: dict[str, Any]) -> ModelSpec:
     names = {f.name for f in fields(ModelSpec)}
-    spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
-    model = build_model(spec)
-    missing, unexpected = model.load_state_dict(load_file(str(path), device="cpu"), strict=False)
+    try:
+        return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{path}: its model spec is not valid ({e}); {_fix()}") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_bytes(path.read_bytes())
+    except SafetensorError as e:
+        raise RunError(f"{path} is damaged ({e}); {_fix()}") from None
+
+
+def load_encoder(path: str | Path, device: str = "cpu") -> tuple[SSLModel, ModelSpec]:
+    """Rebuild the model from an export; the projector is freshly initialised (not exported).
+
+    The trained BN branches are not part of the return value; read them with
+    `read_export_metadata(path)["trained_branches"]`. Raises FileNotFoundError for a missing
+    file and RunError for anything that is not a complete robustssl export of a known architecture.
+    """
+    path = Path(path)
+    spec = _spec_from_dict(path, read_export_metadata(path)["spec"])
+    try:
+        model = build_model(spec)
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{path}: its architecture cannot be built ({e}); {_fix()}") from None
+    tensors = _read_tensors(path)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # tensor shapes that do not fit the architecture
+        raise RunError(f"{path} does not match its architecture ({str(e).splitlines()[0]}); {_fix()}") from None
     missing = [k for k in missing if not k.startswith("projector.")]
     if missing or unexpected:
-        raise ValueError(f"{path} does not match its architecture: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RunError(f"{path} does not match its architecture: missing {missing[:5]}, unexpected {unexpected[:5]}; {_fix()}")
     return model.to(device), spec

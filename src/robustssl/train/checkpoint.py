@@ -1,30 +1,18 @@
 """Atomic checkpoints (temp file + rename) loaded with weights_only=True."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..errors import RunError
+from ..io import atomic_write
+
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
     """torch.save to a temp file in the same folder, fsync, then rename over `path`: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -32,9 +20,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: the run has not saved one yet (nothing to resume)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a foreign or damaged file: say which and what to do
-        raise RuntimeError(f"cannot read checkpoint {path} ({e}); it is damaged or not a robustssl checkpoint") from e
+        raise RunError(f"cannot read checkpoint {path} ({e}); it is damaged or not a robustssl checkpoint") from e
+    if not isinstance(state, dict):
+        raise RunError(f"{path} is not a robustssl checkpoint (it holds a {type(state).__name__}, not a mapping)")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

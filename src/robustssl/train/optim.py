@@ -13,9 +13,10 @@ class LARS(torch.optim.Optimizer):
     """SGD with momentum and a layer-wise trust ratio (You et al. 2017).
 
     For each adapted parameter: g <- g + wd * w;  g <- trust_coef * ||w|| / ||g|| * g;
-    buf <- momentum * buf + g;  w <- w - lr * buf. Parameter groups with `lars=False`
-    (biases and normalization parameters) skip weight decay and the trust ratio, as in
-    the SimCLR/ACL recipes.
+    buf <- momentum * buf + g;  w <- w - lr * buf. Parameter groups with `lars=False` skip
+    weight decay and the trust ratio: with `optim.lars_exclude_1d` (SimCLR's convention) the
+    biases and normalization parameters form that group; the ACL/RCS code adapts every
+    parameter (`lars_exclude_1d: false` in their recipes).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coef: float = 1e-3) -> None:
@@ -54,10 +55,10 @@ def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     decay, no_decay = param_groups(model)
     if cfg.name == "lars":
-        return LARS(
-            [{"params": decay}, {"params": no_decay, "lars": False, "weight_decay": 0.0}],
-            lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coef=cfg.trust_coef,
-        )
+        if not cfg.lars_exclude_1d:  # the ACL/RCS code: adaptation and weight decay on every parameter
+            decay, no_decay = decay + no_decay, []
+        groups = [{"params": decay}] + ([{"params": no_decay, "lars": False, "weight_decay": 0.0}] if no_decay else [])
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coef=cfg.trust_coef)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -77,6 +78,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """One scheduler step per optimizer step (methods with replays step it once per update too)."""
+    """One scheduler step per optimizer update: `total_steps` and `steps_per_epoch` count updates
+    (batches x the method's updates_per_batch), and `Method.update` steps it after each update."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule))

@@ -3,38 +3,40 @@
 config -> dataset (uint8 on device) -> index pool (all data or the current coreset)
 -> batched augmentation -> method step (attack -> loss -> update) -> selection schedule
 -> atomic checkpoint -> encoder export.
+
+`pretrain` sets a run up (`build_state`), runs `train_epoch` per epoch and finishes it;
+`TrainState` is everything a resumed run needs, saved and restored as one dict.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
-import yaml
 from tqdm import tqdm
 
-from ..config import RunConfig, from_dict, to_dict
+from ..config import RunConfig, to_dict
 from ..coreset.schedule import CoresetSchedule
 from ..data import DeviceLoader, dataset_stats, load_dataset
 from ..data.dataset import ImageDataset
-from ..methods import NonFiniteLoss, build_method
-from ..models import ModelSpec, SSLModel, build_model, export_encoder
+from ..errors import RunError
+from ..io import atomic_write_text
+from ..methods import Method, NonFiniteLoss, build_method
+from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
+from .run_dir import CHECKPOINT, ENCODER, METRICS, SUMMARY, claim_new_run, clear_orphans, config_differences
 from .timer import PhaseTimer
 
-CHECKPOINT = "checkpoint.pt"
-ENCODER = "encoder.safetensors"
-CONFIG = "config.yaml"
-SUMMARY = "run.json"
+CHECKPOINT_FORMAT = 2
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """A run that cannot go on; the message says why and what to do."""
 
 
@@ -56,7 +58,7 @@ def resolve_device(name: str) -> torch.device:
 
 def load_train_set(cfg: RunConfig) -> ImageDataset:
     """The training split, optionally a seeded random subset of `data.train_subset` images."""
-    data = load_dataset(cfg.data.name, "train", root=cfg.data.root, download=cfg.data.download)
+    data = load_dataset(cfg.data.name, "train", **data_options(cfg))
     n = cfg.data.train_subset
     if n is not None and n < len(data):
         g = torch.Generator().manual_seed(cfg.train.seed)
@@ -64,131 +66,228 @@ def load_train_set(cfg: RunConfig) -> ImageDataset:
     return data
 
 
+def data_options(cfg: RunConfig) -> dict[str, Any]:
+    """load_dataset's keyword arguments from the config's data section (shared by train and test splits)."""
+    d = cfg.data
+    options: dict[str, Any] = {"root": d.root, "download": d.download}
+    if d.name == "imagefolder":
+        options.update(image_size=d.image_size, channels=d.channels)
+    return options
+
+
 def model_spec(cfg: RunConfig, data: ImageDataset) -> ModelSpec:
     """The architecture: the config's model section plus what the data decides (channels, normalization)."""
     mean, std = dataset_stats(cfg.data.name, data.num_channels)
-    return ModelSpec(**dataclasses.asdict(cfg.model), in_channels=data.num_channels, mean=tuple(mean), std=tuple(std))
+    return ModelSpec.from_config(cfg.model, data.num_channels, mean, std)
 
 
-def prepare_run_dir(cfg: RunConfig, out: Path, resume: bool) -> RunConfig:
-    """Write config.yaml for a new run; on resume, use the run's own config (a resumed run is the same run)."""
-    saved = out / CONFIG
-    if resume:
-        if not (out / CHECKPOINT).is_file():
-            raise TrainingError(f"--resume: {out / CHECKPOINT} does not exist; start the run without --resume")
-        return from_dict(yaml.safe_load(saved.read_text()))
-    if (out / CHECKPOINT).exists():
-        raise TrainingError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return cfg
+def non_finite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding NaN or inf (e.g. BN running_var after a blow-up)."""
+    return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
-def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunResult:
-    """Train an encoder with `cfg.method`; writes checkpoint, metrics, encoder export and a summary to out_dir."""
-    out = Path(out_dir)
-    cfg = prepare_run_dir(cfg, out, resume)
-    device = resolve_device(cfg.train.device)
-    torch.manual_seed(cfg.train.seed)
+# --- the state of a run ----------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Everything a resumed run needs. (epoch, batch) is where it continues; `step` counts
+    batches trained; `elapsed`/`phase_seconds` are the seconds of earlier sessions."""
 
-    data = load_train_set(cfg).to(device)
-    spec = model_spec(cfg, data)
-    model: SSLModel = build_model(spec).to(device)
-    method = build_method(cfg, data.image_size, data.num_channels)
-    if method.needs_dual_bn and not cfg.model.dual_bn:
-        print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
-    schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
-    loader = DeviceLoader(data, cfg.optim.batch_size, cfg.train.seed)
-    steps_per_epoch = schedule.steps_per_epoch_bound()
-    if steps_per_epoch < 1:
-        raise TrainingError(f"{len(schedule.pool)} training images make no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps(), steps_per_epoch)
+    model: SSLModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    method: Method
+    schedule: CoresetSchedule
+    timer: PhaseTimer
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    elapsed: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
-    start_epoch, start_batch, step, elapsed = 0, 0, 0, 0.0
-    phase_totals: dict[str, float] = {}
-    metrics = MetricsLog(out / "metrics.jsonl")
-    if resume:
-        ck = load_checkpoint(out / CHECKPOINT)
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        schedule.load_state_dict(ck["coreset"])
-        set_rng_state(ck["rng"])
-        start_epoch, start_batch, step = ck["epoch"], ck["batch"], ck["step"]
-        elapsed, phase_totals = ck["elapsed"], dict(ck["phase_seconds"])
-        metrics.truncate_after(step)
+    def seconds(self) -> float:
+        """Wall-clock seconds of the whole run, earlier sessions included."""
+        return self.elapsed + (time.perf_counter() - self.started)
 
-    timer = PhaseTimer(device)
-    t0 = time.perf_counter()
-
-    def totals() -> dict[str, float]:
-        """Seconds per phase over the whole run, earlier (resumed-from) sessions included."""
-        merged = dict(phase_totals)
-        for k, v in timer.seconds.items():
+    def phase_totals(self) -> dict[str, float]:
+        """Seconds per phase over the whole run, earlier sessions included."""
+        merged = dict(self.phase_seconds)
+        for k, v in self.timer.seconds.items():
             merged[k] = merged.get(k, 0.0) + v
         return merged
 
-    def save(epoch: int, batch: int) -> None:
-        """Checkpoint; (epoch, batch) is where a resumed run continues."""
-        save_atomic(
-            {
-                "format": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "coreset": schedule.state_dict(), "rng": rng_state(),
-                "epoch": epoch, "batch": batch, "step": step, "elapsed": elapsed + (time.perf_counter() - t0),
-                "phase_seconds": totals(), "config": to_dict(cfg),
-            },
-            out / CHECKPOINT,
-        )
+    def state_dict(self, cfg: RunConfig) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+            "coreset": self.schedule.state_dict(), "rng": rng_state(), "epoch": self.epoch, "batch": self.batch,
+            "step": self.step, "elapsed": self.seconds(), "phase_seconds": self.phase_totals(), "config": to_dict(cfg),
+        }
 
-    # In a log file (no terminal) a redraw every step would flood it: update every 30 s there.
-    bar = tqdm(total=schedule.total_steps(), initial=step, disable=not cfg.train.progress, unit="step", dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
-    for epoch in range(start_epoch, cfg.train.epochs):
-        method.start_epoch(epoch)
-        epoch_start, epoch_phases = time.perf_counter(), dict(timer.seconds)
-        with timer.phase("selection"):
-            positions = schedule.positions_for_epoch(epoch, model, method, data)
-        losses, n_images = [], 0
-        first_batch = start_batch if epoch == start_epoch else 0
-        for _, x in loader.epoch(positions, epoch, first_batch):
-            try:
-                logs = method.step(model, optimizer, x, timer)
-            except NonFiniteLoss as e:
-                metrics.write({"type": "error", "epoch": epoch, "step": step, "error": str(e)})
-                bar.close()
-                kept = f"the last good checkpoint {out / CHECKPOINT} is intact" if (out / CHECKPOINT).exists() else "no checkpoint was written before it"
-                raise TrainingError(
-                    f"{e} at epoch {epoch}, step {step}; the run stopped and {kept}. "
-                    "Start a new run with a lower optim.lr (or attack.alpha): a resumed run would repeat the same steps."
-                ) from None
-            scheduler.step()
-            step += 1
-            losses.append(logs["loss"])
-            n_images += x.shape[0]
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.3f}", img_s=f"{n_images / max(1e-9, time.perf_counter() - epoch_start):.0f}")
-            if step % cfg.train.log_every_steps == 0:
-                metrics.write({"type": "step", "epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0], **logs})
-            if cfg.train.checkpoint_every_steps and step % cfg.train.checkpoint_every_steps == 0:
-                save(epoch, first_batch + len(losses))
-        seconds = time.perf_counter() - epoch_start
-        phases = {k: v - epoch_phases.get(k, 0.0) for k, v in timer.seconds.items()}
-        metrics.write({
-            "type": "epoch", "epoch": epoch, "step": step, "loss": sum(losses) / max(1, len(losses)),
-            "images": n_images, "pool_size": int(positions.numel()), "seconds": seconds,
-            "images_per_s": n_images / max(1e-9, seconds), "time": phases, "lr": scheduler.get_last_lr()[0],
-        })
-        if cfg.train.checkpoint_every_epochs and (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 or epoch + 1 == cfg.train.epochs:
-            save(epoch + 1, 0)
+    def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
+        missing = [k for k in self.state_dict_keys() if k not in ck]
+        if missing or ck.get("format") != CHECKPOINT_FORMAT:
+            raise TrainingError(
+                f"{path} is not a checkpoint this version can resume (format {ck.get('format')!r}, expected "
+                f"{CHECKPOINT_FORMAT}; missing {', '.join(missing) or 'nothing'}); start a new run in another --out"
+            )
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+            self.method.load_state_dict(ck["method"])
+            self.schedule.load_state_dict(ck["coreset"])
+            set_rng_state(ck["rng"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as e:
+            raise TrainingError(f"{path} does not match this run's model or settings ({e}); "
+                                "resume with the run's own config.yaml, or start a new run") from None
+        self.epoch, self.batch, self.step = ck["epoch"], ck["batch"], ck["step"]
+        self.elapsed, self.phase_seconds = ck["elapsed"], dict(ck["phase_seconds"])
+
+    @staticmethod
+    def state_dict_keys() -> tuple[str, ...]:
+        return ("model", "optimizer", "scheduler", "method", "coreset", "rng", "epoch", "batch", "step", "elapsed",
+                "phase_seconds", "config")
+
+
+def build_state(cfg: RunConfig, data: ImageDataset, device: torch.device) -> TrainState:
+    """Model, method, coreset schedule, optimizer and lr schedule of a fresh run."""
+    model: SSLModel = build_model(model_spec(cfg, data)).to(device)
+    method = build_method(cfg, data.image_size, data.num_channels)
+    if method.needs_dual_bn and not cfg.model.dual_bn:
+        print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
+    untrained = [b for b in BRANCHES if b not in method.trained_branches]
+    if has_dual_bn(model) and untrained:
+        print(f"note: {method.name} never trains the {', '.join(untrained)} BN branch of this dual-BN model; the export "
+              f"records the trained branch and evaluation uses it (model.dual_bn=false avoids the unused branch)")
+    schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
+    batches_per_epoch = schedule.steps_per_epoch_bound()
+    if batches_per_epoch < 1:
+        raise TrainingError(f"{len(schedule.pool)} training images make no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
+    optimizer = build_optimizer(model, cfg.optim)
+    # The lr schedule counts optimizer updates: a method may make several per batch.
+    k = method.updates_per_batch
+    scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
+    return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device))
+
+
+# --- one epoch -----------------------------------------------------------------------------------
+@dataclass
+class RunContext:
+    """What an epoch needs besides the state: the config, data, loader, output folder and logs."""
+
+    cfg: RunConfig
+    out: Path
+    data: ImageDataset
+    loader: DeviceLoader
+    metrics: MetricsLog
+    bar: Any
+
+
+def train_epoch(state: TrainState, run: RunContext) -> None:
+    """Train epoch `state.epoch` from batch `state.batch`; checkpoint as configured; leave the
+    state at the start of the next epoch."""
+    cfg, epoch = run.cfg.train, state.epoch
+    state.method.start_epoch(epoch)
+    epoch_start, phases_before = time.perf_counter(), dict(state.timer.seconds)
+    with state.timer.phase("selection"):
+        positions, weights = state.schedule.positions_for_epoch(epoch, state.model, state.method, run.data)
+    losses: list[float] = []
+    n_images = 0
+    for batch in run.loader.epoch(positions, epoch, state.batch, weights):
+        try:
+            logs = state.method.step(state.model, state.optimizer, state.scheduler, batch, state.timer)
+        except NonFiniteLoss as e:
+            stop_non_finite(state, run, str(e))
+        state.step += 1
+        state.batch += 1
+        losses.append(logs["loss"])
+        n_images += len(batch)
+        rate = n_images / max(1e-9, time.perf_counter() - epoch_start)
+        run.bar.update(1)
+        # refresh=False: the bar redraws on its own interval, not on every step (a log file stays small)
+        run.bar.set_postfix(epoch=epoch, loss=f"{logs['loss']:.3f}", img_s=f"{rate:.0f}", refresh=False)
+        if state.step % cfg.log_every_steps == 0:
+            run.metrics.write({"type": "step", "epoch": epoch, "step": state.step, "lr": state.scheduler.get_last_lr()[0], **logs})
+        if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+            save_checkpoint(state, run)
+    seconds = time.perf_counter() - epoch_start
+    run.metrics.write({
+        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / max(1, len(losses)),
+        "images": n_images, "pool_size": int(positions.numel()), "seconds": seconds,
+        "images_per_s": n_images / max(1e-9, seconds), "lr": state.scheduler.get_last_lr()[0],
+        "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
+    })
+    state.epoch, state.batch = epoch + 1, 0
+    if cfg.checkpoint_every_epochs and state.epoch % cfg.checkpoint_every_epochs == 0 or state.epoch == cfg.epochs:
+        save_checkpoint(state, run)
+
+
+def save_checkpoint(state: TrainState, run: RunContext) -> None:
+    """Atomic checkpoint of a finite model; a NaN or inf weight or buffer stops the run instead."""
+    bad = non_finite_tensors(state.model)
+    if bad:
+        stop_non_finite(state, run, f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    save_atomic(state.state_dict(run.cfg), run.out / CHECKPOINT)
+
+
+def stop_non_finite(state: TrainState, run: RunContext, what: str) -> NoReturn:
+    """Stop the run at a NaN/inf: log it, keep the last good checkpoint, say what to do."""
+    run.metrics.write({"type": "error", "epoch": state.epoch, "step": state.step, "error": what})
+    run.bar.close()
+    path = run.out / CHECKPOINT
+    kept = f"the last good checkpoint {path} is intact" if path.exists() else "no checkpoint was written before it"
+    raise TrainingError(
+        f"{what} at epoch {state.epoch}, step {state.step}; the run stopped and {kept}. "
+        "Start a new run with a lower optim.lr (or attack.alpha): a resumed run would repeat the same steps."
+    ) from None
+
+
+# --- the run ------------------------------------------------------------------------------------
+def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunResult:
+    """Train an encoder with `cfg.method`; writes checkpoint, metrics, encoder export and a summary to out_dir.
+
+    resume=True continues the run in out_dir, whose own config `cfg` must be (read it with
+    `run_dir.resume_config`); otherwise out_dir must hold no run files yet.
+    """
+    out = Path(out_dir)
+    if not resume:
+        claim_new_run(out, cfg)
+    clear_orphans(out)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    data = load_train_set(cfg).to(device)
+    state = build_state(cfg, data, device)
+    metrics = MetricsLog(out / METRICS)
+    if resume:
+        ck = load_checkpoint(out / CHECKPOINT)
+        differ = config_differences(ck.get("config", {}), to_dict(cfg))
+        if differ:
+            raise TrainingError(f"{out / 'config.yaml'} differs from the config {out / CHECKPOINT} was saved with, in "
+                                f"{', '.join(differ[:5])}; restore config.yaml (the checkpoint's 'config' entry holds it)")
+        state.load_state_dict(ck, out / CHECKPOINT)
+        metrics.truncate_after(state.step)
+
+    # In a log file (no terminal) the bar redraws every 30 s at most.
+    bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not cfg.train.progress, unit="step",
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    run = RunContext(cfg, out, data, DeviceLoader(data, cfg.optim.batch_size, cfg.train.seed), metrics, bar)
+    while state.epoch < cfg.train.epochs:
+        train_epoch(state, run)
     bar.close()
+    return finish(state, run, device)
 
-    total = elapsed + (time.perf_counter() - t0)
-    export_encoder(model, spec, out / ENCODER)
-    result = RunResult(out, step, total, totals())
-    (out / SUMMARY).write_text(json.dumps({
-        "method": cfg.method.name, "steps": step, "seconds": total, "phase_seconds": result.phase_seconds,
-        "coreset": schedule.summary(), "device": str(device), "torch": torch.__version__,
+
+def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResult:
+    """Export the encoder (with the BN branches the method trained) and write run.json."""
+    bad = non_finite_tensors(state.model)
+    if bad:
+        stop_non_finite(state, run, f"non-finite values in {', '.join(bad[:3])}")
+    trained = list(state.method.trained_branches) if has_dual_bn(state.model) else None
+    export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained)
+    result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
+    atomic_write_text(run.out / SUMMARY, json.dumps({
+        "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
+        "trained_branches": trained, "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
     }, indent=2))
     return result
-

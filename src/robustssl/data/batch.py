@@ -1,0 +1,39 @@
+"""The unit of work that flows loader -> method -> selectors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .dataset import ImageDataset
+
+
+@dataclass
+class Batch:
+    """One minibatch of training images.
+
+    positions: int64 [b], rows of the training ImageDataset (for per-sample state and selectors).
+    images:    float [b, C, H, W] in [0, 1], on the training device.
+    labels:    int64 [b] class ids, or None (unlabelled data); only supervised methods read them.
+    weights:   float [b] per-image loss weights from a weighted coreset, or None (all 1).
+    """
+
+    positions: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def make_batch(data: ImageDataset, positions: torch.Tensor, weights: torch.Tensor | None = None) -> Batch:
+    """Gather `positions` (rows of `data`) into a Batch on data's device; images scaled to [0, 1]."""
+    device = data.images.device
+    positions = positions.to(device)
+    return Batch(
+        positions=positions,
+        images=data.images[positions].float().div_(255.0),
+        labels=None if data.labels is None else data.labels[positions],
+        weights=None if weights is None else weights.to(device=device, dtype=torch.float32),
+    )
