@@ -23,7 +23,6 @@ from robustssl.methods import build_method
 from robustssl.models import ModelSpec, build_model
 from robustssl.train.optim import build_optimizer, build_scheduler
 from robustssl.train.timer import PhaseTimer
-
 from timing import machine, spread, time_it
 
 PRESETS = {

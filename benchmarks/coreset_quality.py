@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from robustssl import api
-
 from coreset_speed import arm_overrides
+from robustssl import api
 from timing import machine
 
 

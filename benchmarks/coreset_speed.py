@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from robustssl import api
-
 from timing import machine, spread
 
 

@@ -61,7 +61,7 @@ def test_pgd_touches_no_parameter_gradient_and_restores_mode(tiny_spec):
 
 
 def test_pgd_zero_eps_is_identity(tiny_spec):
-    model, head, x, y = _setup(tiny_spec)
+    model, head, x, _y = _setup(tiny_spec)
     x_adv = pgd(model, x, lambda xa: head(model.features(xa)).sum(), PGDConfig(eps=0.0, alpha=0.01, steps=3))
     assert torch.equal(x_adv, x)
 

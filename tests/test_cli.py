@@ -62,4 +62,5 @@ def test_quickstart_table(tmp_path, root, capsys):
     assert [r["method"] for r in rows] == ["ACL", "SimCLR"]
     for r in rows:
         assert r["autoattack"] <= r["pgd20_on_aa_examples"] and r["pgd20"] <= r["clean"]
+        assert isinstance(r["probe_converged"], bool)
     assert (out / "acl" / "report.json").is_file() and (out / "simclr" / "encoder.safetensors").is_file()

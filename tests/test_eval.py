@@ -386,7 +386,7 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     from robustssl.errors import ConfigError
     from robustssl.eval.registry import ATTACKS, PROTOCOLS
 
-    assert PROTOCOLS == {"slf": train_slf, "alf": train_alf} and ATTACKS == ("pgd20", "autoattack")
+    assert {"slf": train_slf, "alf": train_alf} == PROTOCOLS and ATTACKS == ("pgd20", "autoattack")
     assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
     assert not hasattr(evaluate_module, "TRAINERS")
     with pytest.raises(ConfigError, match="valid protocols: slf, alf; valid attacks: pgd20, autoattack"):

@@ -25,7 +25,7 @@ def test_loader_yields_the_index_set_in_batches_and_resumes_mid_epoch():
     seen = torch.cat([b.positions for b in batches])
     assert set(seen.tolist()) <= set(subset.tolist()) and len(set(seen.tolist())) == 16
     for b in batches:
-        assert b.images.dtype == torch.float32 and 0 <= b.images.min() and b.images.max() <= 1
+        assert b.images.dtype == torch.float32 and b.images.min() >= 0 and b.images.max() <= 1
         assert torch.equal(b.images, data.images[b.positions].float() / 255)
         assert torch.equal(b.labels, data.labels[b.positions]) and b.weights is None
     resumed = list(loader.epoch(subset, epoch=2, start_batch=1))
@@ -48,7 +48,7 @@ def test_augment_is_seeded_batched_and_in_range():
     a = aug(x)
     torch.manual_seed(0)
     b = aug(x)
-    assert torch.equal(a, b) and a.shape == x.shape and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and a.shape == x.shape and a.min() >= 0 and a.max() <= 1
     assert not torch.equal(a, aug(x))
 
 

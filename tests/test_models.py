@@ -37,9 +37,8 @@ def test_dual_bn_branches_give_different_outputs_in_eval(tiny_spec):
 
 def test_bn_branch_rejects_unknown_branch(tiny_spec):
     model = build_model(tiny_spec)
-    with pytest.raises(ValueError, match="normal, pgd"):
-        with bn_branch(model, "adv"):
-            pass
+    with pytest.raises(ValueError, match="normal, pgd"), bn_branch(model, "adv"):
+        pass
 
 
 @pytest.mark.parametrize("arch,stem,size", [("resnet18", "cifar", 16), ("resnet18", "imagenet", 32), ("cnn", "cifar", 28)])

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustssl.data import DATASET_NAMES, DatasetError, ImageDataset, dataset_stats, load_dataset
-from robustssl.data import catalog
+from robustssl.data import DATASET_NAMES, DatasetError, ImageDataset, catalog, dataset_stats, load_dataset
 from robustssl.data.download import Archive, download_and_verify, extract_archive, verify_md5
 from robustssl.data.readers import read_cifar, read_idx, read_image_folder, read_stl10
 

@@ -271,3 +271,17 @@ def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, ro
     assert "--resume" not in err and "nothing to resume" in err
     assert not (out / "checkpoint.pt").exists()
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["type"] == "step"
+
+
+def test_atomic_writes_keep_ordinary_permissions(tmp_path):
+    from robustssl.io import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "config.yaml", "a: 1\n")
+        assert path.stat().st_mode & 0o777 == 0o644
+        os.chmod(path, 0o640)
+        atomic_write_text(path, "a: 2\n")
+        assert path.stat().st_mode & 0o777 == 0o640 and path.read_text() == "a: 2\n"
+    finally:
+        os.umask(umask)

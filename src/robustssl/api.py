@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, from_dict, load_config, to_dict
+from .coreset.registry import SELECTORS
 from .coreset.schedule import CoresetSchedule
 from .data import load_dataset
 from .errors import ConfigError
@@ -71,8 +72,7 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
-    schedule_probe = CoresetSchedule(cfg.coreset, cfg.train.epochs, 1, cfg.optim.batch_size, cfg.train.seed)
-    if not schedule_probe.selector.trains_on_subset:
+    if not SELECTORS[cfg.coreset.method].trains_on_subset:
         raise ConfigError(f"coreset.method is '{cfg.coreset.method}' in this run's config: pass coreset.method=rcs (or random) to select")
     device = resolve_device(cfg.train.device)
     data = load_train_set(cfg).to(device)

@@ -5,18 +5,20 @@ the temp file is removed. Orphans of earlier kills can be cleared with `remove_o
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from .errors import RunError
 
 TMP_SUFFIX = ".tmp"
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Call write(f) on a temp file beside `path`, fsync it, then rename it to `path`.
 
     An OSError (disk full, read-only folder, a file where a folder should be) becomes a
@@ -29,6 +31,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     except OSError as e:
         raise RunError(f"cannot write {path}: {_reason(e)}") from e
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600 files; a run file gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -56,11 +59,19 @@ def remove_orphans(folder: str | Path, name: str) -> list[Path]:
     return removed
 
 
-def _unlink(path: str) -> None:
+def _mode_for(path: Path) -> int:
+    """The existing file's permissions, else the process default (0o666 less the umask)."""
     try:
-        os.unlink(path)
+        return path.stat().st_mode & 0o777
     except FileNotFoundError:
-        pass
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _reason(e: OSError) -> str:

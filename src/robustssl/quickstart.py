@@ -32,6 +32,7 @@ def _row(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
         "n_examples": slf["clean"]["n_examples"],
         "eps": report["settings"]["eps"],
         "checks_passed": bool(slf["sanity_passed"]),
+        "probe_converged": bool(slf["training"]["convergence"]["converged"]),
         "train_seconds": seconds,
     }
 
@@ -43,13 +44,14 @@ def render(rows: list[dict[str, Any]]) -> str:
     eps = rows[0]["eps"] if rows else 0.0
     lines = [
         f"Fashion-MNIST, linear probe (SLF) on frozen encoders, eps = {eps:g} (l_inf)",
-        "| method | clean % | PGD-20 % | AutoAttack % (PGD-20 % on the same images) | sanity checks | pretrain s |",
-        "|---|---|---|---|---|---|",
+        "| method | clean % | PGD-20 % | AutoAttack % (PGD-20 % on the same images) | sanity checks | probe | pretrain s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['autoattack'])} ({pct(r['pgd20_on_aa_examples']).strip()}) | "
-            f"{'pass' if r['checks_passed'] else 'FAIL'} | {r['train_seconds']:.0f} |"
+            f"{'pass' if r['checks_passed'] else 'FAIL'} | {'converged' if r['probe_converged'] else 'NOT CONVERGED'} | "
+            f"{r['train_seconds']:.0f} |"
         )
     if rows:
         lines.append(f"clean and PGD-20 on the first {rows[0]['n_examples']} test images; "

@@ -8,12 +8,14 @@ and the fix; unknown keys list the valid ones.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .errors import ConfigError
 
@@ -87,10 +89,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         elif isinstance(value, str):  # PyYAML reads 1e-3 (no dot, no sign) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 number = float(value)
-            except ValueError:
-                pass
         if number is None:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(number):
@@ -129,7 +129,7 @@ def build_settings(cls: type, raw: Any, prefix: str) -> Any:
             raise ConfigError(f"unknown config key '{prefix}{key}'; valid keys here: {valid}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = build_settings(tp, value, f"{prefix}{key}.")
+            kwargs[key] = build_settings(typing.cast(type, tp), value, f"{prefix}{key}.")
         else:
             kwargs[key] = coerce(value, tp, prefix + key)
     obj = cls(**kwargs)

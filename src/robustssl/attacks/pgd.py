@@ -6,8 +6,8 @@ restores both after; it returns a detached x_adv in [0, 1].
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

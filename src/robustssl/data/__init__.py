@@ -8,6 +8,15 @@ from robustssl.data.loader import DeviceLoader, epoch_order
 from robustssl.data.readers import DatasetError
 
 __all__ = [
-    "AugmentSpec", "Batch", "ContrastiveAugment", "DATASET_NAMES", "DatasetError", "DeviceLoader", "ImageDataset",
-    "dataset_stats", "epoch_order", "load_dataset", "make_batch",
+    "DATASET_NAMES",
+    "AugmentSpec",
+    "Batch",
+    "ContrastiveAugment",
+    "DatasetError",
+    "DeviceLoader",
+    "ImageDataset",
+    "dataset_stats",
+    "epoch_order",
+    "load_dataset",
+    "make_batch",
 ]

@@ -8,7 +8,7 @@ from robustssl.data.dataset import ImageDataset
 from robustssl.data.download import ARCHIVES, download_and_verify, extract_archive, file_md5, manual_download_help
 from robustssl.data.readers import DatasetError, read_cifar, read_idx, read_image_folder, read_stl10
 
-__all__ = ["DATASET_NAMES", "load_dataset", "dataset_stats", "DATA_ENV_VAR", "SYSTEM_DATA_DIR"]
+__all__ = ["DATASET_NAMES", "DATA_ENV_VAR", "SYSTEM_DATA_DIR", "dataset_stats", "load_dataset"]
 
 DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder")
 DATA_ENV_VAR = "ROBUSTSSL_DATA"

@@ -54,7 +54,7 @@ class ImageDataset:
             return None
         return int(self.labels.max().item()) + 1
 
-    def subset(self, positions: torch.Tensor) -> "ImageDataset":
+    def subset(self, positions: torch.Tensor) -> ImageDataset:
         """Rows at `positions` (0..N-1 into this object), keeping original sample ids."""
         positions = positions.to(torch.long)
         return ImageDataset(
@@ -66,7 +66,7 @@ class ImageDataset:
             classes=list(self.classes),
         )
 
-    def to(self, device: torch.device | str) -> "ImageDataset":
+    def to(self, device: torch.device | str) -> ImageDataset:
         return ImageDataset(
             images=self.images.to(device),
             labels=None if self.labels is None else self.labels.to(device),

@@ -20,7 +20,13 @@ from pathlib import Path
 from robustssl.data.readers import DatasetError
 
 __all__ = [
-    "Archive", "ARCHIVES", "verify_md5", "file_md5", "download_and_verify", "extract_archive", "manual_download_help"
+    "ARCHIVES",
+    "Archive",
+    "download_and_verify",
+    "extract_archive",
+    "file_md5",
+    "manual_download_help",
+    "verify_md5"
 ]
 
 log = logging.getLogger(__name__)

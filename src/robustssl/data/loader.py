@@ -2,7 +2,7 @@
 are index gathers, in a seeded per-epoch order, from any index set (all data or a coreset)."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

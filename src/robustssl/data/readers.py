@@ -20,7 +20,7 @@ import torch
 from robustssl.data.dataset import ImageDataset
 from robustssl.errors import RobustSSLError
 
-__all__ = ["DatasetError", "read_idx", "read_cifar", "read_stl10", "read_image_folder", "IMAGE_EXTENSIONS"]
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "read_cifar", "read_idx", "read_image_folder", "read_stl10"]
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root} has no class subfolders; expected {root}/<class name>/<image files>.")
-    samples = []
+    samples: list[tuple[Path, int]] = []
     for label, cls in enumerate(classes):
         files = sorted(
             p for p in (root / cls).iterdir()

@@ -134,7 +134,7 @@ class LinearEvalModel(nn.Module):
             for m in in_train:
                 m.training = False
             for b in off_branch:
-                b.branch = self.branch
+                b.branch = self.branch  # type: ignore[assignment]  # off_branch is empty when self.branch is None
             with _fp32(x):
                 return self.encoder.features(x.float())
         finally:

@@ -130,7 +130,7 @@ def evaluate_classifier(
         aa.extra["clean_on_same_examples"] = clean.first(n_aa).accuracy
     return {
         "clean": clean.record(),
-        "attacks": [requested[name].record() for name in cfg.attacks if requested.get(name) is not None],
+        "attacks": [r.record() for name in cfg.attacks if (r := requested.get(name)) is not None],
         "curve": [curve[e].record() for e in sorted(curve)],
         "sanity_attacks": {"fgsm": fgsm.record(), "large_eps": large.record()},
         "sanity": sanity,
@@ -143,7 +143,7 @@ def _split_info(d: ImageDataset, n_used: int, how: str) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    out = {"torch": torch.__version__}
+    out = {"torch": str(torch.__version__)}
     for pkg in ("robustssl", "pyautoattack"):
         try:
             out[pkg] = metadata.version(pkg)

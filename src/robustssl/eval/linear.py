@@ -36,6 +36,7 @@ from ..attacks.pgd import PGDConfig, pgd
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
 from .classifier import LinearEvalModel
+from .robust import summed_ce
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 2e-4
@@ -85,7 +86,7 @@ def probe_convergence(losses: Sequence[float], lrs: Sequence[float], tol: float 
             f"epoch {phase} (the last before the lr cut) still made {100 * share:.2f} % of the loss decrease "
             f"of the first {phase} epochs (tolerance {100 * tol:g} %)"
         )
-    if problem:
+    if problem or share is None:
         detail = problem + "; raise eval.linear_lr or eval.linear_epochs"
     else:
         detail = (
@@ -228,7 +229,7 @@ def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
             idx = order[s : s + cfg.linear_batch_size].to(train.images.device)
             x, y = _to_unit(train.images[idx], device), labels[idx].to(device)
             # pgd() switches the model to eval mode for the attack and restores train mode after.
-            x_adv = pgd(model, x, lambda xa: F.cross_entropy(model(xa), y, reduction="sum"), attack, mode="eval", generator=attack_gen)
+            x_adv = pgd(model, x, summed_ce(model, y), attack, mode="eval", generator=attack_gen)
             total += _head_step(model, opt, model(x_adv), y) * idx.numel()
         losses.append(total / len(train))
     model.fold_standardization()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +84,12 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 @torch.no_grad()
+def summed_ce(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss PGD maximizes against a classifier: summed (not averaged) cross-entropy on labels y.
+    The sign step is the same as with the mean, and per-example gradients do not shrink with the batch."""
+    return lambda xa: F.cross_entropy(model(xa), y, reduction="sum")
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Predicted classes int64 [N] (CPU) for x float [N, C, H, W] in [0, 1]; model in eval mode."""
     device = model_device(model)
@@ -131,9 +137,7 @@ def pgd_accuracy(
     with model_mode(model, "eval"):
         for s in _batches(x.shape[0], batch_size):
             xb, yb = x[s].to(device).float(), y[s].to(device)
-            # Summed (not averaged) loss: the sign step is the same, and per-example gradients
-            # do not shrink with the batch size.
-            x_adv = pgd(model, xb, lambda xa: F.cross_entropy(model(xa), yb, reduction="sum"), cfg, mode="eval", generator=gen)
+            x_adv = pgd(model, xb, summed_ce(model, yb), cfg, mode="eval", generator=gen)
             with torch.no_grad():
                 flags.append((model(x_adv).argmax(1) == yb).cpu())
     result = torch.cat(flags) if flags else torch.empty(0, dtype=torch.bool)

@@ -62,7 +62,7 @@ class Method:
     def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig) -> None:
         if not isinstance(settings, self.Settings):
             raise TypeError(f"{self.name} takes {self.Settings.__name__} settings, got {type(settings).__name__}")
-        self.settings = settings
+        self.settings: Any = settings  # an instance of type(self).Settings
         self.augment = augment
         self.attack_cfg = attack
 

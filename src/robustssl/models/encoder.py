@@ -20,6 +20,9 @@ STEMS = ("cifar", "imagenet")
 
 
 class Normalize(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -84,7 +87,7 @@ class ModelSpec(ModelConfig):
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
 
     @classmethod
-    def from_config(cls, model: ModelConfig, in_channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> "ModelSpec":
+    def from_config(cls, model: ModelConfig, in_channels: int, mean: tuple[float, ...], std: tuple[float, ...]) -> ModelSpec:
         return cls(**asdict(model), in_channels=in_channels, mean=tuple(mean), std=tuple(std))
 
 

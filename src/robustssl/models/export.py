@@ -144,7 +144,8 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
 def _spec_from_dict(path: Path, raw: dict[str, Any]) -> ModelSpec:
     names = {f.name for f in fields(ModelSpec)}
     try:
-        return ModelSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names})
+        kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in names}
+        return ModelSpec(**kwargs)
     except (TypeError, ValueError) as e:
         raise RunError(f"{path}: its model spec is not valid ({e}); {_fix()}") from None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ class LARS(torch.optim.Optimizer):
 
 def param_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(weights, biases-and-norm-parameters): the second group gets no weight decay / adaptation."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.dim() <= 1 else decay).append(p)
@@ -57,11 +59,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "lars":
         if not cfg.lars_exclude_1d:  # the ACL/RCS code: adaptation and weight decay on every parameter
             decay, no_decay = decay + no_decay, []
-        groups = [{"params": decay}] + ([{"params": no_decay, "lars": False, "weight_decay": 0.0}] if no_decay else [])
+        groups: list[dict[str, Any]] = [{"params": decay}] + ([{"params": no_decay, "lars": False, "weight_decay": 0.0}] if no_decay else [])
         return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coef=cfg.trust_coef)
     if cfg.name == "sgd":
+        sgd_groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.SGD(
-            [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+            sgd_groups,
             lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov and cfg.momentum > 0,
         )
     raise ValueError(f"unknown optimizer {cfg.name!r}; valid: lars, sgd")
@@ -80,5 +83,5 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """One scheduler step per optimizer update: `total_steps` and `steps_per_epoch` count updates
     (batches x the method's updates_per_batch), and `Method.update` steps it after each update."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.schedule))

@@ -219,7 +219,7 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
         "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
     })
     state.epoch, state.batch = epoch + 1, 0
-    if cfg.checkpoint_every_epochs and state.epoch % cfg.checkpoint_every_epochs == 0 or state.epoch == cfg.epochs:
+    if (cfg.checkpoint_every_epochs and state.epoch % cfg.checkpoint_every_epochs == 0) or state.epoch == cfg.epochs:
         save_checkpoint(state, run)
 
 
