@@ -23,11 +23,11 @@ import torch
 from robustssl import api
 from robustssl.attacks import PGDConfig
 from robustssl.config import from_dict, to_dict
-from robustssl.coreset.divergence import rd_from_projections, virtual_adversarial
+from robustssl.coreset.divergence import representational_divergence, virtual_adversarial
 from robustssl.coreset.schedule import CoresetSchedule
 from robustssl.data import DeviceLoader, load_dataset
 from robustssl.methods import build_method
-from robustssl.models import bn_branch, build_model
+from robustssl.models import build_model
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.optim import build_optimizer
 from robustssl.train.timer import PhaseTimer
@@ -42,10 +42,11 @@ class HeldLR:
 
 
 def rd(model: torch.nn.Module, x: torch.Tensor, attack: PGDConfig) -> float:
-    x_adv = virtual_adversarial(model, x, attack, "pgd")
-    with torch.no_grad(), bn_branch(model, "pgd"):
-        model.eval()
-        return float(rd_from_projections(model(x), model(x_adv)))
+    """RD under RCS's own convention (eval mode; natural on `normal`, adversarial on `pgd`),
+    the attack included; the model's mode and branch are left as they were."""
+    x_adv = virtual_adversarial(model, x, attack)
+    with torch.no_grad():
+        return float(representational_divergence(model, x, x_adv))
 
 
 def main() -> None:
@@ -62,7 +63,7 @@ def main() -> None:
     results = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
-            base = ["data.train_subset=%d" % args.n, "train.progress=false", f"train.seed={seed}", "optim.batch_size=128",
+            base = [f"data.train_subset={args.n}", "train.progress=false", f"train.seed={seed}", "optim.batch_size=128",
                     f"train.epochs={args.warmup_epochs}", "train.device=cpu", "train.log_every_steps=1000"]
             api.pretrain("acl_fmnist_cpu", Path(tmp) / "warm", overrides=base)
             ck = load_checkpoint(Path(tmp) / "warm" / "checkpoint.pt")

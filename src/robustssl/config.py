@@ -141,6 +141,8 @@ class CoresetConfig:
     sketch_dim: int = non_negative(0)  # 0: score with the full flattened head gradient; k: a seeded random projection
     candidate_attack_steps: int | None = non_negative(None)  # attack steps for candidate losses (None: the method's own)
     candidate_fraction: float = unit_interval(1.0)  # score a seeded random share of the candidates (1.0: all)
+    head: str = one_of("last", ("last", "projector"))  # RCS differentiates the projector's last Linear, or all its Linears
+    reattack_every: int = non_negative(0)  # re-attack the validation split every k g_val refreshes (0: once, at W0)
 
 
 @dataclass
@@ -206,8 +208,8 @@ def _validate(cfg: RunConfig) -> None:
     from .coreset.registry import SELECTORS
     from .methods import METHODS
 
-    lo, hi = (cfg.augment.crop_scale + [None, None])[:2]
-    if len(cfg.augment.crop_scale) != 2 or not 0 < lo <= hi <= 1:
+    crop = cfg.augment.crop_scale
+    if len(crop) != 2 or not 0 < crop[0] <= crop[1] <= 1:
         raise ConfigError(f"augment.crop_scale must be [low, high] with 0 < low <= high <= 1, got {cfg.augment.crop_scale}")
     if len(cfg.augment.jitter) != 4 or any(v < 0 for v in cfg.augment.jitter):
         raise ConfigError(f"augment.jitter must be 4 non-negative numbers [brightness, contrast, saturation, hue], got {cfg.augment.jitter}")

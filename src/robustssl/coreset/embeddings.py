@@ -1,5 +1,6 @@
 """Candidate gradient embeddings: the gradient of the method's own training loss w.r.t. the
-head, one row per candidate (a minibatch, or a sample), full or randomly projected.
+differentiated projector layers (`HeadView`: the last Linear, or every projector Linear), one
+row per candidate (a minibatch, or a sample), full or randomly projected.
 
 Never the mean over output units: for a softmax/CE head that mean is identically zero
 (the RCS code's compressed-gradient defect).
@@ -24,26 +25,31 @@ def _batch_gradient(model: torch.nn.Module, method: Any, batch: Batch, view: Hea
 def _per_sample_gradients(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None) -> torch.Tensor:
     """[B, dim]: each image's share of the gradient of the summed loss (the rows sum to it exactly).
 
-    A head forward's row r belongs to image r % B (methods stack views view-major). The head
-    weight's gradient is sum_r delta_r h_r^T, so image i's share is the sum over its rows.
+    A differentiated Linear's forward row r belongs to image r % B (methods stack views
+    view-major, and an MLP keeps rows). That layer's weight gradient is sum_r delta_r h_r^T
+    (delta_r: d loss / d output row r), so image i's share is the sum over its rows; the
+    layers' shares are laid out as in `view.flat()`.
     """
     b, x = len(batch), batch.images
     with view.capture() as calls:
         loss = method.training_loss(model, batch, attack) * b
-    outs = [out for _, out in calls]
-    deltas = torch.autograd.grad(loss, outs, allow_unused=True)
-    per = torch.zeros(b, view.dim, device=x.device)
-    for (h, out), delta in zip(calls, deltas):
+    deltas = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
+    per = [torch.zeros(b, _layer_dim(layer), device=x.device) for layer in view.layers]
+    for (i, h, out), delta in zip(calls, deltas):
         if delta is None:  # forwards the loss does not depend on (the attack's)
             continue
         if out.shape[0] % b:
             raise ValueError(f"head forward of {out.shape[0]} rows for {b} images: sample units need view-major batches")
         owner = torch.arange(out.shape[0], device=x.device) % b
         rows = torch.einsum("ro,ri->roi", delta, h).reshape(out.shape[0], -1)
-        if view.head.bias is not None:
+        if view.layers[i].bias is not None:
             rows = torch.cat([rows, delta], dim=1)
-        per.index_add_(0, owner, rows)
-    return per
+        per[i].index_add_(0, owner, rows)
+    return torch.cat(per, dim=1)
+
+
+def _layer_dim(layer: torch.nn.Linear) -> int:
+    return layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
 
 
 def candidate_gradients(
@@ -57,7 +63,8 @@ def candidate_gradients(
     unit="sample", each entry is one position; images are run `chunk` at a time (each
     other's negatives, as in a training batch) and a row is that image's share of the
     chunk's summed-loss gradient. attack: the attack the method's loss uses (None: its training
-    attack). Runs in the model's current mode; only the head gets gradients.
+    attack). Runs in the model's current mode (the selector uses eval) on the branches the
+    method's loss picks; only the differentiated layers get gradients.
     """
     with only_head_trainable(model, view):
         if unit == "batch":

@@ -1,4 +1,4 @@
-"""The RCS greedy engine (Xu et al. 2023, Alg. 1 with the last-layer approximation).
+"""The RCS greedy engine (Xu et al. 2023, Alg. 1; W: the differentiated projector parameters).
 
     W <- W0; S <- {}; g_val <- grad RD(V; W)
     repeat budget times:
@@ -12,8 +12,8 @@ scores do not change until g_val does), which is exactly the sequential loop, ve
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -23,6 +23,7 @@ class GreedyResult:
     picks: torch.Tensor  # int64 [budget], candidate rows in pick order
     gains: torch.Tensor  # float [budget], <g_b, g_val> at the time of each pick
     refreshes: int
+    w: torch.Tensor  # float [dim], the simulated parameters after the last pick's step
 
 
 def greedy_select(
@@ -35,6 +36,9 @@ def greedy_select(
     sketch: torch.Tensor | None = None,
 ) -> GreedyResult:
     """grads [n, dim] candidate gradients; w0 [dim] head parameters; val_gradient(w) -> [dim].
+
+    eta: the simulated step per pick (the caller scales it to the candidates' unit: a row that
+    is one image's share of a summed batch loss takes eta / batch_size).
 
     sketch [dim, k] (optional): score with <g_b P, g_val P> instead of the full inner product
     (the simulated step still uses the full gradient). Returns picks and their gains.
@@ -60,4 +64,4 @@ def greedy_select(
         picks.append(top)
         gains.append(scores[top])
         w = w - eta * grads[top].sum(0)  # one step per pick, eta each
-    return GreedyResult(torch.cat(picks), torch.cat(gains), refreshes)
+    return GreedyResult(torch.cat(picks), torch.cat(gains), refreshes, w)

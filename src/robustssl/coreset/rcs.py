@@ -1,12 +1,13 @@
 """RCS: robustness-aware coreset selection (Xu et al., NeurIPS 2023), label-free.
 
-One selection:
-  1. RD on the validation split: virtual-adversarial PGD on RD itself, head inputs cached.
-  2. Candidate gradients: d(method.training_loss)/d(head) per candidate (batch or sample),
-     the model in eval mode so selection never moves BatchNorm statistics.
-  3. Greedy: pick argmax <g_b, g_val>, one simulated head step of eta, refresh g_val.
-The head is restored (the simulation never touches the model); training on the coreset is
-unweighted.
+One selection, all in eval mode (BatchNorm uses, and never updates, running statistics):
+  1. RD on the validation split: virtual-adversarial PGD on RD itself (natural forwards on the
+     `normal` BN branch, adversarial ones on `pgd`), tail inputs cached (`coreset.head`: the
+     last projector Linear, or the whole projector).
+  2. Candidate gradients: d(method.training_loss)/d(head) per candidate (batch or sample).
+  3. Greedy: pick argmax <g_b, g_val>, one simulated head step, refresh g_val (re-attacking
+     the validation split every `reattack_every` refreshes when > 0).
+The simulation never touches the model; training on the coreset is unweighted.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 
 from ..attacks import PGDConfig
 from ..data.dataset import ImageDataset
-from ..models import has_dual_bn, model_mode
+from ..models import model_mode
 from .divergence import ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select
@@ -50,10 +51,14 @@ class RCSSelector(Selector):
         keep = max(budget, math.ceil(self.cfg.candidate_fraction * len(units)))
         return units[:keep], order
 
+    def step_size(self, batch_size: int) -> float:
+        """The simulated step per pick: eta for a batch unit; eta / batch_size for a sample, whose
+        row is one image's share of a summed batch loss, so B sample picks make one batch step."""
+        return self.cfg.eta / batch_size if self.cfg.unit == "sample" else self.cfg.eta
+
     def select(self, model: torch.nn.Module, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
                budget: int, batch_size: int) -> Selection:
-        view = HeadView(model)
-        branch = "pgd" if has_dual_bn(model) else None
+        view = HeadView(model, self.cfg.head)
         units, order = self.candidate_units(pool, batch_size, budget)
         attack = method.attack_cfg
         if self.cfg.candidate_attack_steps is not None:
@@ -62,12 +67,13 @@ class RCSSelector(Selector):
         # in the candidate losses and in every g_val refresh of the greedy loop alike.
         with model_mode(model, "eval"):
             x_val = data.images[val.to(data.images.device)].float().div_(255)
-            rd = ValidationRD(model, view, x_val, self.rd_attack, branch)
+            rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
             grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size, attack=attack)
             sketch = None
             if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
                 sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
             w0 = view.flat()
-            result = greedy_select(grads, w0, rd.gradient, budget, self.cfg.eta, self.cfg.refresh_every, sketch)
+            eta = self.step_size(batch_size)
+            result = greedy_select(grads, w0, rd.refresh, budget, eta, self.cfg.refresh_every, sketch)
         positions = units_to_positions(pool, result.picks.cpu(), self.cfg.unit, batch_size, order)
         return Selection(positions.sort().values, None, result.gains.detach().cpu())
