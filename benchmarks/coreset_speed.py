@@ -49,6 +49,11 @@ PRESETS = {
 }
 
 
+def arm_overrides(arm: str, fast: list[str]) -> list[str]:
+    """The overrides of an arm; `fast`, when given, replaces the rcs-fast arm's own."""
+    return ["coreset.method=rcs", *fast] if arm == "rcs-fast" and fast else ARMS[arm]
+
+
 def schedule(args: argparse.Namespace) -> tuple[int, int]:
     """(warm-up epochs, selection every k epochs)."""
     if args.schedule == "paper":
@@ -59,7 +64,7 @@ def schedule(args: argparse.Namespace) -> tuple[int, int]:
 
 def run_arm(arm: str, common: list[str], seed: int, tmp: Path, fast: list[str]) -> dict[str, Any]:
     out = tmp / f"{arm}-{seed}"
-    overrides = common + (ARMS[arm] if arm != "rcs-fast" or not fast else ["coreset.method=rcs", *fast]) + [f"train.seed={seed}"]
+    overrides = common + arm_overrides(arm, fast) + [f"train.seed={seed}"]
     r = api.pretrain("acl_fmnist_cpu", out, overrides=overrides)
     summary = json.loads((out / "run.json").read_text())
     core = summary["coreset"]
@@ -96,7 +101,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], epochs: int, bound: float) 
             "selection_in_full_epochs": statistics.median(per_sel), "selection_in_full_epochs_all": per_sel,
             "selection_parts_in_full_epochs": {k: statistics.median(v) for k, v in sorted(parts.items())},
             "steps": [a["steps"] for a in rs], "full_steps": [f["steps"] for f in full],
-            "above_bound": any(x > bound * 1.001 for x in normalized),
+            "above_bound": {"step_normalized": any(x > bound * 1.001 for x in normalized),
+                            "wall_clock": any(x > bound * 1.001 for x in speed)},
         }
     return out
 
@@ -105,10 +111,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", choices=list(PRESETS), default="cnn")
-    p.add_argument("--n", type=int, default=1024, help="Fashion-MNIST training images")
+    p.add_argument("--n", type=int, default=330, help="Fashion-MNIST training images (330 at batch 32: 10 candidate batches, budget 2)")
     p.add_argument("--epochs", type=int, default=200)
     p.add_argument("--schedule", choices=["paper", "dense"], default="paper")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--fraction", type=float, default=0.2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--arms", default="full,rcs,rcs-fast,random")
@@ -152,8 +158,10 @@ def main() -> None:
         print(f"{arm:9s} wall-clock {spread(s['speedup_all'])}x, step-normalized {spread(s['step_normalized_all'])}x, "
               f"selection share {spread([100 * x for x in s['selection_share_all']])}%, one selection "
               f"{spread(s['selection_in_full_epochs_all'])} full epochs ({parts or 'no breakdown'}), steps {s['steps'][0]} vs {s['full_steps'][0]}")
-        if s["above_bound"]:
-            print(f"WARNING {arm}: a step-normalized ratio is above the bound {bound:.2f}x: a measurement problem, not a result")
+        for kind, above in s["above_bound"].items():
+            if above:
+                print(f"WARNING {arm}: a {kind} ratio is above the bound {bound:.2f}x: a measurement problem (per-step "
+                      "speed differs between the runs), not a speed-up")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     for arm, s in summary.items():

@@ -70,7 +70,7 @@ class SoftmaxCEMethod:
         self.labels = labels
         self.attack_cfg = None
 
-    def training_loss(self, model, batch, attack=None):
+    def training_loss(self, model, batch, attack=None, timer=None):
         return F.cross_entropy(model(batch.images), self.labels[batch.positions])
 
 
@@ -172,6 +172,11 @@ def test_rcs_selection_leaves_the_model_untouched():
     assert len(sched.val) == 1  # a single validation image must work (eval-mode BN)
     sel = sched.select(0, model, build_method(cfg, 28, 1), data)
     assert len(sel.positions) == sched.coreset_size()
+    # the cost breakdown is recorded with the selection, and its parts add up to no more than the selection
+    parts = sched.selections[-1]["phases"]
+    assert set(parts) == {"validation_rd", "candidate_attack", "candidate_augment", "candidate_forward_backward", "greedy"}
+    assert parts["candidate_attack"] > 0 and parts["validation_rd"] > 0 and parts["greedy"] > 0
+    assert sum(parts.values()) <= sched.selections[-1]["seconds"]
     assert model.training and all(p.requires_grad for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"selection changed {k}"

@@ -14,15 +14,18 @@ import torch
 from ..attacks import PGDConfig
 from ..data.batch import Batch, make_batch
 from ..data.dataset import ImageDataset
+from ..train.timer import PhaseTimer
 from .head import HeadView, only_head_trainable
 
 
-def _batch_gradient(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None) -> torch.Tensor:
-    grads = torch.autograd.grad(method.training_loss(model, batch, attack), view.params)
+def _batch_gradient(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None,
+                    timer: PhaseTimer | None) -> torch.Tensor:
+    grads = torch.autograd.grad(method.training_loss(model, batch, attack, timer), view.params)
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-def _per_sample_gradients(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None) -> torch.Tensor:
+def _per_sample_gradients(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None,
+                    timer: PhaseTimer | None) -> torch.Tensor:
     """[B, dim]: each image's share of the gradient of the summed loss (the rows sum to it exactly).
 
     A differentiated Linear's forward row r belongs to image r % B (methods stack views
@@ -32,7 +35,7 @@ def _per_sample_gradients(model: torch.nn.Module, method: Any, batch: Batch, vie
     """
     b, x = len(batch), batch.images
     with view.capture() as calls:
-        loss = method.training_loss(model, batch, attack) * b
+        loss = method.training_loss(model, batch, attack, timer) * b
     deltas = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
     per = [torch.zeros(b, _layer_dim(layer), device=x.device) for layer in view.layers]
     for (i, h, out), delta in zip(calls, deltas):
@@ -54,7 +57,7 @@ def _layer_dim(layer: torch.nn.Linear) -> int:
 
 def candidate_gradients(
     model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
-    attack: PGDConfig | None = None,
+    attack: PGDConfig | None = None, timer: PhaseTimer | None = None,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
 
@@ -68,10 +71,10 @@ def candidate_gradients(
     """
     with only_head_trainable(model, view):
         if unit == "batch":
-            return torch.stack([_batch_gradient(model, method, make_batch(data, p), view, attack) for p in units])
+            return torch.stack([_batch_gradient(model, method, make_batch(data, p), view, attack, timer) for p in units])
         flat = torch.stack(units)
         return torch.cat([
-            _per_sample_gradients(model, method, make_batch(data, flat[s : s + chunk]), view, attack)
+            _per_sample_gradients(model, method, make_batch(data, flat[s : s + chunk]), view, attack, timer)
             for s in range(0, flat.numel(), chunk)
         ])
 

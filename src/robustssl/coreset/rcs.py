@@ -20,6 +20,7 @@ import torch
 from ..attacks import PGDConfig
 from ..data.dataset import ImageDataset
 from ..models import model_mode
+from ..train.timer import PhaseTimer
 from .divergence import ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select
@@ -28,6 +29,17 @@ from .selectors import Selection, Selector, units_to_positions
 
 if TYPE_CHECKING:
     from ..config import CoresetConfig
+
+
+def cost_breakdown(seconds: dict[str, float]) -> dict[str, float]:
+    """Seconds of one selection by part: validation RD, the candidates' attack (and view
+    augmentation), their loss forward and head backward, and the greedy loop (g_val refreshes)."""
+    inner = seconds.get("attack", 0.0) + seconds.get("augment", 0.0)
+    return {
+        "validation_rd": seconds.get("validation_rd", 0.0), "candidate_attack": seconds.get("attack", 0.0),
+        "candidate_augment": seconds.get("augment", 0.0),
+        "candidate_forward_backward": max(0.0, seconds.get("candidates", 0.0) - inner), "greedy": seconds.get("greedy", 0.0),
+    }
 
 
 class RCSSelector(Selector):
@@ -65,15 +77,19 @@ class RCSSelector(Selector):
             attack = dataclasses.replace(attack, steps=self.cfg.candidate_attack_steps)
         # The whole selection runs in eval mode: BN uses (and never updates) running statistics,
         # in the candidate losses and in every g_val refresh of the greedy loop alike.
+        timer = PhaseTimer(data.images.device)
         with model_mode(model, "eval"):
-            x_val = data.images[val.to(data.images.device)].float().div_(255)
-            rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
-            grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size, attack=attack)
-            sketch = None
-            if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
-                sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
-            w0 = view.flat()
-            eta = self.step_size(batch_size)
-            result = greedy_select(grads, w0, rd.refresh, budget, eta, self.cfg.refresh_every, sketch)
+            with timer.phase("validation_rd"):
+                x_val = data.images[val.to(data.images.device)].float().div_(255)
+                rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
+            with timer.phase("candidates"):
+                grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size,
+                                            attack=attack, timer=timer)
+            with timer.phase("greedy"):
+                sketch = None
+                if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:
+                    sketch = gaussian_sketch(view.dim, self.cfg.sketch_dim, self.seed, grads.device)
+                result = greedy_select(grads, view.flat(), rd.refresh, budget, self.step_size(batch_size),
+                                       self.cfg.refresh_every, sketch)
         positions = units_to_positions(pool, result.picks.cpu(), self.cfg.unit, batch_size, order)
-        return Selection(positions.sort().values, None, result.gains.detach().cpu())
+        return Selection(positions.sort().values, None, result.gains.detach().cpu(), cost_breakdown(timer.seconds))

@@ -83,7 +83,10 @@ class CoresetSchedule:
             raise ValueError(f"{type(self.selector).__name__} returned {sel.weights.numel()} weights for {sel.positions.numel()} positions")
         weights = None if sel.weights is None else sel.weights.detach().float().cpu()
         self.current, self.weights, self.selected_at = sel.positions.cpu(), weights, epoch
-        self.selections.append({"epoch": epoch, "seconds": seconds, "size": int(sel.positions.numel())})
+        record: dict[str, Any] = {"epoch": epoch, "seconds": seconds, "size": int(sel.positions.numel())}
+        if sel.phases is not None:
+            record["phases"] = sel.phases
+        self.selections.append(record)
         return sel
 
     # --- state ------------------------------------------------------------------------------

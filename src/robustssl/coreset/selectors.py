@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 class Selection:
     """positions: int64 [n] row indices into the training set; weights: float [n], the loss weight
     of each position (weighted coresets; the trainer passes them to the method's loss), or None
-    (unweighted); gains: the selector's score of each pick in pick order, or None."""
+    (unweighted); gains: the selector's score of each pick in pick order, or None; phases: the
+    selection's cost by part in seconds, or None."""
 
     positions: torch.Tensor
     weights: torch.Tensor | None = None
     gains: torch.Tensor | None = None
+    phases: dict[str, float] | None = None  # seconds of the selection's parts, where the selector times them
 
 
 def units_to_positions(pool: torch.Tensor, picks: torch.Tensor, unit: str, batch_size: int, order: torch.Tensor | None = None) -> torch.Tensor:

@@ -90,13 +90,19 @@ class Method:
         raise NotImplementedError  # abstract: every method defines its loss
 
     # --- what the trainer and the selectors call --------------------------------------------
-    def training_loss(self, model: nn.Module, batch: Batch, attack: PGDConfig | None = None) -> torch.Tensor:
+    def training_loss(self, model: nn.Module, batch: Batch, attack: PGDConfig | None = None,
+                      timer: PhaseTimer | None = None) -> torch.Tensor:
         """The method's full loss on a batch (views, attack, loss): what selectors differentiate.
 
         attack: the attack to use (a selector may ask for a cheaper one); None: the training attack.
+        timer: where the augment and attack phases are timed (a selector's cost breakdown).
         Runs in the model's current mode.
         """
-        views = self.attack(model, self.make_views(batch), attack or self.attack_cfg)
+        timer = timer or PhaseTimer()
+        with timer.phase("augment"):
+            views = self.make_views(batch)
+        with timer.phase("attack"):
+            views = self.attack(model, views, attack or self.attack_cfg)
         return self.loss(model, views, batch.weights)[0]
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
