@@ -15,9 +15,7 @@ from robustssl.data import AugmentSpec, ContrastiveAugment, DeviceLoader, ImageD
 from robustssl.data.batch import make_batch
 from robustssl.losses import nt_xent
 from robustssl.methods import ACL, METHODS, SimCLR, build_method
-from robustssl.methods.acl import ACLSettings
-from robustssl.methods.base import Views
-from robustssl.methods.simclr import SimCLRSettings
+from robustssl.methods.base import ContrastiveSettings, NoSettings, Views
 from robustssl.models import ModelSpec, bn_branch, build_model, current_branch
 from robustssl.settings import positive
 from robustssl.train.checkpoint import load_checkpoint
@@ -38,7 +36,7 @@ def _data(n=64):
 
 def _acl(steps=2):
     aug = ContrastiveAugment(AugmentSpec(crop_scale=(0.2, 1.0), jitter=(0.4, 0.4, 0.0, 0.0), grayscale_p=0.0), 28, 1)
-    return ACL(ACLSettings(tau=0.5), aug, PGDConfig(0.1, 0.04, steps))
+    return ACL(ContrastiveSettings(tau=0.5), aug, PGDConfig(0.1, 0.04, steps))
 
 
 def _trained_acl_model(data, steps=4):
@@ -107,7 +105,7 @@ def test_batch_weights_reach_the_update():
     moves = []
     for weights in (None, torch.full((32,), 2.0)):
         torch.manual_seed(0)
-        model, method = build_model(SPEC), SimCLR(SimCLRSettings(), aug, PGDConfig(0.1, 0.04, 1))
+        model, method = build_model(SPEC), SimCLR(ContrastiveSettings(), aug, PGDConfig(0.1, 0.04, 1))
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -233,6 +231,6 @@ def test_build_method_assembles_explicit_parts():
     method = build_method(cfg, 28, 1)
     assert isinstance(method, ACL) and method.settings.tau == 0.2 and method.attack_cfg.steps == 4
     assert not hasattr(method, "cfg"), "a method must not hold the whole run config"
-    with pytest.raises(TypeError, match="ACLSettings"):
-        ACL(SimCLRSettings(), method.augment, method.attack_cfg)
+    with pytest.raises(TypeError, match="ContrastiveSettings"):
+        ACL(NoSettings(), method.augment, method.attack_cfg)
     assert isinstance(Views([torch.zeros(1)]).adversarial, list)

@@ -27,7 +27,7 @@ __all__ = [
 
 # --- registries: the vocabularies are the registered components themselves -------------
 def method_names() -> list[str]:
-    from .methods import METHODS  # here: methods import this module's section types
+    from .methods import METHODS  # imported on use: the registries' packages import this module
 
     return list(METHODS)
 

@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,21 +15,15 @@ from ..attacks import PGDConfig, pgd
 from ..errors import ConfigError
 from ..losses import nt_xent
 from ..models import bn_branch
-from ..settings import positive
-from .base import Method, Views
+from .base import ContrastiveSettings, Method, Views
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
 
-@dataclass
-class ACLSettings:
-    tau: float = positive(0.5)  # NT-Xent temperature
-
-
 class ACL(Method):
     name = "acl"
-    Settings = ACLSettings
+    Settings = ContrastiveSettings
     needs_dual_bn = True
     trained_branches = ("normal", "pgd")
 

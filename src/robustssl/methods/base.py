@@ -22,6 +22,7 @@ from torch import nn
 from ..attacks import PGDConfig
 from ..data.augment import ContrastiveAugment
 from ..data.batch import Batch
+from ..settings import positive
 from ..train.timer import PhaseTimer
 
 if TYPE_CHECKING:
@@ -43,6 +44,13 @@ class Views:
 @dataclass
 class NoSettings:
     """A method without settings of its own."""
+
+
+@dataclass
+class ContrastiveSettings:
+    """Settings of an NT-Xent method (SimCLR, ACL; DynACL and RoCL extend them)."""
+
+    tau: float = positive(0.5)  # NT-Xent temperature
 
 
 class Method:

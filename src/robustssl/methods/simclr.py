@@ -1,27 +1,19 @@
 """SimCLR (Chen et al. 2020): clean contrastive learning; the non-robust baseline."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..losses import nt_xent
 from ..models import bn_branch
-from ..settings import positive
-from .base import Method, Views
-
-
-@dataclass
-class SimCLRSettings:
-    tau: float = positive(0.5)  # NT-Xent temperature
+from .base import ContrastiveSettings, Method, Views
 
 
 class SimCLR(Method):
     """Loss: NT-Xent(z(t(x)), z(t'(x))), temperature tau, on the `normal` BN branch."""
 
     name = "simclr"
-    Settings = SimCLRSettings
+    Settings = ContrastiveSettings
     trained_branches = ("normal",)
 
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
