@@ -84,6 +84,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    print(f"RESULT preset={args.preset} step_s={statistics.median(step_t):.4f} ratio={result['ratio_median']:.2f}")
 
 
 if __name__ == "__main__":

@@ -111,6 +111,10 @@ def main() -> None:
                   f"random {statistics.mean(r[f'random_rd_{where}'] for r in rs):.4f}  RCS-random per seed {[round(v, 4) for v in d]}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    for vf in sorted({r["val_fraction"] for r in results}):
+        rs = [r for r in results if r["val_fraction"] == vf]
+        diff = {w: statistics.mean(r[f"rcs_rd_{w}"] - r[f"random_rd_{w}"] for r in rs) for w in ("val", "heldout")}
+        print(f"RESULT val_fraction={vf} rcs_minus_random_rd_val={diff['val']:+.4f} rcs_minus_random_rd_heldout={diff['heldout']:+.4f}")
 
 
 if __name__ == "__main__":
