@@ -9,6 +9,7 @@ from . import api
 from .config import recipe_dir
 from .data import DatasetError
 from .errors import ConfigError, RobustSSLError
+from .train.run_dir import CHECKPOINT
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -128,7 +129,7 @@ def after_interrupt(args: argparse.Namespace) -> str:
     if args.command != "pretrain":
         return "run the command again"
     out = Path(args.out)
-    if (out / "checkpoint.pt").is_file():
+    if (out / CHECKPOINT).is_file():
         return f"continue with: robustssl pretrain --out {out} --resume"
     return (f"no checkpoint was saved yet, so there is nothing to resume; delete {out} (or choose another --out) "
             "and start the run again")

@@ -12,6 +12,7 @@ from . import api
 from .config import load_config
 from .errors import RunError
 from .io import atomic_write_text
+from .train.run_dir import check_folder
 
 # table label -> (bundled recipe, run folder)
 RUNS = {"ACL": ("acl_fmnist_cpu", "acl"), "SimCLR": ("simclr_fmnist_cpu", "simclr")}
@@ -91,8 +92,7 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
 
 def clear_previous(out: Path, force: bool) -> None:
     """Remove the run folders of an earlier quickstart in `out`; refuse for anything else."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file, not a folder; choose a folder for the quickstart")
+    check_folder(out)
     present = [out / folder for _, folder in RUNS.values() if (out / folder).exists()]
     if not present:
         return

@@ -30,7 +30,7 @@ from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder,
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
-from .run_dir import CHECKPOINT, ENCODER, METRICS, SUMMARY, claim_new_run, clear_orphans, config_differences
+from .run_dir import CHECKPOINT, CONFIG, ENCODER, METRICS, SUMMARY, claim_new_run, clear_orphans, config_differences
 from .timer import PhaseTimer
 
 CHECKPOINT_FORMAT = 2
@@ -225,10 +225,15 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
 
 def save_checkpoint(state: TrainState, run: RunContext) -> None:
     """Atomic checkpoint of a finite model; a NaN or inf weight or buffer stops the run instead."""
+    require_finite(state, run)
+    save_atomic(state.state_dict(run.cfg), run.out / CHECKPOINT)
+
+
+def require_finite(state: TrainState, run: RunContext) -> None:
+    """Stop the run if any parameter or buffer holds NaN or inf (checked before every checkpoint and export)."""
     bad = non_finite_tensors(state.model)
     if bad:
         stop_non_finite(state, run, f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
-    save_atomic(state.state_dict(run.cfg), run.out / CHECKPOINT)
 
 
 def stop_non_finite(state: TrainState, run: RunContext, what: str) -> NoReturn:
@@ -263,7 +268,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
         ck = load_checkpoint(out / CHECKPOINT)
         differ = config_differences(ck.get("config", {}), to_dict(cfg))
         if differ:
-            raise TrainingError(f"{out / 'config.yaml'} differs from the config {out / CHECKPOINT} was saved with, in "
+            raise TrainingError(f"{out / CONFIG} differs from the config {out / CHECKPOINT} was saved with, in "
                                 f"{', '.join(differ[:5])}; restore config.yaml (the checkpoint's 'config' entry holds it)")
         state.load_state_dict(ck, out / CHECKPOINT)
         metrics.truncate_after(state.step)
@@ -282,9 +287,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
 
 def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResult:
     """Export the encoder (with the BN branches the method trained) and write run.json."""
-    bad = non_finite_tensors(state.model)
-    if bad:
-        stop_non_finite(state, run, f"non-finite values in {', '.join(bad[:3])}")
+    require_finite(state, run)
     trained = list(state.method.trained_branches) if has_dual_bn(state.model) else None
     export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained)
     result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
