@@ -1,9 +1,10 @@
 """Robustness of ACL trained on full data vs an RCS coreset vs a random coreset, and vs the
-baseline a skeptical user would pick: full ACL for the same wall-clock as the RCS run.
+baseline a skeptical user would pick: full ACL for the same time as the RCS run.
 
 Fashion-MNIST (a training subset), ACL, f=0.2, the same epochs and schedule for the
 coreset arms and `full` (warm-up 10% of the epochs, re-selection every 10%); `full-time`
-trains full ACL for the epochs that took the RCS run's wall-clock (per seed); `--curve`
+trains full ACL for the epochs that took the RCS run's time (per seed, step-normalized: RCS's
+steps at full's per-step time plus its selection time, free of machine drift); `--curve`
 adds full-ACL runs of other lengths to show where its robust accuracy plateaus. Each run
 is evaluated with SLF, PGD-20 (and AutoAttack) at eps 0.1 on the first --n-test test
 images. Prints mean and spread per arm and each arm's pretraining time; writes every
@@ -34,10 +35,13 @@ def stats(values: list[float]) -> str:
 
 
 def epochs_for_equal_time(rows: dict[str, list[dict]], seed: int, epochs: int) -> int:
-    """Epochs of full ACL that take the RCS run's wall-clock (this seed's measured seconds)."""
+    """Epochs of full ACL that take the RCS run's time, step-normalized as in coreset_speed.py:
+    RCS's steps charged at full's seconds per step plus RCS's selection seconds (this seed), so
+    drift in the machine's per-step speed between the two runs does not move the budget."""
     full = next(r for r in rows["full"] if r["seed"] == seed)
     rcs = next(r for r in rows["rcs"] if r["seed"] == seed)
-    return max(1, round(epochs * rcs["pretrain_s"] / full["pretrain_s"]))
+    rcs_time = rcs["steps"] * full["pretrain_s"] / full["steps"] + rcs["selection_s"]
+    return max(1, round(epochs * rcs_time / full["pretrain_s"]))
 
 
 def run_and_evaluate(out: Path, overrides: list[str]) -> dict:
@@ -60,7 +64,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--arms", default="full,rcs,random,full-time",
-                   help="full-time: full ACL for the epochs that take the RCS run's wall-clock (needs full and rcs)")
+                   help="full-time: full ACL for the epochs that take the RCS run's time (needs full and rcs); "
+                        "other names: the arms of coreset_speed.py")
     p.add_argument("--curve", default="", help="extra full-ACL epoch counts, to show where its robust accuracy plateaus")
     p.add_argument("--fast", default="coreset.candidate_fraction=0.4,coreset.candidate_attack_steps=1")
     p.add_argument("--extra", default="", help="comma-separated overrides for every run")

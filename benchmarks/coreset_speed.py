@@ -41,6 +41,11 @@ ARMS = {
     "full": ["coreset.method=full"],
     "rcs": ["coreset.method=rcs"],
     "rcs-fast": ["coreset.method=rcs", "coreset.candidate_attack_steps=1"],
+    # The same selections, 5 candidate batches per grouped eval-mode forward (exact; issue #6 part 3).
+    "rcs-stacked": ["coreset.method=rcs", "coreset.candidates_per_forward=5"],
+    "rcs-fast-stacked": ["coreset.method=rcs", "coreset.candidate_attack_steps=1", "coreset.candidates_per_forward=5"],
+    # A 5x larger validation split for RD (1% of a small pool is a handful of images).
+    "rcs-val5": ["coreset.method=rcs", "coreset.val_fraction=0.05"],
     "random": ["coreset.method=random"],
 }
 PRESETS = {

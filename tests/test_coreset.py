@@ -404,3 +404,33 @@ def test_head_and_reattack_every_are_validated_config_keys():
         load_config("acl_fmnist_cpu", ["coreset.head=fc3"])
     with pytest.raises(ConfigError, match="coreset.reattack_every"):
         load_config("acl_fmnist_cpu", ["coreset.reattack_every=-1"])
+
+
+@pytest.mark.parametrize("scope", ["last", "projector"])
+def test_stacked_candidate_batches_give_the_rows_of_one_forward_each(scope, acl_trained):
+    """coreset.candidates_per_forward: in eval mode, stacking candidate batches into one grouped
+    forward (attack, loss, head backward) gives each candidate the row of its own forward.
+    Deterministic views and attack, so the two runs draw nothing that could differ."""
+    from robustssl.data.augment import AugmentSpec, ContrastiveAugment
+    from robustssl.methods.acl import ACL
+    from robustssl.methods.base import ContrastiveSettings
+
+    data, model, _ = acl_trained
+    model.eval()
+    still = AugmentSpec(crop_scale=(1.0, 1.0), flip=False, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, grayscale_p=0.0)
+    method = ACL(ContrastiveSettings(0.5), ContrastiveAugment(still, 28, 1), PGDConfig(0.1, 0.04, 2, random_start=False))
+    view = HeadView(model, scope)
+    units = [torch.arange(8 * i, 8 * i + 8) for i in range(7)]
+    one = candidate_gradients(model, method, data, units, "batch", view, chunk=8)
+    stacked = candidate_gradients(model, method, data, units, "batch", view, chunk=8, per_forward=3)  # 3 + 3 + 1
+    assert stacked.shape == one.shape == (7, view.dim)
+    assert torch.allclose(stacked, one, atol=1e-6, rtol=1e-4)
+    assert not torch.allclose(one[0], one[1], atol=1e-4), "candidates must differ for the test to see a mix-up"
+    # A method without group support runs one candidate per forward instead of mixing them in one loss.
+    method.supports_groups = False  # type: ignore[misc]
+    assert torch.allclose(candidate_gradients(model, method, data, units, "batch", view, chunk=8, per_forward=3), one, atol=1e-6)
+    with pytest.raises(ValueError, match="grouped batches"):
+        method.training_loss(model, make_batch(data, torch.arange(16), groups=2))
+    assert load_config("acl_fmnist_cpu", ["coreset.candidates_per_forward=4"]).coreset.candidates_per_forward == 4
+    with pytest.raises(ConfigError, match="candidates_per_forward"):
+        load_config("acl_fmnist_cpu", ["coreset.candidates_per_forward=0"])

@@ -34,3 +34,21 @@ def test_nt_xent_is_low_for_aligned_views_and_rejects_bad_shapes():
     assert aligned < shuffled
     with pytest.raises(ValueError):
         nt_xent(torch.randn(7, 4), 2, 0.5)
+
+
+@pytest.mark.parametrize("n_views,groups,b", [(2, 3, 4), (3, 2, 5)])
+def test_grouped_nt_xent_is_the_sum_of_each_groups_own_loss(n_views, groups, b):
+    """Stacked candidate batches (coreset selection): each group's images are each other's only
+    negatives, and the result is the sum of the groups' own losses (weights per group too)."""
+    torch.manual_seed(groups * 10 + b)
+    z = torch.randn(n_views * groups * b, 5)
+    w = torch.rand(groups * b)
+    per_view = z.view(n_views, groups, b, 5)
+    own = [per_view[:, g].reshape(n_views * b, 5) for g in range(groups)]
+    expected = sum(nt_xent_loop(o, n_views, 0.3) for o in own)
+    assert float(nt_xent(z, n_views, 0.3, groups=groups)) == pytest.approx(expected, rel=1e-5)
+    weighted = sum(float(nt_xent(o, n_views, 0.3, w.view(groups, b)[g])) for g, o in enumerate(own))
+    assert float(nt_xent(z, n_views, 0.3, w, groups=groups)) == pytest.approx(weighted, rel=1e-5)
+    assert float(nt_xent(z, n_views, 0.3)) != pytest.approx(expected / groups, rel=1e-3), "one big batch is a different loss"
+    with pytest.raises(ValueError, match="equal groups"):
+        nt_xent(z, n_views, 0.3, groups=groups * b + 1)

@@ -143,6 +143,7 @@ class CoresetConfig:
     candidate_fraction: float = unit_interval(1.0)  # score a seeded random share of the candidates (1.0: all)
     head: str = one_of("last", ("last", "projector"))  # RCS differentiates the projector's last Linear, or all its Linears
     reattack_every: int = non_negative(0)  # re-attack the validation split every k g_val refreshes (0: once, at W0)
+    candidates_per_forward: int = positive(1)  # candidate batches stacked into one (grouped, eval-mode) forward
 
 
 @dataclass

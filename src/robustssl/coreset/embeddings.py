@@ -18,36 +18,32 @@ from ..train.timer import PhaseTimer
 from .head import HeadView, only_head_trainable
 
 
-def _batch_gradient(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None,
-                    timer: PhaseTimer | None) -> torch.Tensor:
-    grads = torch.autograd.grad(method.training_loss(model, batch, attack, timer), view.params)
-    return torch.cat([g.reshape(-1) for g in grads])
+def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None,
+            timer: PhaseTimer | None, owner: torch.Tensor, n_owners: int, scale: float = 1.0) -> torch.Tensor:
+    """[n_owners, dim]: each owner's share of d(scale * method.training_loss)/d(head) (the rows sum to it).
 
+    owner: int64 [N], the owner (a candidate) of each of the batch's N images.
 
-def _per_sample_gradients(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None,
-                    timer: PhaseTimer | None) -> torch.Tensor:
-    """[B, dim]: each image's share of the gradient of the summed loss (the rows sum to it exactly).
-
-    A differentiated Linear's forward row r belongs to image r % B (methods stack views
+    A differentiated Linear's forward row r belongs to image r % N (methods stack views
     view-major, and an MLP keeps rows). That layer's weight gradient is sum_r delta_r h_r^T
-    (delta_r: d loss / d output row r), so image i's share is the sum over its rows; the
-    layers' shares are laid out as in `view.flat()`.
+    (delta_r: d loss / d output row r), so an owner's share is the sum over its images' rows;
+    the layers' shares are laid out as in `view.flat()`. One backward serves every owner.
     """
-    b, x = len(batch), batch.images
+    n, dev = len(batch), batch.images.device
     with view.capture() as calls:
-        loss = method.training_loss(model, batch, attack, timer) * b
+        loss = method.training_loss(model, batch, attack, timer) * scale
     deltas = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
-    per = [torch.zeros(b, _layer_dim(layer), device=x.device) for layer in view.layers]
+    per = [torch.zeros(n_owners, _layer_dim(layer), device=dev) for layer in view.layers]
+    owner = owner.to(dev)
     for (i, h, out), delta in zip(calls, deltas):
         if delta is None:  # forwards the loss does not depend on (the attack's)
             continue
-        if out.shape[0] % b:
-            raise ValueError(f"head forward of {out.shape[0]} rows for {b} images: sample units need view-major batches")
-        owner = torch.arange(out.shape[0], device=x.device) % b
+        if out.shape[0] % n:
+            raise ValueError(f"head forward of {out.shape[0]} rows for {n} images: candidate gradients need view-major batches")
         rows = torch.einsum("ro,ri->roi", delta, h).reshape(out.shape[0], -1)
         if view.layers[i].bias is not None:
             rows = torch.cat([rows, delta], dim=1)
-        per[i].index_add_(0, owner, rows)
+        per[i].index_add_(0, owner[torch.arange(out.shape[0], device=dev) % n], rows)
     return torch.cat(per, dim=1)
 
 
@@ -57,13 +53,16 @@ def _layer_dim(layer: torch.nn.Linear) -> int:
 
 def candidate_gradients(
     model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
-    attack: PGDConfig | None = None, timer: PhaseTimer | None = None,
+    attack: PGDConfig | None = None, timer: PhaseTimer | None = None, per_forward: int = 1,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
 
-    units: for unit="batch", each entry is one candidate minibatch (positions) and its row is
-    the gradient of that batch's mean loss (what one SGD step on it would use). For
-    unit="sample", each entry is one position; images are run `chunk` at a time (each
+    units: for unit="batch", each entry is one candidate minibatch (positions, all of one size)
+    and its row is the gradient of that batch's mean loss (what one SGD step on it would use);
+    `per_forward` of them are stacked into one grouped batch (`Batch.groups`, methods with
+    `supports_groups` only; others run one per forward): in eval mode every image's forward is
+    independent and each group is its own loss, so a row is the same as from its own forward.
+    For unit="sample", each entry is one position; images are run `chunk` at a time (each
     other's negatives, as in a training batch) and a row is that image's share of the
     chunk's summed-loss gradient. attack: the attack the method's loss uses (None: its training
     attack). Runs in the model's current mode (the selector uses eval) on the branches the
@@ -71,12 +70,24 @@ def candidate_gradients(
     """
     with only_head_trainable(model, view):
         if unit == "batch":
-            return torch.stack([_batch_gradient(model, method, make_batch(data, p), view, attack, timer) for p in units])
+            step = per_forward if getattr(method, "supports_groups", False) else 1
+            rows = []
+            for s in range(0, len(units), step):
+                group = units[s : s + step]
+                b = len(group[0])
+                if any(len(u) != b for u in group):
+                    raise ValueError("candidate batches stacked into one forward must have equal sizes")
+                owner = torch.arange(len(group) * b) // b
+                batch = make_batch(data, torch.cat(group), groups=len(group))
+                rows.append(_shares(model, method, batch, view, attack, timer, owner, len(group)))
+            return torch.cat(rows)
         flat = torch.stack(units)
-        return torch.cat([
-            _per_sample_gradients(model, method, make_batch(data, flat[s : s + chunk]), view, attack, timer)
-            for s in range(0, flat.numel(), chunk)
-        ])
+        out = []
+        for s in range(0, flat.numel(), chunk):
+            batch = make_batch(data, flat[s : s + chunk])
+            # The mean loss times b is the summed loss: a row is one image's share of it.
+            out.append(_shares(model, method, batch, view, attack, timer, torch.arange(len(batch)), len(batch), scale=len(batch)))
+        return torch.cat(out)
 
 
 def gaussian_sketch(dim: int, sketch_dim: int, seed: int, device: torch.device | str) -> torch.Tensor:

@@ -84,7 +84,7 @@ class RCSSelector(Selector):
                 rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
             with timer.phase("candidates"):
                 grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size,
-                                            attack=attack, timer=timer)
+                                            attack=attack, timer=timer, per_forward=self.cfg.candidates_per_forward)
             with timer.phase("greedy"):
                 sketch = None
                 if self.cfg.sketch_dim and self.cfg.sketch_dim < view.dim:

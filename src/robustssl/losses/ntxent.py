@@ -5,32 +5,40 @@ import torch
 from torch.nn import functional as F
 
 
-def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Contrastive loss over `n_views` views of B images.
+def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
+    """Contrastive loss over `n_views` views of N images.
 
-    z: [n_views * B, d] projector outputs, view-major (rows v*B .. v*B+B-1 are view v);
+    z: [n_views * N, d] projector outputs, view-major (rows v*N .. v*N+N-1 are view v);
        normalized here. Each row's positives are the other views of the same image, its
        negatives every other row. Per anchor the loss is the mean over its positives p of
        -log(exp(s_ap / tau) / sum_{k != a} exp(s_ak / tau)); with 2 views this is SimCLR's
        loss exactly. Returns the mean over all anchors (a scalar).
-    weights: float [B] per-image weights (a weighted coreset) or None; every anchor of image i
+    weights: float [N] per-image weights (a weighted coreset) or None; every anchor of image i
        is weighted by weights[i] and the result is mean_a(w_a * loss_a), so all-ones weights
        give the unweighted loss.
+    groups: the N images are `groups` independent batches of B = N / groups images
+       (contiguous blocks, as coreset selection stacks candidate batches into one forward).
+       Each group is its own loss (its images are each other's only negatives) and the result
+       is the SUM of the group losses, so the gradient w.r.t. a group's rows is exactly that
+       of its own loss. groups=1: the plain loss.
     """
     if z.dim() != 2 or z.shape[0] % n_views != 0:
-        raise ValueError(f"z must be [n_views*B, d] with n_views={n_views}, got {tuple(z.shape)}")
-    n = z.shape[0]
-    b = n // n_views
-    z = F.normalize(z.float(), dim=1)
-    logits = z @ z.t() / tau
+        raise ValueError(f"z must be [n_views*N, d] with n_views={n_views}, got {tuple(z.shape)}")
+    n_images = z.shape[0] // n_views
+    if groups < 1 or n_images % groups:
+        raise ValueError(f"{n_images} images do not split into {groups} equal groups")
+    b, n = n_images // groups, n_views * (n_images // groups)
+    # [n_views*N, d] -> [groups, n_views*B, d], each group view-major like the input.
+    zg = F.normalize(z.float(), dim=1).view(n_views, groups, b, -1).transpose(0, 1).reshape(groups, n, -1)
+    logits = zg @ zg.transpose(1, 2) / tau
     eye = torch.eye(n, dtype=torch.bool, device=z.device)
     logits = logits.masked_fill(eye, float("-inf"))
-    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    log_prob = logits - torch.logsumexp(logits, dim=2, keepdim=True)
     image = torch.arange(n, device=z.device) % b
     positive = (image[:, None] == image[None, :]) & ~eye
-    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(1) / (n_views - 1)
-    if weights is None:
-        return per_anchor.mean()
-    if weights.shape != (b,):
-        raise ValueError(f"weights must be [B]={b} per-image values, got {tuple(weights.shape)}")
-    return (per_anchor * weights.to(per_anchor.dtype)[image]).mean()
+    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(2) / (n_views - 1)  # [groups, n]
+    if weights is not None:
+        if weights.shape != (n_images,):
+            raise ValueError(f"weights must be [N]={n_images} per-image values, got {tuple(weights.shape)}")
+        per_anchor = per_anchor * weights.to(per_anchor.dtype).view(groups, b)[:, image]
+    return per_anchor.mean(1).sum()

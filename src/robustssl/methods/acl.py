@@ -26,6 +26,7 @@ class ACL(Method):
     Settings = ContrastiveSettings
     needs_dual_bn = True
     trained_branches = ("normal", "pgd")
+    supports_groups = True
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -35,15 +36,16 @@ class ACL(Method):
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         x = torch.cat(views.natural)
         tau = self.settings.tau
-        x_adv = pgd(model, x, lambda xa: nt_xent(model(xa), self.n_views, tau), attack, mode="eval", branch="pgd")
-        return Views(views.natural, list(x_adv.chunk(self.n_views)))
+        g = views.groups
+        x_adv = pgd(model, x, lambda xa: nt_xent(model(xa), self.n_views, tau, groups=g), attack, mode="eval", branch="pgd")
+        return Views(views.natural, list(x_adv.chunk(self.n_views)), g)
 
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         tau = self.settings.tau
         with bn_branch(model, "normal"):
-            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau, weights)
+            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau, weights, views.groups)
         with bn_branch(model, "pgd"):
-            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau, weights)
+            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau, weights, views.groups)
         return self.weighted(l_nat, l_adv), {"loss_nat": float(l_nat.detach()), "loss_adv": float(l_adv.detach())}
 
     def weighted(self, l_nat: torch.Tensor, l_adv: torch.Tensor) -> torch.Tensor:

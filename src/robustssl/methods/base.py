@@ -35,10 +35,14 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class Views:
-    """natural: the augmented views, each [B, C, H, W] in [0,1]; adversarial: their attacked copies (or empty)."""
+    """natural: the augmented views, each [B, C, H, W] in [0,1]; adversarial: their attacked copies (or empty).
+
+    groups: the batch's independent groups (`Batch.groups`); losses keep negatives within a group.
+    """
 
     natural: list[torch.Tensor]
     adversarial: list[torch.Tensor] = field(default_factory=list)
+    groups: int = 1
 
 
 @dataclass
@@ -65,6 +69,9 @@ class Method:
     needs_dual_bn: ClassVar[bool] = False  # defined with dual BatchNorm (a note is printed without it)
     trained_branches: ClassVar[tuple[str, ...]] = ("normal",)  # BN branches the loss trains (dual-BN models)
     updates_per_batch: ClassVar[int] = 1  # optimizer (and lr-schedule) steps per batch
+    # attack and loss honour Batch.groups (stacked independent batches, each its own loss):
+    # coreset selection then scores several candidate batches per forward.
+    supports_groups: ClassVar[bool] = False
     n_views: int = 2
 
     def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig) -> None:
@@ -84,7 +91,7 @@ class Method:
 
     def make_views(self, batch: Batch) -> Views:
         """batch.images [B, C, H, W] in [0,1] -> `n_views` independent augmentations."""
-        return Views([self.augment(batch.images) for _ in range(self.n_views)])
+        return Views([self.augment(batch.images) for _ in range(self.n_views)], groups=batch.groups)
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         """Add adversarial views made with `attack` (clean methods return `views` unchanged)."""
@@ -104,8 +111,11 @@ class Method:
 
         attack: the attack to use (a selector may ask for a cheaper one); None: the training attack.
         timer: where the augment and attack phases are timed (a selector's cost breakdown).
-        Runs in the model's current mode.
+        Runs in the model's current mode. A batch with groups > 1 returns the sum of its groups'
+        losses (methods with `supports_groups` only).
         """
+        if batch.groups > 1 and not self.supports_groups:
+            raise ValueError(f"method {self.name} does not support grouped batches (supports_groups is False)")
         timer = timer or PhaseTimer()
         with timer.phase("augment"):
             views = self.make_views(batch)

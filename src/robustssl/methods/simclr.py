@@ -15,8 +15,9 @@ class SimCLR(Method):
     name = "simclr"
     Settings = ContrastiveSettings
     trained_branches = ("normal",)
+    supports_groups = True
 
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         with bn_branch(model, "normal"):
             z = model(torch.cat(views.natural))
-        return nt_xent(z, self.n_views, self.settings.tau, weights), {}
+        return nt_xent(z, self.n_views, self.settings.tau, weights, views.groups), {}
