@@ -160,6 +160,12 @@ class EvalConfig:
     linear_standardize: bool = False  # standardize features with training-set mean/std, folded exactly into the head
     linear_batch_size: int = positive(512)
     alf_steps: int = non_negative(10)
+    aff_epochs: int = positive(25)  # adversarial full finetuning (TRADES), DynACL's setting
+    aff_lr: float = positive(0.1)
+    aff_batch_size: int = positive(128)
+    aff_beta: float = non_negative(6.0)  # weight of TRADES's KL term
+    aff_steps: int = positive(10)  # steps of the KL attack (eps: eval.eps, step: eval.pgd_alpha)
+    aff_augment: bool = True  # random crop (padding 4) + horizontal flip while finetuning
     seed: int = non_negative(0)
     batch_size: int = positive(500)
 
