@@ -384,9 +384,8 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
 
     import robustssl.eval.evaluate as evaluate_module
     from robustssl.errors import ConfigError
-    from robustssl.eval.registry import ATTACKS, PROTOCOLS
-
     from robustssl.eval import train_aff
+    from robustssl.eval.registry import ATTACKS, PROTOCOLS
 
     assert {n: p.train for n, p in PROTOCOLS.items()} == {"slf": train_slf, "alf": train_alf, "aff": train_aff}
     assert ATTACKS == ("pgd20", "autoattack")

@@ -64,6 +64,18 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     return report
 
 
+def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,
+                clusters: int | None = None) -> dict[str, Any]:
+    """DynACL++ post-processing of a run's encoder: k-means pseudo-labels (k = `clusters`, else
+    postprocess.clusters), a linear probe on them, then TRADES full finetuning on them (LP-AFT).
+    Writes a new run folder `out` (encoder.safetensors, config.yaml, postprocess.json, run.json)
+    that `evaluate(out)` accepts; the source run is only read. Returns the postprocess.json record."""
+    from .postprocess import postprocess_run
+
+    extra = [] if clusters is None else [f"postprocess.clusters={clusters}"]
+    return postprocess_run(run_dir, out, list(overrides or []) + extra)
+
+
 def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """Run one coreset selection from a run's last checkpoint (its config's `coreset` section,
     plus overrides such as coreset.fraction=0.1); writes and returns indices, gains and time.

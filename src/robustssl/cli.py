@@ -1,4 +1,4 @@
-"""robustssl command line: pretrain | evaluate | select | quickstart."""
+"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     report = api.evaluate(args.run, overrides=overrides, branch=args.branch)
     print(format_table(summary_rows(report)))
     print(f"report: {Path(args.run) / 'report.md'}")
+    return 0
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    r = api.postprocess(args.run, args.out, overrides=args.overrides, clusters=args.clusters)
+    km, lp, aft = r["kmeans"], r["lp"], r["aft"]
+    purity = "" if km["purity_vs_true_labels"] is None else f", purity vs the true labels {km['purity_vs_true_labels']:.3f}"
+    print(f"k-means: {km['clusters']} clusters of {km['images']} images (sizes {km['cluster_sizes']}){purity}; "
+          f"LP: {lp['epochs']} epochs, pseudo-label accuracy {lp['pseudo_label_accuracy']:.3f}; "
+          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}; {r['seconds']:.1f}s")
+    print(f"new run folder: {args.out} (encoder.safetensors, postprocess.json); evaluate it with: "
+          f"robustssl evaluate --run {args.out}")
     return 0
 
 
@@ -86,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
     ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
     ev.set_defaults(func=cmd_evaluate)
+
+    pp = sub.add_parser("postprocess", help="DynACL++ post-processing (k-means pseudo-labels, LP-AFT) into a new run folder")
+    pp.add_argument("--run", required=True, help="the --out folder of a pretrain run (only read)")
+    pp.add_argument("--out", required=True, help="the new run folder (encoder.safetensors, config.yaml, postprocess.json, run.json)")
+    pp.add_argument("--clusters", type=int, help="k of k-means (default: the config's postprocess.clusters, 10)")
+    pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5")
+    pp.set_defaults(func=cmd_postprocess)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")
