@@ -36,9 +36,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides.append(f"eval.n_examples={args.n_examples}")
     from .eval.report import format_table, summary_rows
 
-    report = api.evaluate(args.run, overrides=overrides, branch=args.branch)
+    report = api.evaluate(args.run, overrides=overrides, branch=args.branch, data=args.data, data_root=args.data_root)
     print(format_table(summary_rows(report)))
-    print(f"report: {Path(args.run) / 'report.md'}")
+    t = report.get("transfer")
+    if t:
+        print(f"transfer: {t['source']['dataset']} {t['source']['image_shape']} -> {t['target']['dataset']}; "
+              f"channels: {t['conversion']['channels']}; resize: {t['conversion']['resize']}")
+    print(f"report: {Path(report['out']) / 'report.md'}")
     return 0
 
 
@@ -76,6 +80,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .coreset.registry import SELECTORS
+    from .data import DATASET_NAMES
     from .eval.registry import ATTACKS, PROTOCOLS
     from .models import BRANCHES
 
@@ -96,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", help=f"comma-separated: {','.join(ATTACKS)}")
     ev.add_argument("--n-examples", type=int, help="evaluate on the first N test images (default: the full test set)")
     ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
+    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(DATASET_NAMES)}); "
+                    "images are converted to the encoder's channels and size; the report goes to RUN/transfer/NAME/")
+    ev.add_argument("--data-root", help="with --data: the folder holding that dataset's files (default: the usual places)")
     ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -167,6 +167,21 @@ def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _shape(shape: list[int] | None) -> str:
+    return "as stored" if shape is None else "x".join(map(str, shape))
+
+
+def _transfer_md(t: dict[str, Any]) -> list[str]:
+    """The transfer section: source and target dataset, their shapes, the conversion."""
+    src, tgt, conv = t["source"], t["target"], t["conversion"]
+    return [
+        f"**Transfer:** encoder pretrained on {src['dataset']} ({_shape(src['image_shape'])}, CxHxW), evaluated on "
+        f"{tgt['dataset']} (stored {_shape(tgt['image_shape'])}, evaluated {_shape(tgt['evaluated_shape'])}"
+        + (f", {tgt['classes']} classes" if tgt.get("classes") else "") + "). "
+        f"Channels: {conv['channels']}. Resize: {conv['resize']}. Normalization: {t['normalization']}.",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: a loud subset / failed-check note, one table per protocol, the checks, the settings."""
     out = ["# Robustness report", ""]
@@ -193,6 +208,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Threat model: l_inf, eps {fmt_eps(s['eps'])}; PGD-20 alpha {fmt_eps(s['pgd_alpha'])}; seed {s['seed']}.",
         "",
     ]
+    if report.get("transfer"):
+        out += [*_transfer_md(report["transfer"]), ""]
     rows = summary_rows(report)
     if rows:
         out += _md_table(list(rows[0]), [[_cell(v) for v in r.values()] for r in rows])
