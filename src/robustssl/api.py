@@ -94,6 +94,14 @@ def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
     return postprocess_run(run_dir, out, list(overrides or []) + extra)
 
 
+def compare(run_dirs: list[str | Path], out: str | Path = "compare") -> dict[str, Any]:
+    """Compare evaluated run folders: compare.md, compare.json and the robustness, loss and time
+    figures in `out` (see eval/compare.py). Every folder is checked before anything is written."""
+    from .eval.compare import compare_runs
+
+    return compare_runs(run_dirs, out)
+
+
 def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:
     """Run one coreset selection from a run's last checkpoint (its config's `coreset` section,
     plus overrides such as coreset.fraction=0.1); writes and returns indices, gains and time.

@@ -58,6 +58,19 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .eval.compare import FILES, table_markdown
+
+    result = api.compare(args.runs, args.out)
+    out = Path(args.out)
+    print(table_markdown(result["rows"]))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    drawn = [name for name in result["figures"].values() if name]
+    print(f"written to {out}: {FILES['markdown']}, {FILES['json']}, {', '.join(drawn)}")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
@@ -113,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--clusters", type=int, help="k of k-means (default: the config's postprocess.clusters, 10)")
     pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5")
     pp.set_defaults(func=cmd_postprocess)
+
+    cp = sub.add_parser("compare", help="compare evaluated runs: one table (Markdown, JSON) and robustness, loss and time plots")
+    cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
+    cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
+    cp.set_defaults(func=cmd_compare)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")
