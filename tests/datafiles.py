@@ -107,3 +107,58 @@ def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], batch_lab
     batch = {"batch_label": batch_label, "labels": labels, "data": data,
              "filenames": [f"image_{i}.png" for i in range(len(labels))]}
     path.write_bytes(py2_pickle(batch))
+
+
+def colour_images(n: int, seed: int, size: int = 32, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, 3, size, size] RGB images: a bright square whose place and colour depend on the class, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n)
+    images = rng.integers(0, 60, (n, 3, size, size)).astype(np.int32)
+    side = max(2, size // 4)
+    for i, c in enumerate(labels):
+        r, col = (c * 5) % (size - side), (c * 7) % (size - side)
+        images[i, c % 3, r : r + side, col : col + side] += 190
+    return np.clip(images, 0, 255).astype(np.uint8), labels
+
+
+CIFAR100_NAMES = [f"fine_{k}" for k in range(100)]
+
+
+def write_cifar100(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
+    """root/cifar-100-python/ (train, test, meta) in the official dict layout, as Python 2 pickles."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = colour_images(n, s, 32, 100)
+        batch = {"filenames": [f"image_{i}.png" for i in range(n)], "batch_label": f"{split}ing batch 1 of 1",
+                 "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(), "data": images.reshape(n, -1)}
+        (folder / split).write_bytes(py2_pickle(batch))
+    meta = {"fine_label_names": CIFAR100_NAMES, "coarse_label_names": [f"coarse_{k}" for k in range(20)]}
+    (folder / "meta").write_bytes(py2_pickle(meta))
+    return root
+
+
+def write_stl10(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
+    """root/stl10_binary/{train,test}_{X,y}.bin: 3x96x96 images stored column-major per channel, labels 1..10."""
+    folder = root / "stl10_binary"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        images, labels = colour_images(n, s, 96, 10)
+        (folder / f"{split}_X.bin").write_bytes(np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes())
+        (folder / f"{split}_y.bin").write_bytes((labels + 1).astype(np.uint8).tobytes())
+    return root
+
+
+def write_image_folder(root: Path, size: int = 16, n_per_class: int = 6, classes: tuple[str, ...] = ("cat", "dog"),
+                       seed: int = 0) -> Path:
+    """root/{train,test}/<class>/<i>.png: RGB PNGs of `size` x `size` (needs Pillow)."""
+    from PIL import Image
+
+    for split, s in (("train", seed), ("test", seed + 1)):
+        images, labels = colour_images(n_per_class * len(classes), s, size, len(classes))
+        labels[: len(classes)] = np.arange(len(classes))  # every class folder holds at least one image
+        for i, (img, label) in enumerate(zip(images, labels)):
+            folder = root / split / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(folder / f"{i}.png")
+    return root

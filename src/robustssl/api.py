@@ -41,27 +41,65 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunCo
     return read_run_config(run_dir, overrides)
 
 
-def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None) -> dict[str, Any]:
-    """Evaluate a run's encoder with its config's `eval` section (plus overrides); writes
-    report.json, report.md and robustness_curve.png into the run folder and returns the report."""
+def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None,
+             data: str | None = None, data_root: str | None = None) -> dict[str, Any]:
+    """Evaluate a run's encoder with its config's `eval` section (plus overrides) and return the report.
+
+    Without `data`: on the run's own dataset; report.json, report.md and robustness_curve.png
+    go into the run folder. With `data` (a dataset name, files under `data_root` or the usual
+    places): a transfer evaluation on that dataset, its images converted to the encoder's
+    input channels and size (eval/transfer.py); the report goes into RUN/transfer/<name>/ and
+    records the source, the target and the conversion."""
     from .eval import evaluate_encoder, write_report  # only evaluation needs the eval stack (AutoAttack, plots)
+    from .eval.transfer import load_transfer_splits, transfer_folder_name
     from .models.export import read_export_metadata
 
     run_dir = Path(run_dir)
+    if data_root is not None and data is None:
+        raise ConfigError("--data-root needs --data NAME (the dataset to transfer to); without --data the run's own "
+                          "data.root is used")
     cfg = run_config(run_dir, overrides)  # every key validated before the encoder or data are touched
+    out = run_dir if data is None else run_dir / "transfer" / transfer_folder_name(data, data_root)  # checks the name
     device = resolve_device(cfg.train.device)
-    model, _ = load_encoder(run_dir / ENCODER, device=str(device))
+    model, spec = load_encoder(run_dir / ENCODER, device=str(device))
     trained = read_export_metadata(run_dir / ENCODER).get("trained_branches")
-    train = load_train_set(cfg)
-    test = load_dataset(cfg.data.name, "test", **data_options(cfg))
+    transfer: dict[str, Any] | None = None
+    if data is None:
+        train = load_train_set(cfg)
+        test = load_dataset(cfg.data.name, "test", **data_options(cfg))
+    else:
+        train, test, transfer = load_transfer_splits(cfg, spec.in_channels, data, data_root, cfg.data.download)
     torch.manual_seed(cfg.eval.seed)
     report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained)
-    extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name}
+    if transfer is not None:
+        report["transfer"] = transfer
+    extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name if data is None else test.name}
     summary = run_dir / SUMMARY
     if summary.is_file():
         extra["training"] = json.loads(summary.read_text())
-    write_report(report, run_dir, extra=extra)
+    write_report(report, out, extra=extra)
+    report["out"] = str(out)
     return report
+
+
+def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,
+                clusters: int | None = None) -> dict[str, Any]:
+    """DynACL++ post-processing of a run's encoder: k-means pseudo-labels (k = `clusters`, else
+    postprocess.clusters), a linear probe on them, then TRADES full finetuning on them (LP-AFT).
+    Writes a new run folder `out` (encoder.safetensors, config.yaml, postprocess.json, run.json)
+    that `evaluate(out)` accepts; the source run is only read. Returns the postprocess.json record."""
+    from .postprocess import postprocess_run
+
+    extra = [] if clusters is None else [f"postprocess.clusters={clusters}"]
+    return postprocess_run(run_dir, out, list(overrides or []) + extra)
+
+
+def compare(run_dirs: list[str | Path], out: str | Path = "compare") -> dict[str, Any]:
+    """Compare evaluated run folders: compare.md, compare.json and the robustness, loss and time
+    figures in `out` (see eval/compare.py). Every folder is checked before anything is written."""
+    from .eval.compare import compare_runs
+
+    return compare_runs(run_dirs, out)
 
 
 def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:

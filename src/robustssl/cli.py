@@ -1,4 +1,4 @@
-"""robustssl command line: pretrain | evaluate | select | quickstart."""
+"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart."""
 from __future__ import annotations
 
 import argparse
@@ -36,9 +36,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides.append(f"eval.n_examples={args.n_examples}")
     from .eval.report import format_table, summary_rows
 
-    report = api.evaluate(args.run, overrides=overrides, branch=args.branch)
+    report = api.evaluate(args.run, overrides=overrides, branch=args.branch, data=args.data, data_root=args.data_root)
     print(format_table(summary_rows(report)))
-    print(f"report: {Path(args.run) / 'report.md'}")
+    t = report.get("transfer")
+    if t:
+        print(f"transfer: {t['source']['dataset']} {t['source']['image_shape']} -> {t['target']['dataset']}; "
+              f"channels: {t['conversion']['channels']}; resize: {t['conversion']['resize']}")
+    print(f"report: {Path(report['out']) / 'report.md'}")
+    return 0
+
+
+def cmd_postprocess(args: argparse.Namespace) -> int:
+    r = api.postprocess(args.run, args.out, overrides=args.overrides, clusters=args.clusters)
+    km, lp, aft = r["kmeans"], r["lp"], r["aft"]
+    purity = "" if km["purity_vs_true_labels"] is None else f", purity vs the true labels {km['purity_vs_true_labels']:.3f}"
+    print(f"k-means: {km['clusters']} clusters of {km['images']} images (sizes {km['cluster_sizes']}){purity}; "
+          f"LP: {lp['epochs']} epochs, pseudo-label accuracy {lp['pseudo_label_accuracy']:.3f}; "
+          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}; {r['seconds']:.1f}s")
+    print(f"new run folder: {args.out} (encoder.safetensors, postprocess.json); evaluate it with: "
+          f"robustssl evaluate --run {args.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .eval.compare import FILES, table_markdown
+
+    result = api.compare(args.runs, args.out)
+    out = Path(args.out)
+    print(table_markdown(result["rows"]))
+    for note in result["notes"]:
+        print(f"note: {note}")
+    drawn = [name for name in result["figures"].values() if name]
+    print(f"written to {out}: {FILES['markdown']}, {FILES['json']}, {', '.join(drawn)}")
     return 0
 
 
@@ -64,6 +93,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .coreset.registry import SELECTORS
+    from .data import DATASET_NAMES
     from .eval.registry import ATTACKS, PROTOCOLS
     from .models import BRANCHES
 
@@ -84,8 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", help=f"comma-separated: {','.join(ATTACKS)}")
     ev.add_argument("--n-examples", type=int, help="evaluate on the first N test images (default: the full test set)")
     ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
+    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(DATASET_NAMES)}); "
+                    "images are converted to the encoder's channels and size; the report goes to RUN/transfer/NAME/")
+    ev.add_argument("--data-root", help="with --data: the folder holding that dataset's files (default: the usual places)")
     ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
     ev.set_defaults(func=cmd_evaluate)
+
+    pp = sub.add_parser("postprocess", help="DynACL++ post-processing (k-means pseudo-labels, LP-AFT) into a new run folder")
+    pp.add_argument("--run", required=True, help="the --out folder of a pretrain run (only read)")
+    pp.add_argument("--out", required=True, help="the new run folder (encoder.safetensors, config.yaml, postprocess.json, run.json)")
+    pp.add_argument("--clusters", type=int, help="k of k-means (default: the config's postprocess.clusters, 10)")
+    pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5")
+    pp.set_defaults(func=cmd_postprocess)
+
+    cp = sub.add_parser("compare", help="compare evaluated runs: one table (Markdown, JSON) and robustness, loss and time plots")
+    cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
+    cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
+    cp.set_defaults(func=cmd_compare)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")

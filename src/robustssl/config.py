@@ -20,7 +20,7 @@ from .settings import build_settings, check_fields, coerce, non_negative, one_of
 
 __all__ = [
     "AttackConfig", "AugmentConfig", "ConfigError", "CoresetConfig", "DataConfig", "EvalConfig", "MethodConfig",
-    "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "flatten", "from_dict", "load_config", "parse_override",
+    "ModelConfig", "OptimConfig", "PostprocessConfig", "RunConfig", "TrainConfig", "flatten", "from_dict", "load_config", "parse_override",
     "recipe_dir", "resolve_recipe", "to_dict", "to_flat_dict",
 ]
 
@@ -161,8 +161,35 @@ class EvalConfig:
     linear_standardize: bool = False  # standardize features with training-set mean/std, folded exactly into the head
     linear_batch_size: int = positive(512)
     alf_steps: int = non_negative(10)
+    aff_epochs: int = positive(25)  # adversarial full finetuning (TRADES), DynACL's setting
+    aff_lr: float = positive(0.1)
+    aff_batch_size: int = positive(128)
+    aff_beta: float = non_negative(6.0)  # weight of TRADES's KL term
+    aff_steps: int = positive(10)  # steps of the KL attack (eps: eval.eps, step: eval.pgd_alpha)
+    aff_augment: bool = True  # random crop (padding 4) + horizontal flip while finetuning
     seed: int = non_negative(0)
     batch_size: int = positive(500)
+
+
+@dataclass
+class PostprocessConfig:
+    """DynACL++ post-processing (`robustssl postprocess`): k-means pseudo-labels on the frozen
+    encoder's features, a linear probe on them (LP), then adversarial full finetuning with TRADES
+    (AFT) on them. Defaults: DynACL++'s code. The attack's eps and step are eval.eps and eval.pgd_alpha."""
+
+    clusters: int = positive(10)  # k of k-means (DynACL++ uses 10)
+    cluster_branch: str = one_of("normal", ("normal", "pgd"))  # dual-BN encoders: the branch whose features are clustered
+    kmeans_iters: int = positive(100)  # the most Lloyd iterations per initialisation
+    kmeans_inits: int = positive(1)  # k-means++ initialisations (the lowest inertia wins)
+    lp_epochs: int = positive(10)
+    lp_lr: float = positive(0.01)
+    aft_epochs: int = positive(25)
+    aft_lr: float = positive(0.1)
+    aft_batch_size: int = positive(512)
+    aft_beta: float = non_negative(6.0)
+    aft_steps: int = positive(10)  # steps of the TRADES KL attack
+    aft_augment: bool = True  # random crop (padding 4) + horizontal flip during AFT
+    seed: int = non_negative(0)  # k-means++, LP and AFT
 
 
 @dataclass
@@ -176,6 +203,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     coreset: CoresetConfig = field(default_factory=CoresetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
@@ -220,6 +248,8 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"coreset.val_fraction must be < 1, got {cfg.coreset.val_fraction}")
     if cfg.data.name != "imagefolder" and (cfg.data.image_size is not None or cfg.data.channels is not None):
         raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
+    if cfg.postprocess.clusters < 2:
+        raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
     METHODS[cfg.method.name].check_config(cfg)
     SELECTORS[cfg.coreset.method].check_config(cfg)
 

@@ -8,7 +8,7 @@ from robustssl.data.dataset import ImageDataset
 from robustssl.data.download import ARCHIVES, download_and_verify, extract_archive, file_md5, manual_download_help
 from robustssl.data.readers import DatasetError, read_cifar, read_idx, read_image_folder, read_stl10
 
-__all__ = ["DATASET_NAMES", "DATA_ENV_VAR", "SYSTEM_DATA_DIR", "dataset_stats", "load_dataset"]
+__all__ = ["DATASET_NAMES", "DATA_ENV_VAR", "SYSTEM_DATA_DIR", "canonical_name", "dataset_stats", "image_shape", "load_dataset"]
 
 DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder")
 DATA_ENV_VAR = "ROBUSTSSL_DATA"
@@ -31,6 +31,15 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
 }
 
+# Image shape [C, H, W] of the fixed-format datasets (an image folder has none of its own).
+_SHAPES: dict[str, tuple[int, int, int]] = {
+    "fashion-mnist": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+    "stl10": (3, 96, 96),
+}
+
 _FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"
 ]
@@ -50,6 +59,16 @@ def _canonical(name: str) -> str:
     if key not in DATASET_NAMES:
         raise DatasetError(f"Unknown dataset {name!r}. Valid names: {', '.join(DATASET_NAMES)}.")
     return key
+
+
+def canonical_name(name: str) -> str:
+    """The catalog's spelling of a dataset name ("CIFAR-10" -> "cifar10"); DatasetError listing the valid names otherwise."""
+    return _canonical(name)
+
+
+def image_shape(name: str) -> tuple[int, int, int] | None:
+    """[C, H, W] of a fixed-format dataset's images; None for 'imagefolder' (its images decide)."""
+    return _SHAPES.get(_canonical(name))
 
 
 def dataset_stats(name: str, channels: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:

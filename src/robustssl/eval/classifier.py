@@ -1,4 +1,5 @@
-"""The model every evaluation attacks: a frozen SSL encoder followed by a linear head."""
+"""The models every evaluation attacks: an SSL encoder followed by a linear head, either frozen
+(`LinearEvalModel`, SLF/ALF) or trained with the head (`FinetuneClassifier`, AFF and LP-AFT)."""
 from __future__ import annotations
 
 import logging
@@ -173,6 +174,67 @@ class LinearEvalModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] in [0, 1] -> logits [B, n_classes] fp32."""
         return self.logits(self.features(x))
+
+
+class FinetuneClassifier(nn.Module):
+    """Encoder + linear head, trained together (adversarial full finetuning, LP-AFT).
+
+    forward(x): x float [B, C, H, W] in [0, 1] -> logits [B, n_classes], fp32.
+    features(x): the same input -> encoder features [B, feature_dim], fp32.
+
+    Unlike `LinearEvalModel`, the encoder follows this module's mode: in train mode its
+    BatchNorms use batch statistics and update their running statistics, in eval mode they
+    use the running statistics. Every forward runs on one fixed BN branch, `branch`
+    (default: "pgd" for dual-BN encoders, None for single-BN ones); the other branch is never
+    used, so it keeps its pretrained statistics and weights.
+
+    The encoder is owned by this module: it is cast to fp32 and made trainable in place, and
+    its dual BNs are switched to `branch` on every forward without being switched back. Pass
+    a copy (`copy.deepcopy`) of an encoder that anything else still uses. The projector is
+    not used; `trainable_parameters` leaves it out.
+    """
+
+    def __init__(self, encoder: SSLModel, n_classes: int, branch: str | None = None) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
+        if branch is None:
+            branch = default_branch(encoder)
+        elif branch not in BRANCHES:
+            raise ValueError(f"unknown BN branch {branch!r}; valid: {', '.join(BRANCHES)}")
+        elif not has_dual_bn(encoder):
+            raise ValueError(f"branch={branch!r} was asked for, but the encoder has no dual BatchNorm")
+        self.encoder = encoder.float()
+        self.encoder.requires_grad_(True)
+        self.encoder.projector.requires_grad_(False)  # not part of the classifier
+        self.branch = branch
+        self.n_classes = n_classes
+        self.head = nn.Linear(encoder.feature_dim, n_classes)
+        self._dual_bns: list[DualBatchNorm] = [m for m in encoder.modules() if isinstance(m, DualBatchNorm)]
+
+    def zero_head(self) -> None:
+        """Zero the head's weight and bias (DynACL's AFF starts from a zero head)."""
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What finetuning updates: the encoder's backbone and the head (not the unused projector)."""
+        return [*self.encoder.backbone.parameters(), *self.head.parameters()]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] in [0, 1] -> [B, feature_dim] fp32, on `self.branch`, in this module's mode."""
+        if self.branch is not None:
+            for b in self._dual_bns:
+                b.branch = self.branch  # type: ignore[assignment]
+        with _fp32(x):
+            return self.encoder.features(x.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] in [0, 1] -> logits [B, n_classes] fp32."""
+        f = self.features(x)
+        with _fp32(f):
+            return self.head(f)
 
 
 def _fp32(t: torch.Tensor) -> torch.autocast:

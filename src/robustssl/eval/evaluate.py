@@ -22,7 +22,7 @@ from ..data.dataset import ImageDataset
 from ..errors import ConfigError
 from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
-from .classifier import LinearEvalModel, choose_branch, model_device
+from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
 from .registry import ATTACKS, PROTOCOLS
 from .report import write_report
@@ -184,32 +184,40 @@ def evaluate_encoder(
     branch: str | None = None,
     trained_branches: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Run every protocol of `cfg.protocols` on a frozen copy of `model` and return the report dict.
+    """Run every protocol of `cfg.protocols` on copies of `model` and return the report dict.
 
-    train / test: labelled uint8 splits. For each protocol ("slf", "alf") a fresh linear
-    head is trained on `train` (a seeded subset of cfg.train_examples when set), then
-    evaluated on the first cfg.n_examples test images (all when None): clean accuracy,
-    cfg.attacks at cfg.eps, the PGD-20 eps curve, and the sanity checks. The encoder runs
-    in eval mode, fp32, on `branch`; when None, dual-BN encoders use "pgd" if it was
+    train / test: labelled uint8 splits. For each protocol a classifier (encoder + a fresh
+    linear head) is trained on `train` (a seeded subset of cfg.train_examples when set):
+    "slf" / "alf" train the head on a frozen copy of the encoder (eval mode), "aff"
+    finetunes encoder and head with TRADES on its own copy (train mode). Each classifier is
+    then evaluated on the first cfg.n_examples test images (all when None): clean accuracy,
+    cfg.attacks at cfg.eps, the PGD-20 eps curve, and the sanity checks, in eval mode, fp32.
+    Everything runs on BN `branch`; when None, dual-BN encoders use "pgd" if it was
     trained or `trained_branches` is unknown (None), else the trained branch
     (`classifier.default_branch`). Evaluating a branch outside `trained_branches` warns
-    (`UntrainedBranchWarning`) and is noted in the report. `model` itself is not modified
-    (a frozen deep copy is evaluated). See report.py for the schema.
+    (`UntrainedBranchWarning`) and is noted in the report. `model` itself is never modified,
+    and a finetuning protocol's changes never reach another protocol. See report.py for the schema.
     """
     _check_names(cfg)
     device = torch.device(device)
     n_classes = _n_classes(train, test)
     x, y = _test_tensors(test, cfg.n_examples)
-    encoder = copy.deepcopy(model).to(device)
-    used_branch, branch_note = choose_branch(encoder, branch, trained_branches)
+    used_branch, branch_note = choose_branch(model, branch, trained_branches)
     trained = None if trained_branches is None else list(trained_branches)
 
+    frozen: SSLModel | None = None  # one frozen copy, shared by the linear protocols
     protocols: dict[str, Any] = {}
-    for protocol in cfg.protocols:
-        log.info("evaluating protocol %s", protocol.upper())
-        clf = LinearEvalModel(encoder, n_classes, used_branch).to(device)
-        training = PROTOCOLS[protocol](clf, train, cfg, device)
-        protocols[protocol] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
+    for name in cfg.protocols:
+        log.info("evaluating protocol %s", name.upper())
+        protocol = PROTOCOLS[name]
+        if protocol.finetunes_encoder:
+            encoder = copy.deepcopy(model).to(device)  # its own copy: finetuning reaches nothing else
+        else:
+            frozen = frozen if frozen is not None else copy.deepcopy(model).to(device)
+            encoder = frozen
+        clf = protocol.classifier(encoder, n_classes, used_branch).to(device)
+        training = protocol.train(clf, train, cfg, device)
+        protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)
 
     n_train = len(train) if cfg.train_examples is None else min(cfg.train_examples, len(train))

@@ -49,9 +49,10 @@ class ProbeNotConvergedWarning(UserWarning):
     """A linear probe's training loss was still falling when its learning rate was first cut (see probe_convergence)."""
 
 
-def lr_at(epoch: int, base_lr: float, epochs: int) -> float:
-    """Learning rate of 0-based `epoch`: base_lr, x0.1 from 40 % of the epochs, x0.01 from 80 %."""
-    drops = sum(epoch >= round(f * epochs) for f in LR_MILESTONES)
+def lr_at(epoch: int, base_lr: float, epochs: int, milestones: Sequence[float] = LR_MILESTONES) -> float:
+    """Learning rate of 0-based `epoch`: base_lr, x0.1 from each milestone on (fractions of the
+    epochs; default 40 % and 80 %: x0.1 from epoch 10 of 25, x0.01 from epoch 20)."""
+    drops = sum(epoch >= round(f * epochs) for f in milestones)
     return base_lr * LR_DECAY**drops
 
 

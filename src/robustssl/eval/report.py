@@ -10,10 +10,17 @@ report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
     settings                         the EvalConfig fields, device, bn_branch, trained_branches,
                                      pgd_steps, and the settings of the FGSM / large-eps /
                                      above-chance sanity checks
-    protocols.<slf|alf>
-      training                       optimizer settings, train_examples, epoch_loss, epoch_lr,
-                                     convergence {converged, tol, first_phase_epochs,
-                                     share_at_cut, detail}, standardized_features, seconds
+    protocols.<slf|alf|aff>
+      training                       slf / alf (linear head): optimizer settings,
+                                     train_examples, epoch_loss, epoch_lr, convergence
+                                     {converged, tol, first_phase_epochs, share_at_cut,
+                                     detail}, standardized_features, seconds.
+                                     aff (finetunes_encoder: true): objective "TRADES",
+                                     optimizer settings, beta, attack {loss, norm, eps,
+                                     alpha, steps, start, mode}, bn_branch, update_mode,
+                                     head_init, augmentation, train_examples, epoch_loss /
+                                     epoch_ce / epoch_kl / epoch_lr, encoder_change (relative
+                                     change of the backbone weights), seed, seconds
       clean                          a record (below) with attack "clean"
       attacks                        one record per requested attack (pgd20, autoattack)
       curve                          PGD-20 records over the eps points (0 and eps included)
@@ -25,6 +32,9 @@ report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
                                      branch evaluated, a linear probe that did not converge
     versions                         torch, robustssl, pyautoattack
     extra                            whatever the caller passed (training time, coreset, ...)
+    transfer                         only for a transfer evaluation (`robustssl evaluate
+                                     --data`): source and target dataset, image shapes and
+                                     the conversion applied (see eval/transfer.py)
 
 A record: {attack, norm, eps, steps, accuracy, n_examples, seed, seconds, ...} (PGD adds
 alpha and random_start; AutoAttack adds version, sub_attacks and autoattack_warnings).
@@ -84,14 +94,17 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
         row["eps"] = fmt_eps(report["settings"]["eps"])
         passed = sum(c["passed"] for c in p["sanity"])
         row["checks"] = f"{passed}/{len(p['sanity'])} " + ("PASS" if passed == len(p["sanity"]) else "FAIL")
-        row["probe"] = "converged" if _converged(p) else "NOT CONVERGED"
+        row["probe"] = _probe_state(p)
         rows.append(row)
     return rows
 
 
-def _converged(p: dict[str, Any]) -> bool:
-    """Whether a protocol's probe converged (True for reports that predate the record)."""
-    return bool(p["training"].get("convergence", {}).get("converged", True))
+def _probe_state(p: dict[str, Any]) -> str:
+    """The probe column: converged or NOT CONVERGED for a linear probe (converged for reports that
+    predate the record); n/a for full finetuning, whose loss is not judged."""
+    if p["training"].get("finetunes_encoder"):
+        return "n/a"
+    return "converged" if p["training"].get("convergence", {}).get("converged", True) else "NOT CONVERGED"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -105,20 +118,41 @@ def _record_row(rec: dict[str, Any]) -> list[str]:
     ]
 
 
-def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
-    out = [f"## {name.upper()}", ""]
-    t = p["training"]
-    out.append(
+def _linear_md(t: dict[str, Any]) -> list[str]:
+    """The training lines of a linear-probe protocol (SLF, ALF), with its convergence verdict."""
+    out = [
         f"Linear head: {t['epochs']} epochs, lr {t['lr']} (x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), "
         f"SGD momentum {t['momentum']}, wd {t['weight_decay']}, batch {t['batch_size']}, "
         f"{t['train_examples']} training images, no augmentation"
         + (", standardized features (folded into the head)" if t.get("standardized_features") else "")
         + f", {t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}."
-    )
+    ]
     conv = t.get("convergence")
     if conv:
         out.append("")
         out.append(("Probe converged: " if conv["converged"] else "> **WARNING: THE PROBE DID NOT CONVERGE**: ") + conv["detail"] + ".")
+    return out
+
+
+def _finetune_md(t: dict[str, Any]) -> list[str]:
+    """The training line of a full-finetuning protocol (AFF)."""
+    a = t["attack"]
+    branch = f"on the `{t['bn_branch']}` BN branch" if t.get("bn_branch") else "single BN"
+    return [
+        f"Full finetuning of encoder + head with TRADES (beta {t['beta']:g}): {t['epochs']} epochs, lr {t['lr']} "
+        f"(x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), SGD momentum {t['momentum']}, "
+        f"wd {t['weight_decay']}, batch {t['batch_size']}, {t['train_examples']} training images, "
+        f"augmentation: {t['augmentation']}; head initialised as {t['head_init']}. Updates in train mode, {branch}; "
+        f"KL attack in eval mode: {a['steps']} steps of {fmt_eps(a['alpha'])}, eps {fmt_eps(a['eps'])}, start {a['start']}. "
+        f"{t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}; backbone weights moved by "
+        f"{100 * t['encoder_change']:.2f} % (relative l2)."
+    ]
+
+
+def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
+    out = [f"## {name.upper()}", ""]
+    t = p["training"]
+    out += _finetune_md(t) if t.get("finetunes_encoder") else _linear_md(t)
     out.append("")
     header = ["attack", "norm", "eps", "steps", "accuracy", "examples", "seed"]
     out += _md_table(header, [_record_row(r) for r in [p["clean"], *p["attacks"]]])
@@ -131,6 +165,21 @@ def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
     out += ["", "Sanity checks:", ""]
     out += [f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}" for c in p["sanity"]]
     return [*out, ""]
+
+
+def _shape(shape: list[int] | None) -> str:
+    return "as stored" if shape is None else "x".join(map(str, shape))
+
+
+def _transfer_md(t: dict[str, Any]) -> list[str]:
+    """The transfer section: source and target dataset, their shapes, the conversion."""
+    src, tgt, conv = t["source"], t["target"], t["conversion"]
+    return [
+        f"**Transfer:** encoder pretrained on {src['dataset']} ({_shape(src['image_shape'])}, CxHxW), evaluated on "
+        f"{tgt['dataset']} (stored {_shape(tgt['image_shape'])}, evaluated {_shape(tgt['evaluated_shape'])}"
+        + (f", {tgt['classes']} classes" if tgt.get("classes") else "") + "). "
+        f"Channels: {conv['channels']}. Resize: {conv['resize']}. Normalization: {t['normalization']}.",
+    ]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -159,6 +208,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Threat model: l_inf, eps {fmt_eps(s['eps'])}; PGD-20 alpha {fmt_eps(s['pgd_alpha'])}; seed {s['seed']}.",
         "",
     ]
+    if report.get("transfer"):
+        out += [*_transfer_md(report["transfer"]), ""]
     rows = summary_rows(report)
     if rows:
         out += _md_table(list(rows[0]), [[_cell(v) for v in r.values()] for r in rows])

@@ -1,0 +1,330 @@
+"""Compare evaluated runs side by side: one table, three figures, one JSON.
+
+    robustssl compare RUN_DIR [RUN_DIR ...] [--out DIR]        (DIR defaults to ./compare)
+
+Each RUN_DIR is a run folder (`robustssl pretrain --out`, or `robustssl postprocess --out`)
+that `robustssl evaluate` has been run on. Read from each: config.yaml (method, coreset
+selector, epochs), report.json (the evaluation), run.json (training seconds and their
+phases; absent: unknown) and metrics.jsonl (per-epoch training loss; absent for a
+post-processed folder). Written into DIR:
+
+    compare.md               the table (one row per run and protocol: method, selector,
+                             epochs, train time, clean / PGD-20 / AutoAttack accuracy,
+                             sanity pass/fail) and the notes (different eps or test sets,
+                             subsets, failed checks, unconverged probes, missing records)
+    compare.json             the same rows, per-run details (curves, phases, losses), notes
+    robustness_vs_eps.png    PGD-20 accuracy vs eps, every run and protocol on one figure
+    loss_curves.png          per-epoch training loss of every run that logged one
+    time_breakdown.png       training seconds per run, stacked by phase (augment, attack,
+                             update, selection, post-processing, other)
+
+Every folder is checked before anything is written: a folder that is not a run, or has no
+evaluation report, is an error naming it and the command that fixes it. matplotlib is
+imported only when the figures are drawn.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import RunError
+from ..io import atomic_write_text
+from ..train.metrics import read_metrics
+from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config
+from .report import fmt_eps
+
+SCHEMA = "robustssl.compare/1"
+REPORT = "report.json"
+REPORT_SCHEMA = "robustssl.eval/1"
+PHASES = ("augment", "attack", "update", "selection", "postprocess")
+FILES = {"markdown": "compare.md", "json": "compare.json", "robustness": "robustness_vs_eps.png",
+         "losses": "loss_curves.png", "times": "time_breakdown.png"}
+
+__all__ = ["FILES", "RunRecord", "compare_rows", "compare_runs", "load_run", "table_markdown"]
+
+
+@dataclass
+class RunRecord:
+    """What compare reads from one run folder."""
+
+    path: Path
+    label: str
+    cfg: RunConfig
+    report: dict[str, Any]
+    summary: dict[str, Any] | None = None  # run.json
+    epoch_loss: list[tuple[int, float]] = field(default_factory=list)  # (epoch, mean training loss)
+
+    @property
+    def method(self) -> str:
+        return str((self.summary or {}).get("method") or self.cfg.method.name)
+
+    @property
+    def selector(self) -> str:
+        c = self.cfg.coreset
+        return "full" if c.method == "full" else f"{c.method} {c.fraction:g} ({c.unit})"
+
+    @property
+    def train_seconds(self) -> float | None:
+        seconds = (self.summary or {}).get("seconds")
+        return None if seconds is None else float(seconds)
+
+
+def _fix(path: Path) -> str:
+    return f"run `robustssl evaluate --run {path}` first"
+
+
+def load_run(path: str | Path, label: str | None = None) -> RunRecord:
+    """Read one evaluated run folder; RunError naming the folder and the fix when it is not one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a folder; compare takes the run folders written by `robustssl pretrain` "
+                       "(or `robustssl postprocess`)")
+    if not (path / CONFIG).is_file():
+        raise RunError(f"{path} is not a robustssl run (no {CONFIG}); compare takes the run folders written by "
+                       "`robustssl pretrain` (or `robustssl postprocess`)")
+    if not (path / REPORT).is_file():
+        raise RunError(f"{path} has no evaluation report (no {REPORT}); {_fix(path)}")
+    cfg = read_run_config(path)
+    try:
+        report = json.loads((path / REPORT).read_text())
+        if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA or not isinstance(report.get("protocols"), dict):
+            raise ValueError(f"not a {REPORT_SCHEMA} report")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RunError(f"{path / REPORT} is damaged or not a robustssl evaluation report ({e}); "
+                       f"run `robustssl evaluate --run {path}` again") from None
+    summary = None
+    if (path / SUMMARY).is_file():
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RunError(f"{path / SUMMARY} is damaged ({e}); it is rewritten when `robustssl pretrain` finishes") from None
+    losses = []
+    if (path / METRICS).is_file():
+        losses = [(int(r["epoch"]), float(r["loss"])) for r in read_metrics(path / METRICS) if r.get("type") == "epoch"]
+    return RunRecord(path, label or path.name, cfg, report, summary, losses)
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Folder names; parent/name where names repeat; a #k suffix where even those repeat."""
+    resolved = [p.resolve() for p in paths]
+    names = [p.name for p in resolved]
+    labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in resolved]
+    return [f"{lab}#{i + 1}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
+
+
+def _attack(p: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((a for a in p["attacks"] if a["attack"] == name), None)
+
+
+def compare_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
+    """One row per run and protocol, in the order given."""
+    rows = []
+    for run in runs:
+        for name, p in run.report["protocols"].items():
+            pgd20, aa = _attack(p, "pgd20"), _attack(p, "autoattack")
+            rows.append({
+                "run": run.label, "method": run.method, "selector": run.selector, "epochs": run.cfg.train.epochs,
+                "train_seconds": run.train_seconds, "protocol": name.upper(), "clean": p["clean"]["accuracy"],
+                "pgd20": None if pgd20 is None else pgd20["accuracy"], "autoattack": None if aa is None else aa["accuracy"],
+                "autoattack_examples": None if aa is None else aa["n_examples"], "n_examples": p["clean"]["n_examples"],
+                "eps": run.report["settings"]["eps"], "sanity": "pass" if p["sanity_passed"] else "FAIL",
+            })
+    return rows
+
+
+def _notes(runs: list[RunRecord]) -> list[str]:
+    """What a reader of the table must know: conditions that differ, subsets, failed checks, missing records."""
+    notes = []
+    eps = {r.label: r.report["settings"]["eps"] for r in runs}
+    if len(set(eps.values())) > 1:
+        notes.append("the runs were evaluated at different eps (" + ", ".join(f"{k}: {fmt_eps(v)}" for k, v in eps.items())
+                     + "); their robust accuracies are not comparable")
+    tests = {r.label: (r.report["data"]["test"]["name"], r.report["test_subset"]["n_examples"]) for r in runs}
+    if len(set(tests.values())) > 1:
+        notes.append("the runs were evaluated on different test images (" + ", ".join(f"{k}: {n} x {d}" for k, (d, n) in tests.items())
+                     + "); their accuracies are not comparable")
+    for r in runs:
+        sub = r.report["test_subset"]
+        if sub["used"]:
+            notes.append(f"{r.label}: evaluated on the first {sub['n_examples']} of {sub['n_total']} test images (a subset)")
+        for name, p in r.report["protocols"].items():
+            failed = [c["name"] for c in p["sanity"] if not c["passed"]]
+            if failed:
+                notes.append(f"{r.label} {name.upper()}: sanity check(s) FAILED ({', '.join(failed)}); its robust accuracy is not trustworthy")
+            conv = p["training"].get("convergence")
+            if conv and not conv["converged"]:
+                notes.append(f"{r.label} {name.upper()}: the linear probe did not converge ({conv['detail']})")
+            aa = _attack(p, "autoattack")
+            if aa is not None and aa["n_examples"] < p["clean"]["n_examples"]:
+                notes.append(f"{r.label} {name.upper()}: AutoAttack ran on the first {aa['n_examples']} of the "
+                             f"{p['clean']['n_examples']} images (PGD-20 on those: {100 * aa.get('pgd20_on_same_examples', float('nan')):.2f}%)")
+        if r.summary is None:
+            notes.append(f"{r.label}: no {SUMMARY}, so its training time is unknown")
+        if not r.epoch_loss:
+            notes.append(f"{r.label}: no per-epoch training loss ({METRICS} absent or without epoch records"
+                         + (", as for a post-processed run" if (r.summary or {}).get("postprocess") else "") + ")")
+    return notes
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _seconds(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+def table_markdown(rows: list[dict[str, Any]]) -> str:
+    """The comparison table (Markdown), one line per row of `compare_rows`."""
+    header = ["run", "method", "selector", "epochs", "train time", "protocol", "clean %", "PGD-20 %", "AutoAttack %",
+              "examples", "eps", "sanity"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for r in rows:
+        aa = _pct(r["autoattack"])
+        if r["autoattack_examples"] is not None and r["autoattack_examples"] < r["n_examples"]:
+            aa += f" (first {r['autoattack_examples']})"
+        cells = [r["run"], r["method"], r["selector"], str(r["epochs"]), _seconds(r["train_seconds"]), r["protocol"],
+                 _pct(r["clean"]), _pct(r["pgd20"]), aa, str(r["n_examples"]), fmt_eps(r["eps"]),
+                 "pass" if r["sanity"] == "pass" else "**FAIL**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, str | None]) -> str:
+    lines = ["# Run comparison", "", table_markdown(rows), ""]
+    if notes:
+        lines += ["Notes:", "", *(f"- {n}" for n in notes), ""]
+    titles = {"robustness": "Robust accuracy vs eps (PGD-20)", "losses": "Training loss", "times": "Training time by phase"}
+    for key, title in titles.items():
+        if figures.get(key):
+            lines += [f"## {title}", "", f"![{title}]({figures[key]})", ""]
+    return "\n".join(lines)
+
+
+def _figure(width: float = 6.4, height: float = 4.0) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_robustness(runs: list[RunRecord], path: Path) -> Path:
+    """PGD-20 accuracy vs eps for every run and protocol, on one figure (dotted lines: the eps evaluated at)."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for r in runs:
+        for name, p in r.report["protocols"].items():
+            ax.plot([c["eps"] for c in p["curve"]], [100 * c["accuracy"] for c in p["curve"]], marker="o",
+                    label=f"{r.label} {name.upper()}")
+    for eps in sorted({r.report["settings"]["eps"] for r in runs}):
+        ax.axvline(eps, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("eps (l_inf, inputs in [0, 1])")
+    ax.set_ylabel("accuracy under PGD-20 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Robust accuracy vs eps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_losses(runs: list[RunRecord], path: Path) -> Path:
+    """Per-epoch mean training loss of every run that logged one."""
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for r in runs:
+        if r.epoch_loss:
+            ax.plot([e + 1 for e, _ in r.epoch_loss], [v for _, v in r.epoch_loss], marker=".", label=f"{r.label} ({r.method})")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss (each method's own)")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def phase_breakdown(run: RunRecord) -> dict[str, float]:
+    """Training seconds by phase (PHASES, then any other recorded phase), plus "other": the rest of the total."""
+    phases = {k: float(v) for k, v in (run.summary or {}).get("phase_seconds", {}).items()}
+    ordered = {k: phases.pop(k) for k in PHASES if k in phases}
+    ordered.update(phases)
+    total = run.train_seconds or 0.0
+    ordered["other"] = max(0.0, total - sum(ordered.values()))
+    return ordered
+
+
+def plot_times(runs: list[RunRecord], path: Path) -> Path:
+    """Stacked horizontal bars: each run's training seconds split by phase."""
+    fig = _figure(6.4, 1.2 + 0.5 * len(runs))
+    ax = fig.add_subplot(1, 1, 1)
+    breakdowns = [phase_breakdown(r) if r.summary is not None else {} for r in runs]
+    names = list(dict.fromkeys(k for b in breakdowns for k in b))
+    phases = [k for k in PHASES if k in names] + [k for k in names if k not in PHASES and k != "other"] + ["other"]
+    left = [0.0] * len(runs)
+    for phase in phases:
+        widths = [b.get(phase, 0.0) for b in breakdowns]
+        ax.barh([r.label for r in runs], widths, left=left, label=phase)
+        left = [a + w for a, w in zip(left, widths)]
+    ax.invert_yaxis()
+    ax.set_xlabel("training seconds")
+    ax.set_title("Training time by phase")
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare") -> dict[str, Any]:
+    """Compare evaluated runs; writes FILES into `out` (created if needed) and returns the compare.json content.
+
+    Every folder is read and checked first; nothing is written when one of them is not an
+    evaluated run. A figure with nothing to show (no run logged a loss, or no run has a
+    run.json) is not drawn; compare.json records it as null and the notes say why.
+    """
+    if not run_dirs:
+        raise RunError("compare needs at least one run folder")
+    paths = [Path(p) for p in run_dirs]
+    runs = [load_run(p, label) for p, label in zip(paths, _labels(paths))]
+    out = Path(out)
+    check_folder(out)
+    rows, notes = compare_rows(runs), _notes(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str | None] = {"robustness": FILES["robustness"], "losses": None, "times": None}
+    plot_robustness(runs, out / FILES["robustness"])
+    if any(r.epoch_loss for r in runs):
+        figures["losses"] = FILES["losses"]
+        plot_losses(runs, out / FILES["losses"])
+    if any(r.summary is not None for r in runs):
+        figures["times"] = FILES["times"]
+        plot_times(runs, out / FILES["times"])
+    result = {
+        "schema": SCHEMA,
+        "rows": rows,
+        "runs": [{
+            "label": r.label, "path": str(r.path), "method": r.method, "selector": r.selector, "epochs": r.cfg.train.epochs,
+            "data": r.cfg.data.name, "train_seconds": r.train_seconds,
+            "phase_seconds": phase_breakdown(r) if r.summary is not None else None,
+            "eps": r.report["settings"]["eps"], "test_subset": r.report["test_subset"],
+            "epoch_loss": [v for _, v in r.epoch_loss],
+            "curves": {name: [{"eps": c["eps"], "accuracy": c["accuracy"]} for c in p["curve"]]
+                       for name, p in r.report["protocols"].items()},
+            "sanity_passed": r.report["sanity_passed"],
+        } for r in runs],
+        "notes": notes,
+        "figures": figures,
+    }
+    atomic_write_text(out / FILES["json"], json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures) + "\n")
+    return result
