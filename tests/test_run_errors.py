@@ -244,6 +244,22 @@ def test_resume_refuses_a_config_yaml_edited_after_the_checkpoint(run, capsys):
     assert "optim.lr" in err and "config.yaml" in err
 
 
+def test_resume_accepts_a_run_saved_before_new_config_keys_existed(run):
+    """A key added to the config since the run was saved (here two real ones, dropped from the
+    checkpoint's copy and from config.yaml) takes its default; the run resumes."""
+    ck = load_checkpoint(run / "checkpoint.pt")
+    del ck["config"]["coreset"]["candidates_per_forward"], ck["config"]["eval"]["aff_epochs"]
+    save_atomic(ck, run / "checkpoint.pt")
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    del raw["coreset"]["candidates_per_forward"]
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+    api.pretrain(None, run, resume=True)
+    ck["config"]["optim"]["lr"] = 0.123  # a real difference is still refused
+    save_atomic(ck, run / "checkpoint.pt")
+    with pytest.raises(Exception, match="optim.lr"):
+        api.pretrain(None, run, resume=True)
+
+
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan"])
 def test_non_finite_numbers_are_rejected(value):
     with pytest.raises(ConfigError, match="optim.lr: expected a finite number"):

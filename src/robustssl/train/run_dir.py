@@ -87,6 +87,16 @@ def resume_config(run_dir: str | Path, config: str | Path | RunConfig | None, ov
     return cfg
 
 
+def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict with every key this version knows, at its default where the dict has
+    none: a checkpoint written before a key was added then compares equal to its own run.
+    A dict this version cannot read is returned as it is (the comparison then names the keys)."""
+    try:
+        return to_dict(from_dict(raw))
+    except ConfigError:
+        return raw
+
+
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The dotted keys whose values differ between two nested config dicts."""
     fa, fb = flatten(a), flatten(b)

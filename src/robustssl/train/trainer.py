@@ -30,7 +30,17 @@ from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder,
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
-from .run_dir import CHECKPOINT, CONFIG, ENCODER, METRICS, SUMMARY, claim_new_run, clear_orphans, config_differences
+from .run_dir import (
+    CHECKPOINT,
+    CONFIG,
+    ENCODER,
+    METRICS,
+    SUMMARY,
+    claim_new_run,
+    clear_orphans,
+    config_differences,
+    with_defaults,
+)
 from .timer import PhaseTimer
 
 CHECKPOINT_FORMAT = 2
@@ -266,7 +276,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     metrics = MetricsLog(out / METRICS)
     if resume:
         ck = load_checkpoint(out / CHECKPOINT)
-        differ = config_differences(ck.get("config", {}), to_dict(cfg))
+        differ = config_differences(with_defaults(ck.get("config", {})), to_dict(cfg))
         if differ:
             raise TrainingError(f"{out / CONFIG} differs from the config {out / CHECKPOINT} was saved with, in "
                                 f"{', '.join(differ[:5])}; restore config.yaml (the checkpoint's 'config' entry holds it)")
