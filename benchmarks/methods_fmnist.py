@@ -1,0 +1,115 @@
+"""SimCLR, ACL, DynACL (and DynACL++) and RoCL side by side on Fashion-MNIST at the CPU recipes'
+scale: clean / PGD-20 / AutoAttack accuracy per evaluation protocol, mean ± sd over seeds, and
+one `robustssl compare` output over the first seed's runs.
+
+Every method trains from its bundled `<method>_fmnist_cpu` recipe (same data, model size,
+epochs and SLF evaluation); `--extra` overrides apply to every run alike. DynACL++ is the
+DynACL run post-processed with LP-AFT (`robustssl postprocess`). `--aff` adds the AFF protocol
+to the evaluation of the named methods (AFF vs SLF on the same encoder). Runs are kept under
+--runs (evaluated folders, reusable by `robustssl compare`); every number goes to --json after
+each run.
+
+    python benchmarks/methods_fmnist.py --runs runs/methods_fmnist --compare docs/compare_fmnist \\
+        --json benchmarks/results/methods_fmnist_cpu.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustssl import api
+from timing import machine
+
+METHODS = ("simclr", "acl", "dynacl", "rocl")
+
+
+def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{protocol: {clean, pgd20, autoattack, sanity}} from an evaluation report."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, p in report["protocols"].items():
+        acc = {a["attack"]: a["accuracy"] for a in p["attacks"]}
+        out[name] = {"clean": p["clean"]["accuracy"], "pgd20": acc.get("pgd20"), "autoattack": acc.get("autoattack"),
+                     "sanity_passed": float(bool(p["sanity_passed"]))}
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default=",".join(METHODS) + ",dynacl++")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--aff", default="acl,dynacl", help="methods whose evaluation adds the AFF protocol ('' for none)")
+    p.add_argument("--extra", default="", help="comma-separated overrides for every pretraining run")
+    p.add_argument("--eval-extra", default="", help="comma-separated overrides for every evaluation")
+    p.add_argument("--runs", required=True, help="folder for the run folders (kept)")
+    p.add_argument("--compare", help="write `robustssl compare` over the first seed's runs here")
+    p.add_argument("--json", help="write every number here")
+    args = p.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    aff = {m for m in args.aff.split(",") if m}
+    extra = [e for e in args.extra.split(",") if e]
+    eval_extra = [e for e in args.eval_extra.split(",") if e]
+    if "dynacl++" in methods and "dynacl" not in methods:
+        raise SystemExit("--methods: dynacl++ post-processes the dynacl runs; list dynacl too")
+    runs = Path(args.runs)
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine(torch.device("cpu")), "settings": vars(args),
+                                                   "rows": rows}, indent=2))
+
+    for seed in seeds:
+        for m in methods:
+            out = runs / f"{m.replace('+', 'p')}-{seed}"
+            started = time.perf_counter()
+            if m == "dynacl++":
+                api.postprocess(runs / f"dynacl-{seed}", out)
+                train_s = json.loads((out / "run.json").read_text()).get("seconds")
+            else:
+                r = api.pretrain(f"{m}_fmnist_cpu", out, overrides=extra + [f"train.seed={seed}"])
+                train_s = r.seconds
+            protocols = "[slf,aff]" if m.rstrip("+") in aff else "[slf]"
+            report = api.evaluate(out, overrides=[f"eval.protocols={protocols}", *eval_extra])
+            row = {"seed": seed, "run": str(out), "train_s": train_s, "total_s": time.perf_counter() - started,
+                   "protocols": protocol_numbers(report)}
+            rows[m].append(row)
+            nums = "; ".join(f"{k} clean {v['clean']:.3f} pgd20 {v['pgd20']:.3f} AA {v['autoattack']}"
+                             for k, v in row["protocols"].items())
+            print(f"seed {seed} {m:8s}: train {train_s:.0f}s; {nums}", flush=True)
+            save()
+    if args.compare:
+        api.compare([runs / f"{m.replace('+', 'p')}-{seeds[0]}" for m in methods], args.compare)
+    print(f"\nmachine: {machine(torch.device('cpu'))}; seeds {args.seeds}; extra {extra or 'none'}")
+    print("| method | protocol | clean % | PGD-20 % | AutoAttack % | sanity | train s |")
+    print("|---|---|---|---|---|---|---|")
+    for m, rs in rows.items():
+        for proto in rs[0]["protocols"] if rs else []:
+            get = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None]
+                   for k in ("clean", "pgd20", "autoattack")}
+            sane = sum(int(r["protocols"][proto]["sanity_passed"] or 0) for r in rs)
+            print(f"| {m} | {proto} | {mean_sd(get['clean'])} | {mean_sd(get['pgd20'])} | {mean_sd(get['autoattack'])} | "
+                  f"{sane}/{len(rs)} passed | {statistics.mean(r['train_s'] for r in rs):.0f} |")
+    save()
+    for m, rs in rows.items():
+        for proto in rs[0]["protocols"] if rs else []:
+            vals = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None] for k in ("clean", "pgd20", "autoattack")}
+            fmt = {k: f"{100 * statistics.mean(v):.2f}%" if v else "n/a" for k, v in vals.items()}
+            print(f"RESULT method={m} protocol={proto} clean={fmt['clean']} pgd20={fmt['pgd20']} autoattack={fmt['autoattack']}")
+
+
+if __name__ == "__main__":
+    main()
