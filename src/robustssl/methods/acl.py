@@ -30,7 +30,8 @@ class ACL(Method):
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         if cfg.attack.steps == 0:
-            raise ConfigError("method acl needs attack.steps >= 1 (ACL trains on PGD views); use method.name=simclr for clean training")
+            raise ConfigError(f"method {cls.name} needs attack.steps >= 1 (it trains on PGD views); "
+                              "use method.name=simclr for clean training")
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         x = torch.cat(views.natural)
