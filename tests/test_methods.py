@@ -194,8 +194,9 @@ def test_registries_are_the_vocabularies(monkeypatch, capsys):
     assert load_config("acl_fmnist_cpu", [f"method.name={CountingSimCLR.name}"]).method.params == CountingSettings()
     with pytest.raises(ConfigError, match=r"valid keys here: method.acl.tau"):
         load_config("acl_fmnist_cpu", ["method.acl.lam=256"])
-    with pytest.raises(ConfigError, match=r"unknown config key 'method.rocl'.*method.acl.<key>"):
-        load_config("acl_fmnist_cpu", ["method.rocl.lam=256"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.byol'.*method.acl.<key>.*method.rocl.<key>"):
+        load_config("acl_fmnist_cpu", ["method.byol.lam=256"])
+    assert load_config("acl_fmnist_cpu", ["method.rocl.lam=128"]).method.settings["rocl"].lam == 128
     monkeypatch.setitem(SELECTORS, WeightedRandom.name, WeightedRandom)
     assert load_config("acl_fmnist_cpu", [f"coreset.method={WeightedRandom.name}"]).coreset.method == WeightedRandom.name
     with pytest.raises(SystemExit):

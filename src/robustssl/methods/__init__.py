@@ -12,12 +12,13 @@ from ..data.augment import AugmentSpec, ContrastiveAugment
 from .acl import ACL
 from .base import Method, NonFiniteLoss, Views
 from .dynacl import DynACL
+from .rocl import RoCL
 from .simclr import SimCLR
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL)}
 
 
 def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
@@ -34,4 +35,4 @@ def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
                                     epochs=cfg.train.epochs)
 
 
-__all__ = ["ACL", "METHODS", "DynACL", "Method", "NonFiniteLoss", "SimCLR", "Views", "build_method"]
+__all__ = ["ACL", "METHODS", "DynACL", "Method", "NonFiniteLoss", "RoCL", "SimCLR", "Views", "build_method"]
