@@ -142,7 +142,7 @@ def test_sigkill_before_a_strength_change_resumes_to_the_same_weights(tmp_path):
 def test_coreset_runs_train_dynacl_through_its_own_loss(selector, tmp_path, monkeypatch):
     """Warm-up epoch 0, a selection at epoch 1 (K = 1 of 2: s = 1, then 0.5). RCS scores candidates with
     DynACL's training_loss at the strength of the selection's epoch, in eval mode; random needs no loss."""
-    root = write_fashion_mnist(tmp_path / "fm", n_train=160, n_test=16)
+    root = write_fashion_mnist(tmp_path / "fm", n_train=80, n_test=16)
     calls = []
     real = DynACL.training_loss
 
@@ -154,7 +154,7 @@ def test_coreset_runs_train_dynacl_through_its_own_loss(selector, tmp_path, monk
     run = tmp_path / "run"
     overrides = TINY + [f"data.root={root}", "train.epochs=2", "method.dynacl.k=1", f"coreset.method={selector}",
                         "coreset.warmup_epochs=1", "coreset.every=1", "coreset.fraction=0.5", "coreset.val_fraction=0.05",
-                        "coreset.rd_steps=1"]
+                        "coreset.rd_steps=1", "optim.batch_size=16"]
     api.pretrain("dynacl_fmnist_cpu", run, overrides=overrides)
     summary = json.loads((run / "run.json").read_text())["coreset"]
     assert summary["method"] == selector and [s["epoch"] for s in summary["selections"]] == [1]

@@ -165,7 +165,7 @@ def test_rcs_sample_rows_of_rocl_sum_to_its_batch_gradient():
 def test_coreset_runs_train_rocl_through_its_own_loss(selector, unit, tmp_path, monkeypatch):
     """Warm-up epoch 0, a selection at epoch 1, then training on the coreset. RCS scores candidates with
     RoCL's own training_loss in eval mode; random needs no loss."""
-    root = write_fashion_mnist(tmp_path / "fm", n_train=160, n_test=16)
+    root = write_fashion_mnist(tmp_path / "fm", n_train=80, n_test=16)
     calls = []
     real = RoCL.training_loss
 
@@ -177,7 +177,7 @@ def test_coreset_runs_train_rocl_through_its_own_loss(selector, unit, tmp_path, 
     run = tmp_path / "run"
     overrides = TINY + [f"data.root={root}", "train.epochs=2", f"coreset.method={selector}", f"coreset.unit={unit}",
                         "coreset.warmup_epochs=1", "coreset.every=1", "coreset.fraction=0.5", "coreset.val_fraction=0.05",
-                        "coreset.rd_steps=1"]
+                        "coreset.rd_steps=1", "optim.batch_size=16"]
     api.pretrain("rocl_fmnist_cpu", run, overrides=overrides)
     summary = json.loads((run / "run.json").read_text())["coreset"]
     assert summary["method"] == selector and [s["epoch"] for s in summary["selections"]] == [1]
