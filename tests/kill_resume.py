@@ -24,9 +24,10 @@ def pretrain(out: Path, overrides: list[str], recipe: str = "acl_fmnist_cpu") ->
     subprocess.run(cli("pretrain", "--config", recipe, "--out", str(out), *overrides), check=True, env=ENV, capture_output=True)
 
 
-def kill_when(out: Path, overrides: list[str], ready: Callable[[dict[str, Any]], bool], timeout: float = 120) -> dict[str, Any]:
+def kill_when(out: Path, overrides: list[str], ready: Callable[[dict[str, Any]], bool], timeout: float = 120,
+              recipe: str = "acl_fmnist_cpu") -> dict[str, Any]:
     """Start the run, SIGKILL it as soon as its checkpoint satisfies `ready`; return that checkpoint."""
-    proc = subprocess.Popen(cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(out), *overrides), env=ENV,
+    proc = subprocess.Popen(cli("pretrain", "--config", recipe, "--out", str(out), *overrides), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline:

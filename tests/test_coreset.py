@@ -406,19 +406,22 @@ def test_head_and_reattack_every_are_validated_config_keys():
         load_config("acl_fmnist_cpu", ["coreset.reattack_every=-1"])
 
 
-@pytest.mark.parametrize("scope", ["last", "projector"])
-def test_stacked_candidate_batches_give_the_rows_of_one_forward_each(scope, acl_trained):
+@pytest.mark.parametrize("scope,name", [("last", "acl"), ("projector", "acl"), ("last", "rocl")])
+def test_stacked_candidate_batches_give_the_rows_of_one_forward_each(scope, name, acl_trained):
     """coreset.candidates_per_forward: in eval mode, stacking candidate batches into one grouped
     forward (attack, loss, head backward) gives each candidate the row of its own forward.
     Deterministic views and attack, so the two runs draw nothing that could differ."""
     from robustssl.data.augment import AugmentSpec, ContrastiveAugment
     from robustssl.methods.acl import ACL
     from robustssl.methods.base import ContrastiveSettings
+    from robustssl.methods.rocl import RoCL, RoCLSettings
 
     data, model, _ = acl_trained
     model.eval()
     still = AugmentSpec(crop_scale=(1.0, 1.0), flip=False, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, grayscale_p=0.0)
-    method = ACL(ContrastiveSettings(0.5), ContrastiveAugment(still, 28, 1), PGDConfig(0.1, 0.04, 2, random_start=False))
+    attack = PGDConfig(0.1, 0.04, 2, random_start=False)
+    augment = ContrastiveAugment(still, 28, 1)
+    method = ACL(ContrastiveSettings(0.5), augment, attack) if name == "acl" else RoCL(RoCLSettings(0.5, 4.0), augment, attack)
     view = HeadView(model, scope)
     units = [torch.arange(8 * i, 8 * i + 8) for i in range(7)]
     one = candidate_gradients(model, method, data, units, "batch", view, chunk=8)

@@ -149,8 +149,8 @@ class CountingSimCLR(SimCLR):
     Settings = CountingSettings
     updates_per_batch = 3
 
-    def __init__(self, settings, augment, attack):
-        super().__init__(settings, augment, attack)
+    def __init__(self, settings, augment, attack, *, epochs=None):
+        super().__init__(settings, augment, attack, epochs=epochs)
         self.batches = 0
 
     def step(self, model, optimizer, scheduler, batch, timer):
@@ -194,8 +194,9 @@ def test_registries_are_the_vocabularies(monkeypatch, capsys):
     assert load_config("acl_fmnist_cpu", [f"method.name={CountingSimCLR.name}"]).method.params == CountingSettings()
     with pytest.raises(ConfigError, match=r"valid keys here: method.acl.tau"):
         load_config("acl_fmnist_cpu", ["method.acl.lam=256"])
-    with pytest.raises(ConfigError, match=r"unknown config key 'method.rocl'.*method.acl.<key>"):
-        load_config("acl_fmnist_cpu", ["method.rocl.lam=256"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.byol'.*method.acl.<key>.*method.rocl.<key>"):
+        load_config("acl_fmnist_cpu", ["method.byol.lam=256"])
+    assert load_config("acl_fmnist_cpu", ["method.rocl.lam=128"]).method.settings["rocl"].lam == 128
     monkeypatch.setitem(SELECTORS, WeightedRandom.name, WeightedRandom)
     assert load_config("acl_fmnist_cpu", [f"coreset.method={WeightedRandom.name}"]).coreset.method == WeightedRandom.name
     with pytest.raises(SystemExit):
@@ -230,6 +231,7 @@ def test_build_method_assembles_explicit_parts():
     cfg = load_config("acl_fmnist_cpu", ["method.acl.tau=0.2", "attack.steps=4"])
     method = build_method(cfg, 28, 1)
     assert isinstance(method, ACL) and method.settings.tau == 0.2 and method.attack_cfg.steps == 4
+    assert method.epochs == cfg.train.epochs, "the run's length reaches the method explicitly"
     assert not hasattr(method, "cfg"), "a method must not hold the whole run config"
     with pytest.raises(TypeError, match="ContrastiveSettings"):
         ACL(NoSettings(), method.augment, method.attack_cfg)

@@ -115,8 +115,10 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
     device = resolve_device(cfg.train.device)
     data = load_train_set(cfg).to(device)
     model = build_model(model_spec(cfg, data)).to(device)
-    model.load_state_dict(load_checkpoint(run_dir / CHECKPOINT)["model"])
+    ck = load_checkpoint(run_dir / CHECKPOINT)
+    model.load_state_dict(ck["model"])
     method = build_method(cfg, data.image_size, data.num_channels)
+    method.start_epoch(min(int(ck["epoch"]), cfg.train.epochs - 1))  # the epoch the run is in (or its last): DynACL's strength
     schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()

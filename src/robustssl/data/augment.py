@@ -21,7 +21,7 @@ LUMA = (0.299, 0.587, 0.114)
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """SimCLR/ACL view recipe. strength in [0,1] scales it (1 = the full recipe; DynACL anneals it).
+    """SimCLR/ACL view recipe. `ContrastiveAugment`'s strength in [0,1] scales it (1 = this recipe; DynACL anneals it).
 
     crop_scale: lower/upper area fraction of the random resized crop (aspect ratio in
     [3/4, 4/3]). jitter: (brightness, contrast, saturation, hue), applied with probability
@@ -59,12 +59,18 @@ def _hue_rotate(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 class ContrastiveAugment(nn.Module):
-    """x: float [B, C, H, W] in [0,1] -> one random view of each image, [B, C, size, size], in [0,1]."""
+    """x: float [B, C, H, W] in [0,1] -> one random view of each image, [B, C, size, size], in [0,1].
+
+    strength s in [0, 1] scales the recipe (DynACL): the crop's lower bound becomes
+    1 - (1 - lo) * s (lo = 0.1 gives DynACL's 1 - 0.9 s), every jitter amount and the jitter
+    and grayscale probabilities are multiplied by s. s = 1 is `spec` itself.
+    """
 
     def __init__(self, spec: AugmentSpec, image_size: int, channels: int, strength: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"augmentation strength must be in [0, 1], got {strength}")
+        self.spec, self.strength = spec, strength
         lo, hi = spec.crop_scale
         # DynACL: the crop's lower bound moves from lo (s=1) towards 1 (s=0).
         lo = 1.0 - (1.0 - lo) * strength
@@ -75,6 +81,10 @@ class ContrastiveAugment(nn.Module):
         self.saturation, self.hue = (s, h) if channels == 3 else (0.0, 0.0)
         self.jitter_p = spec.jitter_p * strength
         self.grayscale_p = spec.grayscale_p * strength if channels == 3 else 0.0
+
+    def with_strength(self, strength: float) -> ContrastiveAugment:
+        """The same recipe (spec, image size, channels) at another strength."""
+        return ContrastiveAugment(self.spec, self.size, self.channels, strength)
 
     def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
         """Random resized crop and flip, one grid-sample.

@@ -4,15 +4,20 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+POSITIVES = ("mean", "sum")
 
-def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
+
+def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None,
+            positives: str = "mean", groups: int = 1) -> torch.Tensor:
     """Contrastive loss over `n_views` views of N images.
 
     z: [n_views * N, d] projector outputs, view-major (rows v*N .. v*N+N-1 are view v);
        normalized here. Each row's positives are the other views of the same image, its
-       negatives every other row. Per anchor the loss is the mean over its positives p of
-       -log(exp(s_ap / tau) / sum_{k != a} exp(s_ak / tau)); with 2 views this is SimCLR's
-       loss exactly. Returns the mean over all anchors (a scalar).
+       negatives every other row. Per anchor and positive p the term is
+       -log(exp(s_ap / tau) / sum_{k != a} exp(s_ak / tau)) (the other positives count in the
+       denominator). An anchor's loss is the mean of its n_views - 1 terms (positives="mean")
+       or their sum (positives="sum", RoCL's 3-view loss); with 2 views both are SimCLR's loss
+       exactly. Returns the mean over all n_views * N anchors (a scalar).
     weights: float [N] per-image weights (a weighted coreset) or None; every anchor of image i
        is weighted by weights[i] and the result is mean_a(w_a * loss_a), so all-ones weights
        give the unweighted loss.
@@ -24,6 +29,8 @@ def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | N
     """
     if z.dim() != 2 or z.shape[0] % n_views != 0:
         raise ValueError(f"z must be [n_views*N, d] with n_views={n_views}, got {tuple(z.shape)}")
+    if positives not in POSITIVES:
+        raise ValueError(f"positives must be one of {', '.join(POSITIVES)}, got {positives!r}")
     n_images = z.shape[0] // n_views
     if groups < 1 or n_images % groups:
         raise ValueError(f"{n_images} images do not split into {groups} equal groups")
@@ -36,7 +43,9 @@ def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | N
     log_prob = logits - torch.logsumexp(logits, dim=2, keepdim=True)
     image = torch.arange(n, device=z.device) % b
     positive = (image[:, None] == image[None, :]) & ~eye
-    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(2) / (n_views - 1)  # [groups, n]
+    per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(2)  # [groups, n]
+    if positives == "mean":
+        per_anchor = per_anchor / (n_views - 1)
     if weights is not None:
         if weights.shape != (n_images,):
             raise ValueError(f"weights must be [N]={n_images} per-image values, got {tuple(weights.shape)}")

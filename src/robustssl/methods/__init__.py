@@ -11,24 +11,28 @@ from ..attacks import PGDConfig
 from ..data.augment import AugmentSpec, ContrastiveAugment
 from .acl import ACL
 from .base import Method, NonFiniteLoss, Views
+from .dynacl import DynACL
+from .rocl import RoCL
 from .simclr import SimCLR
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL)}
 
 
 def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
     """The configured method, assembled from explicit parts: its settings, the view augmentation
-    for images of `image_size` x `image_size` with `channels` channels, and the training attack."""
+    for images of `image_size` x `image_size` with `channels` channels, the training attack and
+    the run's number of epochs (`train.epochs`)."""
     if cfg.method.name not in METHODS:
         raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
     a = cfg.augment
     spec = AugmentSpec(crop_scale=(a.crop_scale[0], a.crop_scale[1]), flip=a.flip, jitter=tuple(a.jitter),  # type: ignore[arg-type]
                        jitter_p=a.jitter_p, grayscale_p=a.grayscale_p)
     attack = PGDConfig(cfg.attack.eps, cfg.attack.alpha, cfg.attack.steps, cfg.attack.norm, cfg.attack.random_start)
-    return METHODS[cfg.method.name](cfg.method.params, ContrastiveAugment(spec, image_size, channels), attack)
+    return METHODS[cfg.method.name](cfg.method.params, ContrastiveAugment(spec, image_size, channels), attack,
+                                    epochs=cfg.train.epochs)
 
 
-__all__ = ["ACL", "METHODS", "Method", "NonFiniteLoss", "SimCLR", "Views", "build_method"]
+__all__ = ["ACL", "METHODS", "DynACL", "Method", "NonFiniteLoss", "RoCL", "SimCLR", "Views", "build_method"]

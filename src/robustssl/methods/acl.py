@@ -31,7 +31,8 @@ class ACL(Method):
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         if cfg.attack.steps == 0:
-            raise ConfigError("method acl needs attack.steps >= 1 (ACL trains on PGD views); use method.name=simclr for clean training")
+            raise ConfigError(f"method {cls.name} needs attack.steps >= 1 (it trains on PGD views); "
+                              "use method.name=simclr for clean training")
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         x = torch.cat(views.natural)
@@ -43,9 +44,9 @@ class ACL(Method):
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         tau = self.settings.tau
         with bn_branch(model, "normal"):
-            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau, weights, views.groups)
+            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau, weights, groups=views.groups)
         with bn_branch(model, "pgd"):
-            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau, weights, views.groups)
+            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau, weights, groups=views.groups)
         return self.weighted(l_nat, l_adv), {"loss_nat": float(l_nat.detach()), "loss_adv": float(l_adv.detach())}
 
     def weighted(self, l_nat: torch.Tensor, l_adv: torch.Tensor) -> torch.Tensor:

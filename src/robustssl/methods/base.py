@@ -61,7 +61,9 @@ class Method:
     """Base class. Subclasses set `name` (and `Settings`) and implement `loss` (and `attack`).
 
     Constructed by `build_method` from explicit parts: the method's own settings, the view
-    augmentation and the training attack. No method reads the whole run config.
+    augmentation, the training attack and the run's length in epochs (`train.epochs`, for
+    methods with a schedule over the run such as DynACL; None where no run is known). No
+    method reads the whole run config.
     """
 
     name: ClassVar[str] = "base"
@@ -74,12 +76,15 @@ class Method:
     supports_groups: ClassVar[bool] = False
     n_views: int = 2
 
-    def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig) -> None:
+    def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig, *, epochs: int | None = None) -> None:
         if not isinstance(settings, self.Settings):
             raise TypeError(f"{self.name} takes {self.Settings.__name__} settings, got {type(settings).__name__}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
         self.settings: Any = settings  # an instance of type(self).Settings
         self.augment = augment
         self.attack_cfg = attack
+        self.epochs = epochs
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -87,7 +92,8 @@ class Method:
 
     # --- the three phases ------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
-        """Per-epoch hook (DynACL anneals its augmentation here)."""
+        """Per-epoch hook, called with the 0-based epoch before its selection and first batch, also
+        when a run resumes inside it (DynACL sets its augmentation strength here)."""
 
     def make_views(self, batch: Batch) -> Views:
         """batch.images [B, C, H, W] in [0,1] -> `n_views` independent augmentations."""

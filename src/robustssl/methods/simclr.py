@@ -20,4 +20,4 @@ class SimCLR(Method):
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         with bn_branch(model, "normal"):
             z = model(torch.cat(views.natural))
-        return nt_xent(z, self.n_views, self.settings.tau, weights, views.groups), {}
+        return nt_xent(z, self.n_views, self.settings.tau, weights, groups=views.groups), {}

@@ -1,0 +1,71 @@
+"""DynACL (Luo, Wang, Wang, ICLR 2023): ACL with an augmentation that weakens during training.
+
+For epoch e = 1..E of the run (K: `method.dynacl.k`, the length of one strength stage):
+  1. strength s(e) = 1 - floor((e - 1) / K) * K / E       (1 for the first K epochs, then lower every K)
+  2. two views at strength s: crop lower bound 1 - (1 - lo) * s (lo = 0.1: DynACL's 1 - 0.9 s),
+     jitter amounts and the jitter / grayscale probabilities times s
+  3. PGD as in ACL (eval mode, `pgd` BN branch) maximizes NT-Xent of the perturbed pair
+  4. loss = ((1 - w) * NT-Xent(natural pair, `normal`) + (1 + w) * NT-Xent(adversarial pair, `pgd`)) / 2,
+     with w = (2/3) * (1 - s)
+
+s is a pure function of the epoch, set in `start_epoch`, so a resumed run trains each epoch at
+the strength of an uninterrupted one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..attacks import PGDConfig
+from ..data.augment import ContrastiveAugment
+from ..settings import positive
+from .acl import ACL
+from .base import ContrastiveSettings, Views
+
+WEIGHT_SCALE = 2.0 / 3.0  # w = WEIGHT_SCALE * (1 - s)
+
+
+def strength(epoch: int, epochs: int, k: int) -> float:
+    """s for the 0-based `epoch` of a run of `epochs` epochs: 1 - floor(epoch / k) * k / epochs,
+    i.e. 1 - floor((e - 1) / K) * K / E for the 1-based epoch e = epoch + 1. In (0, 1]."""
+    if not 0 <= epoch < epochs:
+        raise ValueError(f"epoch {epoch} is outside the run's epochs 0..{epochs - 1}")
+    return 1.0 - (epoch // k) * k / epochs
+
+
+def adversarial_weight(s: float) -> float:
+    """w = (2/3)(1 - s): the share moved from the natural to the adversarial loss."""
+    return WEIGHT_SCALE * (1.0 - s)
+
+
+@dataclass
+class DynACLSettings(ContrastiveSettings):
+    k: int = positive(50)  # epochs per strength stage (K); 50 of 1000 on CIFAR-10
+
+
+class DynACL(ACL):
+    name = "dynacl"
+    Settings = DynACLSettings
+
+    def __init__(self, settings: DynACLSettings, augment: ContrastiveAugment, attack: PGDConfig, *,
+                 epochs: int | None = None) -> None:
+        super().__init__(settings, augment, attack, epochs=epochs)
+        if epochs is None:
+            raise ValueError("dynacl anneals its augmentation over the run: pass epochs= (build_method passes train.epochs)")
+        self.total_epochs: int = epochs
+        self.start_epoch(0)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Set s and w for the 0-based `epoch`; the augmentation is rebuilt at strength s."""
+        self.strength = strength(epoch, self.total_epochs, self.settings.k)
+        self.w = adversarial_weight(self.strength)
+        self.augment = self.augment.with_strength(self.strength)
+
+    def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, parts = super().loss(model, views, weights)
+        return loss, {**parts, "strength": self.strength, "w": self.w}
+
+    def weighted(self, l_nat: torch.Tensor, l_adv: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((1.0 - self.w) * l_nat + (1.0 + self.w) * l_adv)
