@@ -53,7 +53,8 @@ def main() -> None:
     p.add_argument("--aff", default="acl,dynacl", help="methods whose evaluation adds the AFF protocol ('' for none)")
     p.add_argument("--extra", default="", help="comma-separated overrides for every pretraining run")
     p.add_argument("--eval-extra", default="", help="comma-separated overrides for every evaluation")
-    p.add_argument("--runs", required=True, help="folder for the run folders (kept)")
+    p.add_argument("--runs", help="folder for the run folders (kept)")
+    p.add_argument("--from-json", nargs="+", help="print the table of earlier --json files (seeds run in separate processes)")
     p.add_argument("--compare", help="write `robustssl compare` over the first seed's runs here")
     p.add_argument("--json", help="write every number here")
     args = p.parse_args()
@@ -64,8 +65,15 @@ def main() -> None:
     eval_extra = [e for e in args.eval_extra.split(",") if e]
     if "dynacl++" in methods and "dynacl" not in methods:
         raise SystemExit("--methods: dynacl++ post-processes the dynacl runs; list dynacl too")
-    runs = Path(args.runs)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    if args.from_json:
+        for path in args.from_json:
+            for m, rs in json.loads(Path(path).read_text())["rows"].items():
+                rows.setdefault(m, []).extend(rs)
+        seeds = []
+    elif not args.runs:
+        raise SystemExit("--runs is needed to train (or --from-json to summarize)")
+    runs = Path(args.runs or ".")
 
     def save() -> None:
         if args.json:
@@ -91,7 +99,7 @@ def main() -> None:
                              for k, v in row["protocols"].items())
             print(f"seed {seed} {m:8s}: train {train_s:.0f}s; {nums}", flush=True)
             save()
-    if args.compare:
+    if args.compare and seeds:
         api.compare([runs / f"{m.replace('+', 'p')}-{seeds[0]}" for m in methods], args.compare)
     print(f"\nmachine: {machine(torch.device('cpu'))}; seeds {args.seeds}; extra {extra or 'none'}")
     print("| method | protocol | clean % | PGD-20 % | AutoAttack % | sanity | train s |")
