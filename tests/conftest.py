@@ -13,3 +13,14 @@ def tiny_spec():
 
     return ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=3,
                      mean=(0.5,), std=(0.25,))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny ops (modules opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`): they gain nothing from threads, and on
+    a busy 2-core machine OpenMP spinning makes them up to 10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -33,12 +33,7 @@ EVAL_TINY = ["eval.n_examples=24", "eval.attacks=[pgd20]", "eval.train_examples=
              "eval.linear_epochs=2", "eval.aff_epochs=2", "eval.aff_batch_size=32", "eval.aff_steps=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n: int = 64) -> ImageDataset:

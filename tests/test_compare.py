@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from robustssl import api
 from robustssl.cli import main
@@ -18,12 +17,7 @@ EVAL_TINY = ["eval.n_examples=16", "eval.attacks=[pgd20]", "eval.train_examples=
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,7 @@ SPEC = ModelSpec(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny ops gain nothing from threads, and on a busy 2-core machine OpenMP spinning makes them 10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def textures(n: int, seed: int, split: str) -> ImageDataset:

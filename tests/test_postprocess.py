@@ -21,13 +21,7 @@ PP_TINY = ["postprocess.lp_epochs=2", "postprocess.aft_epochs=1", "postprocess.a
 EVAL_TINY = ["eval.n_examples=24", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[]", "eval.linear_epochs=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny ops gain nothing from threads, and on a busy 2-core machine OpenMP spinning makes them far slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def same_partition(a: torch.Tensor, b: torch.Tensor) -> bool:

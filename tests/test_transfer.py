@@ -17,12 +17,7 @@ TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batc
 EVAL_TINY = ["eval.n_examples=8", "eval.attacks=[pgd20]", "eval.train_examples=20", "eval.eps_curve=[]", "eval.linear_epochs=2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

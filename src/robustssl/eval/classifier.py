@@ -63,6 +63,17 @@ def choose_branch(
     return used, note
 
 
+def resolve_branch(encoder: SSLModel, branch: str | None) -> str | None:
+    """The BN branch a classifier runs `encoder` on: `branch`, validated, or the encoder's default."""
+    if branch is None:
+        return default_branch(encoder)
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown BN branch {branch!r}; valid: {', '.join(BRANCHES)}")
+    if not has_dual_bn(encoder):
+        raise ValueError(f"branch={branch!r} was asked for, but the encoder has no dual BatchNorm")
+    return branch
+
+
 class LinearEvalModel(nn.Module):
     """Frozen encoder + linear head: logits for images in [0, 1].
 
@@ -88,12 +99,7 @@ class LinearEvalModel(nn.Module):
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a linear probe needs at least 2 classes, got {n_classes}")
-        if branch is None:
-            branch = default_branch(encoder)
-        elif branch not in BRANCHES:
-            raise ValueError(f"unknown BN branch {branch!r}; valid: {', '.join(BRANCHES)}")
-        elif not has_dual_bn(encoder):
-            raise ValueError(f"branch={branch!r} was asked for, but the encoder has no dual BatchNorm")
+        branch = resolve_branch(encoder, branch)
         self.encoder = encoder.float()
         self.encoder.requires_grad_(False)
         self.encoder.eval()
@@ -198,12 +204,7 @@ class FinetuneClassifier(nn.Module):
         super().__init__()
         if n_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
-        if branch is None:
-            branch = default_branch(encoder)
-        elif branch not in BRANCHES:
-            raise ValueError(f"unknown BN branch {branch!r}; valid: {', '.join(BRANCHES)}")
-        elif not has_dual_bn(encoder):
-            raise ValueError(f"branch={branch!r} was asked for, but the encoder has no dual BatchNorm")
+        branch = resolve_branch(encoder, branch)
         self.encoder = encoder.float()
         self.encoder.requires_grad_(True)
         self.encoder.projector.requires_grad_(False)  # not part of the classifier
