@@ -53,10 +53,12 @@ def main() -> None:
     p.add_argument("--aff", default="acl,dynacl", help="methods whose evaluation adds the AFF protocol ('' for none)")
     p.add_argument("--extra", default="", help="comma-separated overrides for every pretraining run")
     p.add_argument("--eval-extra", default="", help="comma-separated overrides for every evaluation")
+    p.add_argument("--post-extra", default="", help="comma-separated overrides for the DynACL++ post-processing")
     p.add_argument("--runs", help="folder for the run folders (kept)")
     p.add_argument("--from-json", nargs="+", help="print the table of earlier --json files (seeds run in separate processes)")
     p.add_argument("--compare", help="write `robustssl compare` over the first seed's runs here")
     p.add_argument("--json", help="write every number here")
+    p.add_argument("--reuse", action="store_true", help="a run folder that holds an encoder is evaluated again, not retrained")
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -84,8 +86,10 @@ def main() -> None:
         for m in methods:
             out = runs / f"{m.replace('+', 'p')}-{seed}"
             started = time.perf_counter()
-            if m == "dynacl++":
-                api.postprocess(runs / f"dynacl-{seed}", out)
+            if args.reuse and (out / "encoder.safetensors").is_file():
+                train_s = json.loads((out / "run.json").read_text()).get("seconds")
+            elif m == "dynacl++":
+                api.postprocess(runs / f"dynacl-{seed}", out, [e for e in args.post_extra.split(",") if e])
                 train_s = json.loads((out / "run.json").read_text()).get("seconds")
             else:
                 r = api.pretrain(f"{m}_fmnist_cpu", out, overrides=extra + [f"train.seed={seed}"])

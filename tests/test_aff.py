@@ -241,3 +241,23 @@ def test_random_crop_flip_is_a_shifted_window_of_the_padded_image_and_seeded():
     assert 0 < flipped < 12
     same = random_crop_flip(x, 0, torch.Generator().manual_seed(1))
     assert all(torch.equal(same[i], x[i]) or torch.equal(same[i], x[i].flip(-1)) for i in range(12))
+
+
+def test_finetuning_attack_step_is_its_own_setting_and_a_short_attack_is_warned():
+    """eval.aff_alpha / postprocess.aft_alpha set the KL attack's step (unset: eval.pgd_alpha); a
+    step that cannot reach eps in the given steps (3 x 0.01 < 0.1) is warned about."""
+    import warnings as w
+
+    from robustssl.eval.finetune import aff_settings
+    from robustssl.postprocess.lpaft import aft_settings
+
+    cfg = load_config("acl_fmnist_cpu", [])
+    assert aff_settings(cfg.eval).attack.alpha == 0.04 and aft_settings(cfg.postprocess, cfg.eval).attack.alpha == 0.04
+    short = load_config("acl_fmnist_cpu", ["eval.aff_alpha=null", "postprocess.aft_alpha=null"])
+    with pytest.warns(UserWarning, match="cannot reach eps"):
+        assert aff_settings(short.eval).attack.alpha == short.eval.pgd_alpha == 0.01
+    with pytest.warns(UserWarning, match="postprocess.aft_alpha"):
+        aft_settings(short.postprocess, short.eval)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        aff_settings(load_config("acl_cifar10", []).eval)  # 10 x 2/255 reaches 8/255

@@ -165,7 +165,8 @@ class EvalConfig:
     aff_lr: float = positive(0.1)
     aff_batch_size: int = positive(128)
     aff_beta: float = non_negative(6.0)  # weight of TRADES's KL term
-    aff_steps: int = positive(10)  # steps of the KL attack (eps: eval.eps, step: eval.pgd_alpha)
+    aff_steps: int = positive(10)  # steps of the KL attack (eps: eval.eps)
+    aff_alpha: float | None = non_negative(None)  # the KL attack's step (None: eval.pgd_alpha); steps x alpha must reach eps
     aff_augment: bool = True  # random crop (padding 4) + horizontal flip while finetuning
     seed: int = non_negative(0)
     batch_size: int = positive(500)
@@ -188,6 +189,7 @@ class PostprocessConfig:
     aft_batch_size: int = positive(512)
     aft_beta: float = non_negative(6.0)
     aft_steps: int = positive(10)  # steps of the TRADES KL attack
+    aft_alpha: float | None = non_negative(None)  # its step (None: eval.pgd_alpha); steps x alpha must reach eval.eps
     aft_augment: bool = True  # random crop (padding 4) + horizontal flip during AFT
     seed: int = non_negative(0)  # k-means++, LP and AFT
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +72,22 @@ class FinetuneSettings:
         return [lr_at(e, self.lr, self.epochs, self.lr_milestones) for e in range(self.epochs)]
 
 
+def warn_short_attack(prefix: str, steps: int, alpha: float, eps: float) -> None:
+    """A KL attack whose steps x alpha falls short of eps trains against a weaker threat than the one evaluated."""
+    if steps * alpha < eps * (1 - 1e-6):
+        warnings.warn(f"{prefix}_steps x alpha = {steps} x {alpha:g} = {steps * alpha:g} cannot reach eps {eps:g}: finetuning "
+                      f"trains against a weaker attack than the evaluation's; set {prefix}_alpha >= {eps / steps:g}",
+                      stacklevel=3)
+
+
 def aff_settings(cfg: EvalConfig) -> FinetuneSettings:
-    """The AFF protocol's settings from the eval config (eval.aff_*, eval.eps, eval.pgd_alpha, eval.seed)."""
+    """The AFF protocol's settings from the eval config (eval.aff_*, eval.eps, eval.seed; the
+    attack's step is eval.aff_alpha, or eval.pgd_alpha when that is unset)."""
+    alpha = cfg.pgd_alpha if cfg.aff_alpha is None else cfg.aff_alpha
+    warn_short_attack("eval.aff", cfg.aff_steps, alpha, cfg.eps)
     return FinetuneSettings(
         epochs=cfg.aff_epochs, lr=cfg.aff_lr, batch_size=cfg.aff_batch_size, beta=cfg.aff_beta,
-        attack=PGDConfig(eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.aff_steps, norm="linf", random_start=False),
+        attack=PGDConfig(eps=cfg.eps, alpha=alpha, steps=cfg.aff_steps, norm="linf", random_start=False),
         weight_decay=AFF_WEIGHT_DECAY, lr_milestones=AFF_LR_MILESTONES, augment=cfg.aff_augment, seed=cfg.seed,
     )
 

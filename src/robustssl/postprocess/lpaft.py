@@ -26,7 +26,7 @@ from ..config import EvalConfig, PostprocessConfig
 from ..data.dataset import ImageDataset
 from ..errors import ConfigError
 from ..eval.classifier import FinetuneClassifier, LinearEvalModel
-from ..eval.finetune import FinetuneSettings, finetune_trades
+from ..eval.finetune import FinetuneSettings, finetune_trades, warn_short_attack
 from ..eval.linear import extract_features, train_slf
 from ..models.dual_bn import bn_branch, model_mode
 from ..models.encoder import SSLModel
@@ -39,10 +39,13 @@ __all__ = ["AFT_LR_MILESTONES", "AFT_WEIGHT_DECAY", "aft_settings", "cluster_fea
 
 
 def aft_settings(pp: PostprocessConfig, ev: EvalConfig) -> FinetuneSettings:
-    """AFT's TRADES settings: postprocess.aft_* and the evaluation threat model (eval.eps, eval.pgd_alpha)."""
+    """AFT's TRADES settings: postprocess.aft_* and the evaluation threat model (eval.eps; the
+    attack's step is postprocess.aft_alpha, or eval.pgd_alpha when that is unset)."""
+    alpha = ev.pgd_alpha if pp.aft_alpha is None else pp.aft_alpha
+    warn_short_attack("postprocess.aft", pp.aft_steps, alpha, ev.eps)
     return FinetuneSettings(
         epochs=pp.aft_epochs, lr=pp.aft_lr, batch_size=pp.aft_batch_size, beta=pp.aft_beta,
-        attack=PGDConfig(eps=ev.eps, alpha=ev.pgd_alpha, steps=pp.aft_steps, norm="linf", random_start=False),
+        attack=PGDConfig(eps=ev.eps, alpha=alpha, steps=pp.aft_steps, norm="linf", random_start=False),
         weight_decay=AFT_WEIGHT_DECAY, lr_milestones=AFT_LR_MILESTONES, augment=pp.aft_augment, seed=pp.seed,
     )
 
