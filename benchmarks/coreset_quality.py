@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--fast", default="coreset.candidate_fraction=0.4,coreset.candidate_attack_steps=1")
     p.add_argument("--extra", default="", help="comma-separated overrides for every run")
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--from-json", nargs="+", help="print the table of earlier --json files (seeds run separately)")
     args = p.parse_args()
     every = max(1, args.epochs // 10)
     attacks = "[pgd20,autoattack]" if args.n_aa else "[pgd20]"
@@ -92,8 +93,20 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({"machine": machine(torch.device(args.device)), "settings": vars(args),
                                                    "rows": rows}, indent=2))
 
+    if args.from_json:
+        rows = {}
+        first = json.loads(Path(args.from_json[0]).read_text())
+        for key in ("device", "n", "n_test", "n_aa", "epochs", "extra"):  # the header describes the runs, not this call
+            setattr(args, key, first["settings"][key])
+        every = max(1, args.epochs // 10)
+        for path in args.from_json:
+            for name, rs in json.loads(Path(path).read_text())["rows"].items():
+                rows.setdefault(name, []).extend(rs)
+        for name in rows:
+            rows[name].sort(key=lambda r: r["seed"])
+        args.json, args.seeds = None, ",".join(sorted({str(r["seed"]) for rs in rows.values() for r in rs}))
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in [] if args.from_json else [int(s) for s in args.seeds.split(",")]:
             jobs = [(arm, args.epochs, arm_overrides(arm, fast) if arm != "full-time" else ARMS["full"]) for arm in arms]
             jobs += [(f"full-{e}ep", e, ARMS["full"]) for e in curve]
             for name, epochs, overrides in jobs:
@@ -104,7 +117,7 @@ def main() -> None:
                 print(f"seed {seed} {name:9s}: {epochs} epochs, clean {row['clean']:.4f} pgd20 {row['pgd20']:.4f} "
                       f"AA {row['autoattack'] if row['autoattack'] is not None else 'n/a'} pretrain {row['pretrain_s']:.0f}s", flush=True)
                 save()
-    print(f"\nmachine: {machine(torch.device(args.device))}")
+    print(f"\nmachine: {first['machine'] if args.from_json else machine(torch.device(args.device))}")
     print(f"ACL, {args.n} Fashion-MNIST images, {args.epochs} epochs, f=0.2, warm-up {every}, every {every}; SLF; eps 0.1; "
           f"clean/PGD-20 on {args.n_test} test images, AutoAttack on {args.n_aa}; seeds {args.seeds}")
     print("| arm | epochs | clean % | PGD-20 % | AutoAttack % | pretrain s (mean) | selection s (mean) |")
@@ -117,7 +130,8 @@ def main() -> None:
     save()
     for other in ("random", "full-time"):
         if "rcs" in rows and other in rows:
-            diff = [a["pgd20"] - b["pgd20"] for a, b in zip(rows["rcs"], rows[other])]
+            theirs = {r["seed"]: r for r in rows[other]}
+            diff = [a["pgd20"] - theirs[a["seed"]]["pgd20"] for a in rows["rcs"] if a["seed"] in theirs]
             print(f"RCS - {other} PGD-20 per seed: {', '.join(f'{100 * d:+.1f}' for d in diff)} points")
     for name, rs in rows.items():
         print(f"RESULT arm={name} clean={100 * statistics.mean(r['clean'] for r in rs):.2f}% "

@@ -68,7 +68,9 @@ def main() -> None:
     if "dynacl++" in methods and "dynacl" not in methods:
         raise SystemExit("--methods: dynacl++ post-processes the dynacl runs; list dynacl too")
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    where = machine(torch.device("cpu"))
     if args.from_json:
+        where = json.loads(Path(args.from_json[0]).read_text())["machine"]
         for path in args.from_json:
             for m, rs in json.loads(Path(path).read_text())["rows"].items():
                 rows.setdefault(m, []).extend(rs)
@@ -105,7 +107,8 @@ def main() -> None:
             save()
     if args.compare and seeds:
         api.compare([runs / f"{m.replace('+', 'p')}-{seeds[0]}" for m in methods], args.compare)
-    print(f"\nmachine: {machine(torch.device('cpu'))}; seeds {args.seeds}; extra {extra or 'none'}")
+    seeds_run = sorted({r["seed"] for rs in rows.values() for r in rs})
+    print(f"\nmachine: {where}; seeds {seeds_run}; extra {extra or 'none'}")
     print("| method | protocol | clean % | PGD-20 % | AutoAttack % | sanity | train s |")
     print("|---|---|---|---|---|---|---|")
     for m, rs in rows.items():
