@@ -109,21 +109,23 @@ def main() -> None:
         api.compare([runs / f"{m.replace('+', 'p')}-{seeds[0]}" for m in methods], args.compare)
     seeds_run = sorted({r["seed"] for rs in rows.values() for r in rs})
     print(f"\nmachine: {where}; seeds {seeds_run}; extra {extra or 'none'}")
-    print("| method | protocol | clean % | PGD-20 % | AutoAttack % | sanity | train s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | protocol | seeds | clean % | PGD-20 % | AutoAttack % | sanity | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = []
     for m, rs in rows.items():
-        for proto in rs[0]["protocols"] if rs else []:
-            get = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None]
-                   for k in ("clean", "pgd20", "autoattack")}
-            sane = sum(int(r["protocols"][proto]["sanity_passed"] or 0) for r in rs)
-            print(f"| {m} | {proto} | {mean_sd(get['clean'])} | {mean_sd(get['pgd20'])} | {mean_sd(get['autoattack'])} | "
-                  f"{sane}/{len(rs)} passed | {statistics.mean(r['train_s'] for r in rs):.0f} |")
-    save()
-    for m, rs in rows.items():
-        for proto in rs[0]["protocols"] if rs else []:
-            vals = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None] for k in ("clean", "pgd20", "autoattack")}
+        for proto in sorted({p for r in rs for p in r["protocols"]}, key=lambda p: (p != "slf", p)):
+            with_p = [r for r in rs if proto in r["protocols"]]  # AFF may run on some seeds only
+            vals = {k: [r["protocols"][proto][k] for r in with_p if r["protocols"][proto][k] is not None]
+                    for k in ("clean", "pgd20", "autoattack")}
+            sane = sum(int(r["protocols"][proto]["sanity_passed"] or 0) for r in with_p)
+            print(f"| {m} | {proto} | {','.join(str(r['seed']) for r in with_p)} | {mean_sd(vals['clean'])} | "
+                  f"{mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | {sane}/{len(with_p)} passed | "
+                  f"{statistics.mean(r['train_s'] for r in with_p):.0f} |")
             fmt = {k: f"{100 * statistics.mean(v):.2f}%" if v else "n/a" for k, v in vals.items()}
-            print(f"RESULT method={m} protocol={proto} clean={fmt['clean']} pgd20={fmt['pgd20']} autoattack={fmt['autoattack']}")
+            results.append(f"RESULT method={m} protocol={proto} clean={fmt['clean']} pgd20={fmt['pgd20']} "
+                           f"autoattack={fmt['autoattack']}")
+    save()
+    print("\n".join(results))
 
 
 if __name__ == "__main__":
