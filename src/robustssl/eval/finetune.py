@@ -72,22 +72,25 @@ class FinetuneSettings:
         return [lr_at(e, self.lr, self.epochs, self.lr_milestones) for e in range(self.epochs)]
 
 
-def warn_short_attack(prefix: str, steps: int, alpha: float, eps: float) -> None:
-    """A KL attack whose steps x alpha falls short of eps trains against a weaker threat than the one evaluated."""
-    if steps * alpha < eps * (1 - 1e-6):
-        warnings.warn(f"{prefix}_steps x alpha = {steps} x {alpha:g} = {steps * alpha:g} cannot reach eps {eps:g}: finetuning "
+def kl_attack(prefix: str, steps: int, alpha: float | None, eval_cfg: EvalConfig) -> PGDConfig:
+    """The TRADES KL attack of a finetuning stage (`prefix`: "eval.aff" or "postprocess.aft"):
+    eval_cfg.eps, `steps` steps of `alpha` (None: eval_cfg.pgd_alpha). Warns when steps x alpha
+    falls short of eps: finetuning would train against a weaker threat than the one evaluated."""
+    step = eval_cfg.pgd_alpha if alpha is None else alpha
+    eps = eval_cfg.eps
+    if steps * step < eps * (1 - 1e-6):
+        warnings.warn(f"{prefix}_steps x alpha = {steps} x {step:g} = {steps * step:g} cannot reach eps {eps:g}: finetuning "
                       f"trains against a weaker attack than the evaluation's; set {prefix}_alpha >= {eps / steps:g}",
                       stacklevel=3)
+    return PGDConfig(eps=eps, alpha=step, steps=steps, norm="linf", random_start=False)
 
 
 def aff_settings(cfg: EvalConfig) -> FinetuneSettings:
     """The AFF protocol's settings from the eval config (eval.aff_*, eval.eps, eval.seed; the
     attack's step is eval.aff_alpha, or eval.pgd_alpha when that is unset)."""
-    alpha = cfg.pgd_alpha if cfg.aff_alpha is None else cfg.aff_alpha
-    warn_short_attack("eval.aff", cfg.aff_steps, alpha, cfg.eps)
     return FinetuneSettings(
         epochs=cfg.aff_epochs, lr=cfg.aff_lr, batch_size=cfg.aff_batch_size, beta=cfg.aff_beta,
-        attack=PGDConfig(eps=cfg.eps, alpha=alpha, steps=cfg.aff_steps, norm="linf", random_start=False),
+        attack=kl_attack("eval.aff", cfg.aff_steps, cfg.aff_alpha, cfg),
         weight_decay=AFF_WEIGHT_DECAY, lr_milestones=AFF_LR_MILESTONES, augment=cfg.aff_augment, seed=cfg.seed,
     )
 

@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from ..attacks.pgd import PGDConfig
 from ..config import EvalConfig, PostprocessConfig
 from ..data.dataset import ImageDataset
 from ..errors import ConfigError
 from ..eval.classifier import FinetuneClassifier, LinearEvalModel
-from ..eval.finetune import FinetuneSettings, finetune_trades, warn_short_attack
+from ..eval.finetune import FinetuneSettings, finetune_trades, kl_attack
 from ..eval.linear import extract_features, train_slf
 from ..models.dual_bn import bn_branch, model_mode
 from ..models.encoder import SSLModel
@@ -41,11 +40,9 @@ __all__ = ["AFT_LR_MILESTONES", "AFT_WEIGHT_DECAY", "aft_settings", "cluster_fea
 def aft_settings(pp: PostprocessConfig, ev: EvalConfig) -> FinetuneSettings:
     """AFT's TRADES settings: postprocess.aft_* and the evaluation threat model (eval.eps; the
     attack's step is postprocess.aft_alpha, or eval.pgd_alpha when that is unset)."""
-    alpha = ev.pgd_alpha if pp.aft_alpha is None else pp.aft_alpha
-    warn_short_attack("postprocess.aft", pp.aft_steps, alpha, ev.eps)
     return FinetuneSettings(
         epochs=pp.aft_epochs, lr=pp.aft_lr, batch_size=pp.aft_batch_size, beta=pp.aft_beta,
-        attack=PGDConfig(eps=ev.eps, alpha=alpha, steps=pp.aft_steps, norm="linf", random_start=False),
+        attack=kl_attack("postprocess.aft", pp.aft_steps, pp.aft_alpha, ev),
         weight_decay=AFT_WEIGHT_DECAY, lr_milestones=AFT_LR_MILESTONES, augment=pp.aft_augment, seed=pp.seed,
     )
 
