@@ -40,8 +40,8 @@ def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor
     return torch.rand(n, device=device) * (hi - lo) + lo
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] -> [B, 1, H, W] luma."""
+def to_gray(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 1, H, W] ITU-R 601 luma (as torchvision/PIL grayscale)."""
     w = torch.tensor(LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     return (x * w).sum(1, keepdim=True)
 
@@ -117,17 +117,17 @@ class ContrastiveAugment(nn.Module):
         if self.brightness > 0:
             x = (x * factor(self.brightness)).clamp(0, 1)
         if self.contrast > 0:
-            mean = (_gray(x) if self.channels == 3 else x).mean(dim=(1, 2, 3), keepdim=True)
+            mean = (to_gray(x) if self.channels == 3 else x).mean(dim=(1, 2, 3), keepdim=True)
             x = ((x - mean) * factor(self.contrast) + mean).clamp(0, 1)
         if self.saturation > 0:
-            g = _gray(x)
+            g = to_gray(x)
             x = ((x - g) * factor(self.saturation) + g).clamp(0, 1)
         if self.hue > 0:
             shift = on.view(n) * _uniform(n, -self.hue, self.hue, dev)
             x = _hue_rotate(x, shift).clamp(0, 1)
         if self.grayscale_p > 0:
             gray = (torch.rand(n, device=dev) < self.grayscale_p).view(n, 1, 1, 1)
-            x = torch.where(gray, _gray(x).expand_as(x), x)
+            x = torch.where(gray, to_gray(x).expand_as(x), x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

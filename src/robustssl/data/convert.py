@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch.nn import functional as F
 
-from .augment import LUMA
+from .augment import to_gray
 from .dataset import ImageDataset
 
 __all__ = ["convert_dataset", "convert_images", "describe_conversion"]
@@ -31,11 +31,10 @@ def convert_images(images: torch.Tensor, channels: int, size: tuple[int, int], b
     if (c, h, w) == (channels, *size):
         return images
     out = torch.empty((n, channels, *size), dtype=torch.uint8, device=images.device)
-    luma = torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)
     for s in range(0, n, batch_size):
         x = images[s : s + batch_size].float().div_(255.0)
         if c == 3 and channels == 1:
-            x = (x * luma).sum(1, keepdim=True)
+            x = to_gray(x)
         elif c == 1 and channels == 3:
             x = x.expand(-1, 3, -1, -1)
         if (h, w) != tuple(size):
