@@ -38,7 +38,7 @@ from ..data.dataset import ImageDataset
 from ..errors import RunError
 from ..losses.trades import TRADES_START_STD, trades_loss
 from .classifier import FinetuneClassifier
-from .linear import lr_at, train_subset
+from .linear import lr_at, set_lr, to_unit, train_subset
 
 MOMENTUM = 0.9
 AFF_WEIGHT_DECAY = 2e-4
@@ -128,13 +128,12 @@ def finetune_trades(
     n = len(train)
     history: dict[str, list[float]] = {"loss": [], "ce": [], "kl": []}
     for epoch, lr in enumerate(s.epoch_lrs()):
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         order = torch.randperm(n, generator=order_gen)
         sums = dict.fromkeys(history, 0.0)
         for start in range(0, n, s.batch_size):
             idx = order[start : start + s.batch_size].to(train.images.device)
-            x = train.images[idx].to(device).float().div_(255.0)
+            x = to_unit(train.images[idx], device)
             y = labels[idx].to(device)
             if s.augment:
                 x = random_crop_flip(x, CROP_PADDING, order_gen)

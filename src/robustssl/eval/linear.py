@@ -112,7 +112,7 @@ def _labels(train: ImageDataset) -> torch.Tensor:
     return train.labels
 
 
-def _to_unit(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+def to_unit(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float [B, C, H, W] in [0, 1] on `device`."""
     return images.to(device).float().div_(255.0)
 
@@ -120,7 +120,7 @@ def _to_unit(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(model: LinearEvalModel, images: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
     """Encoder features [N, feature_dim] (on `device`) of uint8 images [N, C, H, W]; eval mode, model's branch."""
-    out = [model.features(_to_unit(images[s : s + batch_size], device)) for s in range(0, images.shape[0], batch_size)]
+    out = [model.features(to_unit(images[s : s + batch_size], device)) for s in range(0, images.shape[0], batch_size)]
     return torch.cat(out)
 
 
@@ -128,7 +128,8 @@ def _optimizer(model: LinearEvalModel, cfg: EvalConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.head.parameters(), lr=cfg.linear_lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
 
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group of `opt` to `lr` (the epoch's step schedule)."""
     for group in opt.param_groups:
         group["lr"] = lr
 
@@ -188,7 +189,7 @@ def train_slf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
     losses = []
     model.train()
     for epoch in range(cfg.linear_epochs):
-        _set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
+        set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
         order = torch.randperm(len(train), generator=g).to(device)
         total = 0.0
         for s in range(0, len(train), cfg.linear_batch_size):
@@ -223,12 +224,12 @@ def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
     losses = []
     model.train()
     for epoch in range(cfg.linear_epochs):
-        _set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
+        set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
         order = torch.randperm(len(train), generator=g)
         total = 0.0
         for s in range(0, len(train), cfg.linear_batch_size):
             idx = order[s : s + cfg.linear_batch_size].to(train.images.device)
-            x, y = _to_unit(train.images[idx], device), labels[idx].to(device)
+            x, y = to_unit(train.images[idx], device), labels[idx].to(device)
             # pgd() switches the model to eval mode for the attack and restores train mode after.
             x_adv = pgd(model, x, summed_ce(model, y), attack, mode="eval", generator=attack_gen)
             total += _head_step(model, opt, model(x_adv), y) * idx.numel()

@@ -26,7 +26,7 @@ from ..data.dataset import ImageDataset
 from ..errors import ConfigError
 from ..eval.classifier import FinetuneClassifier, LinearEvalModel
 from ..eval.finetune import FinetuneSettings, finetune_trades, kl_attack
-from ..eval.linear import extract_features, train_slf
+from ..eval.linear import extract_features, to_unit, train_slf
 from ..models.dual_bn import bn_branch, model_mode
 from ..models.encoder import SSLModel
 from .kmeans import kmeans
@@ -55,7 +55,7 @@ def cluster_features(model: SSLModel, images: torch.Tensor, branch: str | None, 
     out = []
     with model_mode(model, "eval"), bn_branch(model, branch):
         for s in range(0, images.shape[0], batch_size):
-            out.append(model.features(images[s : s + batch_size].to(device).float().div_(255.0)).float())
+            out.append(model.features(to_unit(images[s : s + batch_size], device)).float())
     return torch.cat(out)
 
 
