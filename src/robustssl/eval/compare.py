@@ -34,11 +34,10 @@ from ..errors import RunError
 from ..io import atomic_write_text
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config
-from .report import fmt_eps
+from .report import REPORT_FILE, fmt_eps
+from .report import SCHEMA as REPORT_SCHEMA
 
 SCHEMA = "robustssl.compare/1"
-REPORT = "report.json"
-REPORT_SCHEMA = "robustssl.eval/1"
 PHASES = ("augment", "attack", "update", "selection", "postprocess")
 FILES = {"markdown": "compare.md", "json": "compare.json", "robustness": "robustness_vs_eps.png",
          "losses": "loss_curves.png", "times": "time_breakdown.png"}
@@ -85,15 +84,15 @@ def load_run(path: str | Path, label: str | None = None) -> RunRecord:
     if not (path / CONFIG).is_file():
         raise RunError(f"{path} is not a robustssl run (no {CONFIG}); compare takes the run folders written by "
                        "`robustssl pretrain` (or `robustssl postprocess`)")
-    if not (path / REPORT).is_file():
-        raise RunError(f"{path} has no evaluation report (no {REPORT}); {_fix(path)}")
+    if not (path / REPORT_FILE).is_file():
+        raise RunError(f"{path} has no evaluation report (no {REPORT_FILE}); {_fix(path)}")
     cfg = read_run_config(path)
     try:
-        report = json.loads((path / REPORT).read_text())
+        report = json.loads((path / REPORT_FILE).read_text())
         if not isinstance(report, dict) or report.get("schema") != REPORT_SCHEMA or not isinstance(report.get("protocols"), dict):
             raise ValueError(f"not a {REPORT_SCHEMA} report")
     except (ValueError, UnicodeDecodeError) as e:
-        raise RunError(f"{path / REPORT} is damaged or not a robustssl evaluation report ({e}); "
+        raise RunError(f"{path / REPORT_FILE} is damaged or not a robustssl evaluation report ({e}); "
                        f"run `robustssl evaluate --run {path}` again") from None
     summary = None
     if (path / SUMMARY).is_file():

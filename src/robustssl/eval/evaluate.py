@@ -25,7 +25,7 @@ from ..models.encoder import SSLModel
 from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
 from .registry import ATTACKS, PROTOCOLS
-from .report import write_report
+from .report import SCHEMA, write_report
 from .robust import AttackResult, autoattack_accuracy, clean_accuracy, pgd_accuracy
 from .sanity import (
     CHANCE_MARGIN,
@@ -43,7 +43,6 @@ from .sanity import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "robustssl.eval/1"
 PGD_STEPS = 20
 
 __all__ = ["curve_points", "evaluate_classifier", "evaluate_encoder", "write_report"]

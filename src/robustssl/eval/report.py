@@ -47,6 +47,9 @@ from typing import Any
 
 from ..io import atomic_write_text
 
+SCHEMA = "robustssl.eval/1"  # report.json's schema tag
+REPORT_FILE = "report.json"
+
 
 def fmt_eps(eps: float) -> str:
     """0.0313725... -> '0.0314 (8/255)'; plain number when eps is not a multiple of 1/255."""
@@ -260,7 +263,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     full = {**report, "extra": {**report.get("extra", {}), **(extra or {})}}
-    paths = {"json": out / "report.json", "markdown": out / "report.md", "curve": out / "robustness_curve.png"}
+    paths = {"json": out / REPORT_FILE, "markdown": out / "report.md", "curve": out / "robustness_curve.png"}
     atomic_write_text(paths["json"], json.dumps(full, indent=2, default=str) + "\n")
     atomic_write_text(paths["markdown"], render_markdown(full))
     plot_robustness_curve(full, paths["curve"])
