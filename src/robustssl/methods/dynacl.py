@@ -48,18 +48,18 @@ class DynACLSettings(ContrastiveSettings):
 class DynACL(ACL):
     name = "dynacl"
     Settings = DynACLSettings
+    epochs: int  # the run's length E: required here (checked in __init__)
 
     def __init__(self, settings: DynACLSettings, augment: ContrastiveAugment, attack: PGDConfig, *,
                  epochs: int | None = None) -> None:
         super().__init__(settings, augment, attack, epochs=epochs)
         if epochs is None:
             raise ValueError("dynacl anneals its augmentation over the run: pass epochs= (build_method passes train.epochs)")
-        self.total_epochs: int = epochs
         self.start_epoch(0)
 
     def start_epoch(self, epoch: int) -> None:
         """Set s and w for the 0-based `epoch`; the augmentation is rebuilt at strength s."""
-        self.strength = strength(epoch, self.total_epochs, self.settings.k)
+        self.strength = strength(epoch, self.epochs, self.settings.k)
         self.w = adversarial_weight(self.strength)
         self.augment = self.augment.with_strength(self.strength)
 
