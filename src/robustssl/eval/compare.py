@@ -34,7 +34,7 @@ from ..errors import RunError
 from ..io import atomic_write_text
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config
-from .report import REPORT_FILE, fmt_eps
+from .report import REPORT_FILE, agg_figure, fmt_eps, plot_pgd_curves, save_axes
 from .report import SCHEMA as REPORT_SCHEMA
 
 SCHEMA = "robustssl.compare/1"
@@ -205,39 +205,18 @@ def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, s
     return "\n".join(lines)
 
 
-def _figure(width: float = 6.4, height: float = 4.0) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_robustness(runs: list[RunRecord], path: Path) -> Path:
     """PGD-20 accuracy vs eps for every run and protocol, on one figure (dotted lines: the eps evaluated at)."""
-    fig = _figure()
+    fig = agg_figure(6.4, 4.0)
     ax = fig.add_subplot(1, 1, 1)
-    for r in runs:
-        for name, p in r.report["protocols"].items():
-            ax.plot([c["eps"] for c in p["curve"]], [100 * c["accuracy"] for c in p["curve"]], marker="o",
-                    label=f"{r.label} {name.upper()}")
-    for eps in sorted({r.report["settings"]["eps"] for r in runs}):
-        ax.axvline(eps, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("eps (l_inf, inputs in [0, 1])")
-    ax.set_ylabel("accuracy under PGD-20 (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Robust accuracy vs eps")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    curves = [(f"{r.label} {name.upper()}", p["curve"]) for r in runs for name, p in r.report["protocols"].items()]
+    plot_pgd_curves(ax, curves, sorted({r.report["settings"]["eps"] for r in runs}))
+    return save_axes(fig, ax, "Robust accuracy vs eps", path, "small")
 
 
 def plot_losses(runs: list[RunRecord], path: Path) -> Path:
     """Per-epoch mean training loss of every run that logged one."""
-    fig = _figure()
+    fig = agg_figure(6.4, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     for r in runs:
         if r.epoch_loss:
@@ -247,12 +226,7 @@ def plot_losses(runs: list[RunRecord], path: Path) -> Path:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss (each method's own)")
-    ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return save_axes(fig, ax, "Training loss", path, "small")
 
 
 def phase_breakdown(run: RunRecord) -> dict[str, float]:
@@ -267,7 +241,7 @@ def phase_breakdown(run: RunRecord) -> dict[str, float]:
 
 def plot_times(runs: list[RunRecord], path: Path) -> Path:
     """Stacked horizontal bars: each run's training seconds split by phase."""
-    fig = _figure(6.4, 1.2 + 0.5 * len(runs))
+    fig = agg_figure(6.4, 1.2 + 0.5 * len(runs))
     ax = fig.add_subplot(1, 1, 1)
     breakdowns = [phase_breakdown(r) if r.summary is not None else {} for r in runs]
     names = list(dict.fromkeys(k for b in breakdowns for k in b))

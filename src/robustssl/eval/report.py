@@ -225,33 +225,46 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def plot_robustness_curve(report: dict[str, Any], path: str | Path) -> Path:
-    """PGD-20 accuracy vs eps, one line per protocol, saved as a PNG (Agg canvas, no pyplot state).
-
-    matplotlib is imported here, not at module level, so importing the eval package stays cheap.
-    """
+def agg_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on an Agg canvas (no pyplot state). matplotlib is imported here, not at
+    module level, so importing the eval package stays cheap."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5, 3.6), dpi=120)
+    fig = Figure(figsize=(width, height), dpi=120)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for name, p in report["protocols"].items():
-        eps = [r["eps"] for r in p["curve"]]
-        acc = [100 * r["accuracy"] for r in p["curve"]]
-        ax.plot(eps, acc, marker="o", label=name.upper())
-    ax.axvline(report["settings"]["eps"], color="gray", linestyle=":", linewidth=1)
-    n = report["test_subset"]["n_examples"]
+    return fig
+
+
+def plot_pgd_curves(ax: Any, curves: list[tuple[str, list[dict[str, Any]]]], eps_marks: list[float]) -> None:
+    """PGD-20 accuracy (%) vs eps on `ax`: one line per (label, curve points), a dotted line at each eps in `eps_marks`."""
+    for label, curve in curves:
+        ax.plot([c["eps"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o", label=label)
+    for eps in eps_marks:
+        ax.axvline(eps, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("eps (l_inf, inputs in [0, 1])")
     ax.set_ylabel("accuracy under PGD-20 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(f"Robustness curve ({n} test images" + (", SUBSET)" if report["test_subset"]["used"] else ")"))
+
+
+def save_axes(fig: Any, ax: Any, title: str, path: str | Path, legend_size: str | None = None) -> Path:
+    """Title, grid and legend on `ax`, then `fig` saved (tight layout) as a PNG at `path`."""
+    ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=legend_size)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
     return path
+
+
+def plot_robustness_curve(report: dict[str, Any], path: str | Path) -> Path:
+    """PGD-20 accuracy vs eps, one line per protocol, saved as a PNG."""
+    fig = agg_figure(5, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    plot_pgd_curves(ax, [(name.upper(), p["curve"]) for name, p in report["protocols"].items()], [report["settings"]["eps"]])
+    n = report["test_subset"]["n_examples"]
+    return save_axes(fig, ax, f"Robustness curve ({n} test images" + (", SUBSET)" if report["test_subset"]["used"] else ")"), path)
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
