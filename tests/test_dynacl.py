@@ -1,7 +1,6 @@
 """DynACL: the strength schedule and loss weights against the paper's formulas, the augmenter
 receiving the annealed parameters, the run's length reaching the method, exact resume across a
 strength change (SIGKILL), and RCS / random coresets trained through DynACL's own loss."""
-import json
 import math
 
 import pytest
@@ -19,6 +18,7 @@ from robustssl.models import ModelSpec, bn_branch, build_model
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 
+from .coreset_runs import run_with_one_selection
 from .datafiles import structured_images, write_fashion_mnist
 from .kill_resume import kill_when, pretrain, resume
 
@@ -152,15 +152,7 @@ def test_coreset_runs_train_dynacl_through_its_own_loss(selector, tmp_path, monk
 
     monkeypatch.setattr(DynACL, "training_loss", spy)
     run = tmp_path / "run"
-    overrides = TINY + [f"data.root={root}", "train.epochs=2", "method.dynacl.k=1", f"coreset.method={selector}",
-                        "coreset.warmup_epochs=1", "coreset.every=1", "coreset.fraction=0.5", "coreset.val_fraction=0.05",
-                        "coreset.rd_steps=1", "optim.batch_size=16"]
-    api.pretrain("dynacl_fmnist_cpu", run, overrides=overrides)
-    summary = json.loads((run / "run.json").read_text())["coreset"]
-    assert summary["method"] == selector and [s["epoch"] for s in summary["selections"]] == [1]
-    epochs = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "epoch"]
-    assert [r["pool_size"] for r in epochs] == [summary["pool_size"], summary["coreset_size"]]
-    assert summary["coreset_size"] < summary["pool_size"]
+    run_with_one_selection("dynacl_fmnist_cpu", run, selector, TINY + [f"data.root={root}", "method.dynacl.k=1"])
     if selector == "random":
         assert calls == []
         return

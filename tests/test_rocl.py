@@ -1,14 +1,12 @@
 """RoCL: the 3-view loss and its regularizer against a float64 loop reference, the instance-wise
 attack (only t(x) perturbed, eps ball, [0,1], eval mode restored), the published projector and
 config rules, and RCS / random coresets trained through RoCL's own loss."""
-import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from robustssl import api
 from robustssl.attacks import PGDConfig
 from robustssl.config import ConfigError, load_config
 from robustssl.coreset.embeddings import candidate_gradients
@@ -21,6 +19,7 @@ from robustssl.methods.rocl import RoCLSettings
 from robustssl.models import ModelSpec, build_model
 from robustssl.train.metrics import read_metrics
 
+from .coreset_runs import run_with_one_selection
 from .datafiles import structured_images, write_fashion_mnist
 
 SPEC = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=False, proj_hidden=16, proj_out=8, proj_layers=2,
@@ -175,15 +174,7 @@ def test_coreset_runs_train_rocl_through_its_own_loss(selector, unit, tmp_path, 
 
     monkeypatch.setattr(RoCL, "training_loss", spy)
     run = tmp_path / "run"
-    overrides = TINY + [f"data.root={root}", "train.epochs=2", f"coreset.method={selector}", f"coreset.unit={unit}",
-                        "coreset.warmup_epochs=1", "coreset.every=1", "coreset.fraction=0.5", "coreset.val_fraction=0.05",
-                        "coreset.rd_steps=1", "optim.batch_size=16"]
-    api.pretrain("rocl_fmnist_cpu", run, overrides=overrides)
-    summary = json.loads((run / "run.json").read_text())["coreset"]
-    assert summary["method"] == selector and [s["epoch"] for s in summary["selections"]] == [1]
-    epochs = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "epoch"]
-    assert [r["pool_size"] for r in epochs] == [summary["pool_size"], summary["coreset_size"]]
-    assert summary["coreset_size"] < summary["pool_size"]
+    run_with_one_selection("rocl_fmnist_cpu", run, selector, TINY + [f"data.root={root}", f"coreset.unit={unit}"])
     steps = [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "step"]
     assert steps and all({"loss_con", "loss_reg"} <= set(r) for r in steps)
     if selector == "random":
