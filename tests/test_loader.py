@@ -89,3 +89,47 @@ def test_colour_jitter_and_grayscale_on_rgb():
     # A hue rotation keeps luma where nothing was clipped.
     keep = unclamped.all(1, keepdim=True)
     assert torch.allclose(((h - x) * luma).sum(1, keepdim=True)[keep], torch.zeros(1), atol=1e-4)
+
+
+def test_fixed_scale_square_patches_have_the_requested_side():
+    # EMP-SSL's patch variant: scale (0.25, 0.25), ratio 1 -> every crop is half the side, square.
+    from robustssl.data.augment import crop_boxes
+
+    theta = crop_boxes(200, (0.25, 0.25), (1.0, 1.0), flip=True, device=torch.device("cpu"))
+    assert torch.allclose(theta[:, 0, 0].abs(), torch.full((200,), 0.5)) and torch.allclose(theta[:, 1, 1], torch.full((200,), 0.5))
+    assert (theta[:, 0, 0] < 0).any() and (theta[:, 0, 0] > 0).any()  # both flip states drawn
+    assert theta[:, :, 2].abs().max() <= 0.5 + 1e-6  # the centre keeps the patch inside the image
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = crop_boxes(5, (0.08, 1.0), (0.75, 4 / 3), True, torch.device("cpu"), g1)
+    assert torch.equal(a, crop_boxes(5, (0.08, 1.0), (0.75, 4 / 3), True, torch.device("cpu"), g2))
+
+
+def test_gaussian_blur_matches_a_float64_reference_and_keeps_constants():
+    from robustssl.data.augment import gaussian_blur
+
+    x = torch.rand(3, 2, 16, 16, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    y = gaussian_blur(x, sigma)
+    for i, s in enumerate(sigma.tolist()):  # direct 2-D reference: reflect-padded, normalized outer-product kernel
+        r = 6  # ceil(3 x the largest sigma, 2.0); the blur uses one radius for the whole batch
+        t = torch.arange(-r, r + 1, dtype=torch.float64)
+        k1 = torch.exp(-0.5 * (t / s) ** 2)
+        k2 = torch.outer(k1, k1) / k1.sum() ** 2
+        padded = torch.nn.functional.pad(x[i:i + 1], (r, r, r, r), mode="reflect")[0]
+        ref = torch.stack([torch.nn.functional.conv2d(padded[c][None, None], k2[None, None])[0, 0] for c in range(2)])
+        assert torch.allclose(y[i], ref, atol=1e-12)
+    const = torch.full((2, 3, 8, 8), 0.3)
+    assert torch.allclose(gaussian_blur(const, torch.tensor([0.7, 1.9])), const, atol=1e-6)
+
+
+def test_blur_and_solarize_follow_their_probabilities():
+    x = torch.rand(64, 3, 8, 8)
+    plain = AugmentSpec(crop_scale=(1, 1), flip=False, jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0)
+    solar = ContrastiveAugment(AugmentSpec(**{**plain.__dict__, "solarize_p": 1.0}), 8, 3)
+    assert torch.allclose(solar(x), torch.where(x >= 0.5, 1 - x, x), atol=1e-6)
+    blur = ContrastiveAugment(AugmentSpec(**{**plain.__dict__, "blur_p": 1.0, "blur_sigma": (1.0, 2.0)}), 8, 3)
+    out = blur(x)
+    assert (out - x).abs().flatten(1).max(1).values.min() > 1e-3  # every image blurred
+    assert out.std() < x.std()
+    off = ContrastiveAugment(plain, 8, 3)
+    assert torch.allclose(off(x), x, atol=1e-6)

@@ -67,6 +67,10 @@ class AugmentConfig:
     jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = unit_interval(0.8)
     grayscale_p: float = unit_interval(0.2)
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # aspect-ratio range of the crop
+    blur_p: float = unit_interval(0.0)  # Gaussian blur (EMP-SSL: 0.1)
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  # its sigma range, pixels
+    solarize_p: float = unit_interval(0.0)  # solarize (EMP-SSL: 0.1)
 
 
 @dataclass
@@ -242,6 +246,11 @@ def _validate(cfg: RunConfig) -> None:
     crop = cfg.augment.crop_scale
     if len(crop) != 2 or not 0 < crop[0] <= crop[1] <= 1:
         raise ConfigError(f"augment.crop_scale must be [low, high] with 0 < low <= high <= 1, got {cfg.augment.crop_scale}")
+    ratio, sigma = cfg.augment.crop_ratio, cfg.augment.blur_sigma
+    if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"augment.crop_ratio must be [low, high] with 0 < low <= high, got {ratio}")
+    if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+        raise ConfigError(f"augment.blur_sigma must be [low, high] with 0 < low <= high, got {sigma}")
     if len(cfg.augment.jitter) != 4 or any(v < 0 for v in cfg.augment.jitter):
         raise ConfigError(f"augment.jitter must be 4 non-negative numbers [brightness, contrast, saturation, hue], got {cfg.augment.jitter}")
     if not 0 < cfg.coreset.fraction <= 1:

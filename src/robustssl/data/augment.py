@@ -23,10 +23,13 @@ LUMA = (0.299, 0.587, 0.114)
 class AugmentSpec:
     """SimCLR/ACL view recipe. `ContrastiveAugment`'s strength in [0,1] scales it (1 = this recipe; DynACL anneals it).
 
-    crop_scale: lower/upper area fraction of the random resized crop (aspect ratio in
-    [3/4, 4/3]). jitter: (brightness, contrast, saturation, hue), applied with probability
-    jitter_p, in that fixed order. Grayscale images get brightness/contrast only and no
-    random grayscale (saturation, hue and grayscale are meaningless with one channel).
+    crop_scale: lower/upper area fraction of the random resized crop; crop_ratio: its aspect
+    ratio range (EMP-SSL's fixed-scale patches use scale (0.25, 0.25), ratio (1, 1)).
+    jitter: (brightness, contrast, saturation, hue), applied with probability jitter_p, in
+    that fixed order. Grayscale images get brightness/contrast only and no random grayscale
+    (saturation, hue and grayscale are meaningless with one channel). blur_p: Gaussian blur
+    with sigma ~ U(blur_sigma) (EMP-SSL: p 0.1, sigma in [0.1, 2]); solarize_p: pixels
+    >= 0.5 inverted (EMP-SSL: p 0.1). Both off in the SimCLR/ACL recipe.
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -34,10 +37,60 @@ class AugmentSpec:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
 
 
-def _uniform(n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
-    return torch.rand(n, device=device) * (hi - lo) + lo
+def _uniform(n: int, lo: float, hi: float, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.rand(n, device=device, generator=generator) * (hi - lo) + lo
+
+
+def crop_boxes(n: int, scale: tuple[float, float], ratio: tuple[float, float], flip: bool, device: torch.device,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """n random resized crops (and flips) as affine matrices theta [n, 2, 3] for `resample`.
+
+    Area fraction a ~ U(scale), log aspect ~ U(log ratio) clamped to [log a, -log a] so the
+    crop always fits: the area is exact and no rejection loop is needed (torchvision re-draws
+    up to 10 times, then falls back to the whole image). generator: a generator on `device`
+    (a fixed crop set), or None for torch's RNG of the device (checkpointed with the run).
+    """
+    area = _uniform(n, *scale, device, generator)
+    log_area = torch.log(area)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), device, generator)
+    log_ratio = torch.maximum(torch.minimum(log_ratio, -log_area), log_area)
+    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # crop side / image side
+    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    cx = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
+    cy = (torch.rand(n, device=device, generator=generator) * 2 - 1) * (1 - h)
+    sign = torch.ones(n, device=device)
+    if flip:
+        sign = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    return theta
+
+
+def resample(x: torch.Tensor, theta: torch.Tensor, size: int) -> torch.Tensor:
+    """x [B, C, H, W] -> [B, C, size, size]: each image's crop theta [B, 2, 3] (from `crop_boxes`),
+    bilinear, one grid-sample (differentiable in x: attacks go through it)."""
+    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of x [B, C, H, W] with its own sigma [B] (pixels): a separable kernel of
+    radius ceil(3 max sigma) (capped by the image), reflect-padded, as grouped convolutions."""
+    b, c, h, w = x.shape
+    radius = max(1, min(math.ceil(3 * float(sigma.max())), (min(h, w) - 1) // 2))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, 2r+1]: one kernel per image and channel
+    y = F.pad(x.reshape(1, b * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(b * c, 1, 1, -1), groups=b * c)
+    y = F.conv2d(y, k.view(b * c, 1, -1, 1), groups=b * c)
+    return y.view(b, c, h, w)
 
 
 def to_gray(x: torch.Tensor) -> torch.Tensor:
@@ -62,8 +115,8 @@ class ContrastiveAugment(nn.Module):
     """x: float [B, C, H, W] in [0,1] -> one random view of each image, [B, C, size, size], in [0,1].
 
     strength s in [0, 1] scales the recipe (DynACL): the crop's lower bound becomes
-    1 - (1 - lo) * s (lo = 0.1 gives DynACL's 1 - 0.9 s), every jitter amount and the jitter
-    and grayscale probabilities are multiplied by s. s = 1 is `spec` itself.
+    1 - (1 - lo) * s (lo = 0.1 gives DynACL's 1 - 0.9 s), every jitter amount and the jitter,
+    grayscale, blur and solarize probabilities are multiplied by s. s = 1 is `spec` itself.
     """
 
     def __init__(self, spec: AugmentSpec, image_size: int, channels: int, strength: float = 1.0) -> None:
@@ -81,31 +134,15 @@ class ContrastiveAugment(nn.Module):
         self.saturation, self.hue = (s, h) if channels == 3 else (0.0, 0.0)
         self.jitter_p = spec.jitter_p * strength
         self.grayscale_p = spec.grayscale_p * strength if channels == 3 else 0.0
+        self.blur_p, self.solarize_p = spec.blur_p * strength, spec.solarize_p * strength
 
     def with_strength(self, strength: float) -> ContrastiveAugment:
         """The same recipe (spec, image size, channels) at another strength."""
         return ContrastiveAugment(self.spec, self.size, self.channels, strength)
 
     def crop_and_flip(self, x: torch.Tensor) -> torch.Tensor:
-        """Random resized crop and flip, one grid-sample.
-
-        Area fraction a ~ U(scale), log aspect ~ U(log 3/4, log 4/3) clamped to [log a, -log a]
-        so the crop always fits: the area is exact and no rejection loop is needed
-        (torchvision re-draws up to 10 times, then falls back to the whole image).
-        """
-        n, dev = x.shape[0], x.device
-        area = _uniform(n, *self.scale, dev)
-        log_area = torch.log(area)
-        log_ratio = torch.maximum(torch.minimum(_uniform(n, math.log(3 / 4), math.log(4 / 3), dev), -log_area), log_area)
-        w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)  # crop side / image side
-        h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
-        cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)  # centre in [-1, 1] coordinates
-        cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
-        sign = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0) if self.flip else torch.ones(n, device=dev)
-        theta = torch.zeros(n, 2, 3, device=dev, dtype=x.dtype)
-        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
-        grid = F.affine_grid(theta, [n, x.shape[1], self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        """Random resized crop and flip (`crop_boxes`), one grid-sample."""
+        return resample(x, crop_boxes(x.shape[0], self.scale, self.spec.crop_ratio, self.flip, x.device), self.size)
 
     def colour(self, x: torch.Tensor) -> torch.Tensor:
         n, dev = x.shape[0], x.device
@@ -130,5 +167,18 @@ class ContrastiveAugment(nn.Module):
             x = torch.where(gray, to_gray(x).expand_as(x), x)
         return x
 
+    def blur_and_solarize(self, x: torch.Tensor) -> torch.Tensor:
+        """EMP-SSL's extra ops: Gaussian blur with probability blur_p, then solarize with solarize_p."""
+        n, dev = x.shape[0], x.device
+        if self.blur_p > 0:
+            on = torch.rand(n, device=dev) < self.blur_p
+            sigma = _uniform(n, *self.spec.blur_sigma, dev)
+            if bool(on.any()):
+                x = torch.where(on.view(n, 1, 1, 1), gaussian_blur(x, sigma), x)
+        if self.solarize_p > 0:
+            on = (torch.rand(n, device=dev) < self.solarize_p).view(n, 1, 1, 1)
+            x = torch.where(on & (x >= 0.5), 1 - x, x)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.colour(self.crop_and_flip(x)).clamp(0, 1)
+        return self.blur_and_solarize(self.colour(self.crop_and_flip(x))).clamp(0, 1)

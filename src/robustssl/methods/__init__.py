@@ -29,7 +29,8 @@ def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
         raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
     a = cfg.augment
     spec = AugmentSpec(crop_scale=(a.crop_scale[0], a.crop_scale[1]), flip=a.flip, jitter=tuple(a.jitter),  # type: ignore[arg-type]
-                       jitter_p=a.jitter_p, grayscale_p=a.grayscale_p)
+                       jitter_p=a.jitter_p, grayscale_p=a.grayscale_p, crop_ratio=(a.crop_ratio[0], a.crop_ratio[1]),
+                       blur_p=a.blur_p, blur_sigma=(a.blur_sigma[0], a.blur_sigma[1]), solarize_p=a.solarize_p)
     attack = PGDConfig(cfg.attack.eps, cfg.attack.alpha, cfg.attack.steps, cfg.attack.norm, cfg.attack.random_start)
     return METHODS[cfg.method.name](cfg.method.params, ContrastiveAugment(spec, image_size, channels), attack,
                                     epochs=cfg.train.epochs)
