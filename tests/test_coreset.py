@@ -406,7 +406,7 @@ def test_head_and_reattack_every_are_validated_config_keys():
         load_config("acl_fmnist_cpu", ["coreset.reattack_every=-1"])
 
 
-@pytest.mark.parametrize("scope,name", [("last", "acl"), ("projector", "acl"), ("last", "rocl")])
+@pytest.mark.parametrize("scope,name", [("last", "acl"), ("projector", "acl"), ("last", "rocl"), ("last", "robust_emp")])
 def test_stacked_candidate_batches_give_the_rows_of_one_forward_each(scope, name, acl_trained):
     """coreset.candidates_per_forward: in eval mode, stacking candidate batches into one grouped
     forward (attack, loss, head backward) gives each candidate the row of its own forward.
@@ -421,7 +421,11 @@ def test_stacked_candidate_batches_give_the_rows_of_one_forward_each(scope, name
     still = AugmentSpec(crop_scale=(1.0, 1.0), flip=False, jitter=(0.0, 0.0, 0.0, 0.0), jitter_p=0.0, grayscale_p=0.0)
     attack = PGDConfig(0.1, 0.04, 2, random_start=False)
     augment = ContrastiveAugment(still, 28, 1)
-    method = ACL(ContrastiveSettings(0.5), augment, attack) if name == "acl" else RoCL(RoCLSettings(0.5, 4.0), augment, attack)
+    from robustssl.methods.emp import RobustEMPSettings, RobustEMPSSL
+
+    method = {"acl": lambda: ACL(ContrastiveSettings(0.5), augment, attack),
+              "rocl": lambda: RoCL(RoCLSettings(0.5, 4.0), augment, attack),
+              "robust_emp": lambda: RobustEMPSSL(RobustEMPSettings(n_crops=2), augment, attack)}[name]()
     view = HeadView(model, scope)
     units = [torch.arange(8 * i, 8 * i + 8) for i in range(7)]
     one = candidate_gradients(model, method, data, units, "batch", view, chunk=8)

@@ -71,6 +71,7 @@ class AugmentConfig:
     blur_p: float = unit_interval(0.0)  # Gaussian blur (EMP-SSL: 0.1)
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])  # its sigma range, pixels
     solarize_p: float = unit_interval(0.0)  # solarize (EMP-SSL: 0.1)
+    crop_size: int | None = positive(None)  # side of the views in pixels (None: the image's; CPU multi-crop recipes: smaller)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class OptimConfig:
     nesterov: bool = False
     trust_coef: float = non_negative(1e-3)
     lars_exclude_1d: bool = True  # LARS: biases and norm parameters skip adaptation and weight decay
+    lars_clip: bool = False  # LARS: trust ratio r -> min(r / lr, 1) (LARC's clip mode, EMP-SSL's optimizer)
     batch_size: int = positive(512)
     warmup_epochs: float = non_negative(10.0)
     schedule: str = one_of("cosine", ("cosine", "constant"))

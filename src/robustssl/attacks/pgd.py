@@ -86,11 +86,18 @@ def pgd(
             delta.requires_grad_(True)
             loss = loss_fn(x + delta)
             (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                if cfg.norm == "linf":
-                    step = cfg.alpha * grad.sign()
-                else:
-                    step = cfg.alpha * grad / _flat_norm(grad)
-                delta = _project(delta + step, cfg)
-                delta = (x + delta).clamp(0, 1) - x
+            delta = ascend(x, delta, grad, cfg)
     return (x + delta).detach()
+
+
+@torch.no_grad()
+def ascend(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, cfg: PGDConfig) -> torch.Tensor:
+    """One ascent step of the perturbation: delta + alpha * sign(grad) (l_inf) or alpha * grad/||grad||
+    (l_2), projected onto the eps-ball and so that x + delta stays in [0, 1]. Returns a new detached
+    delta. The step of `pgd` and of free adversarial training (`attacks.free`)."""
+    if cfg.norm == "linf":
+        step = cfg.alpha * grad.sign()
+    else:
+        step = cfg.alpha * grad / _flat_norm(grad)
+    delta = _project(delta.detach() + step, cfg)
+    return (x + delta).clamp(0, 1) - x

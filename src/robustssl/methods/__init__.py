@@ -11,19 +11,21 @@ from ..attacks import PGDConfig
 from ..data.augment import AugmentSpec, ContrastiveAugment
 from .acl import ACL
 from .base import Method, NonFiniteLoss, Views
+from .cfamc import CFAMC
 from .dynacl import DynACL
+from .emp import EMPSSL, RobustEMPSSL
 from .rocl import RoCL
 from .simclr import SimCLR
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL, EMPSSL, RobustEMPSSL, CFAMC)}
 
 
 def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
     """The configured method, assembled from explicit parts: its settings, the view augmentation
-    for images of `image_size` x `image_size` with `channels` channels, the training attack and
+    for images with `channels` channels (views of augment.crop_size, or `image_size`, pixels), the training attack and
     the run's number of epochs (`train.epochs`)."""
     if cfg.method.name not in METHODS:
         raise ValueError(f"unknown method {cfg.method.name!r}; valid: {', '.join(METHODS)}")
@@ -32,8 +34,9 @@ def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
                        jitter_p=a.jitter_p, grayscale_p=a.grayscale_p, crop_ratio=(a.crop_ratio[0], a.crop_ratio[1]),
                        blur_p=a.blur_p, blur_sigma=(a.blur_sigma[0], a.blur_sigma[1]), solarize_p=a.solarize_p)
     attack = PGDConfig(cfg.attack.eps, cfg.attack.alpha, cfg.attack.steps, cfg.attack.norm, cfg.attack.random_start)
-    return METHODS[cfg.method.name](cfg.method.params, ContrastiveAugment(spec, image_size, channels), attack,
+    augment = ContrastiveAugment(spec, a.crop_size or image_size, channels)
+    return METHODS[cfg.method.name](cfg.method.params, augment, attack,
                                     epochs=cfg.train.epochs)
 
 
-__all__ = ["ACL", "METHODS", "DynACL", "Method", "NonFiniteLoss", "RoCL", "SimCLR", "Views", "build_method"]
+__all__ = ["ACL", "CFAMC", "EMPSSL", "METHODS", "DynACL", "Method", "NonFiniteLoss", "RoCL", "RobustEMPSSL", "SimCLR", "Views", "build_method"]

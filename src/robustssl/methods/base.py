@@ -70,7 +70,7 @@ class Method:
     Settings: ClassVar[type] = NoSettings
     needs_dual_bn: ClassVar[bool] = False  # defined with dual BatchNorm (a note is printed without it)
     trained_branches: ClassVar[tuple[str, ...]] = ("normal",)  # BN branches the loss trains (dual-BN models)
-    updates_per_batch: ClassVar[int] = 1  # optimizer (and lr-schedule) steps per batch
+    updates_per_batch: int = 1  # optimizer (and lr-schedule) steps per batch (CF-AMC: its replays m)
     # attack and loss honour Batch.groups (stacked independent batches, each its own loss):
     # coreset selection then scores several candidate batches per forward.
     supports_groups: ClassVar[bool] = False

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from ..settings import one_of, positive
+from ..settings import non_negative, one_of, positive
 from .cnn import SmallCNN
-from .heads import mlp_projector
+from .heads import PreFeature, mlp_projector
 from .resnet import ResNet18
 
 ARCHS = ("resnet18", "cnn")
@@ -75,6 +75,8 @@ class ModelConfig:
     proj_out: int = positive(512)
     proj_layers: int = positive(3)
     proj_bn: bool = True
+    proj_last_bn: bool = True  # with proj_bn: BN after the projector's last Linear too (EMP-SSL: false)
+    pre_feature: int = non_negative(0)  # > 0: EMP-SSL's Linear(trunk -> pre_feature)+BN+ReLU ends the encoder
 
 
 @dataclass
@@ -101,7 +103,10 @@ def build_model(spec: ModelSpec) -> SSLModel:
         backbone = SmallCNN(spec.in_channels, spec.width, spec.dual_bn)
     else:
         raise ValueError(f"unknown model.arch {spec.arch!r}; valid: {', '.join(ARCHS)}")
+    if spec.pre_feature:
+        backbone = PreFeature(backbone, spec.pre_feature, spec.dual_bn)
     projector = mlp_projector(
-        backbone.feature_dim, spec.proj_hidden, spec.proj_out, spec.proj_layers, spec.dual_bn, spec.proj_bn  # type: ignore[arg-type]
+        backbone.feature_dim, spec.proj_hidden, spec.proj_out, spec.proj_layers, spec.dual_bn, spec.proj_bn,  # type: ignore[arg-type]
+        spec.proj_last_bn,
     )
     return SSLModel(backbone, projector, tuple(spec.mean), tuple(spec.std))

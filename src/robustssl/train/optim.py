@@ -13,15 +13,19 @@ from ..config import OptimConfig
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and a layer-wise trust ratio (You et al. 2017).
 
-    For each adapted parameter: g <- g + wd * w;  g <- trust_coef * ||w|| / ||g|| * g;
-    buf <- momentum * buf + g;  w <- w - lr * buf. Parameter groups with `lars=False` skip
+    For each adapted parameter: g <- g + wd * w;  r = trust_coef * ||w|| / ||g||, or with `clip`
+    (LARC's clip mode, EMP-SSL's optimizer) r = min(r / lr, 1), so the effective step is never
+    above lr; g <- r * g;  buf <- momentum * buf + g;  w <- w - lr * buf (with `nesterov`:
+    w <- w - lr * (g + momentum * buf)). Parameter groups with `lars=False` skip
     weight decay and the trust ratio: with `optim.lars_exclude_1d` (SimCLR's convention) the
     biases and normalization parameters form that group; the ACL/RCS code adapts every
     parameter (`lars_exclude_1d: false` in their recipes).
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coef: float = 1e-3) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coef=trust_coef, lars=True))
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, trust_coef: float = 1e-3,
+                 clip: bool = False, nesterov: bool = False) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coef=trust_coef, lars=True,
+                                      clip=clip, nesterov=nesterov))
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -34,13 +38,15 @@ class LARS(torch.optim.Optimizer):
                     g = g.add(p, alpha=group["weight_decay"])
                     w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
                     trust = torch.where((w_norm > 0) & (g_norm > 0), group["trust_coef"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    if group["clip"]:
+                        trust = torch.clamp(trust / group["lr"], max=1.0)
                     g = g * trust
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)
                 buf = state["momentum_buffer"]
                 buf.mul_(group["momentum"]).add_(g)
-                p.add_(buf, alpha=-group["lr"])
+                p.add_(g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf, alpha=-group["lr"])
         return None
 
 
@@ -60,7 +66,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         if not cfg.lars_exclude_1d:  # the ACL/RCS code: adaptation and weight decay on every parameter
             decay, no_decay = decay + no_decay, []
         groups: list[dict[str, Any]] = [{"params": decay}] + ([{"params": no_decay, "lars": False, "weight_decay": 0.0}] if no_decay else [])
-        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coef=cfg.trust_coef)
+        return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coef=cfg.trust_coef,
+                    clip=cfg.lars_clip, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "sgd":
         sgd_groups: list[dict[str, Any]] = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.SGD(

@@ -1,0 +1,125 @@
+"""Robust EMP-SSL (PGD-K crops) vs CF-AMC-SSL (free adversarial training, m replays, E/m passes):
+training wall-clock ratio and clean / PGD-20 / AutoAttack accuracy of both, per evaluation mode,
+over seeds, side by side in one process.
+
+Both arms train from their bundled recipes (`robust_emp_fmnist_cpu`, `cfamc_fmnist_cpu` on a CPU:
+the same model, data, crops and optimizer; only the adversarial training differs), with `--extra`
+overrides applied to both. The arm order alternates between seeds, so slow drift of a shared
+machine does not always fall on the same arm. Each seed's ratio is robust EMP-SSL's training
+seconds over CF-AMC-SSL's; the bound is the ratio of forward-backward passes per image,
+E_pgd (K + 1) / (E_free m), which a measured ratio should not exceed (augmentation and the
+optimizer step are the same per batch in both arms, so they pull the ratio below it).
+
+    cd benchmarks && python free_vs_pgd.py --runs runs/free_vs_pgd --json results/free_vs_pgd_cpu.json
+
+The last line: RESULT ratio=<median x> robust_emp_pgd20=<mean %> cfamc_pgd20=<mean %> (full-image SLF).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustssl import api
+from robustssl.config import load_config
+from timing import machine
+
+ARMS = {"robust_emp": "robust_emp_fmnist_cpu", "cfamc": "cfamc_fmnist_cpu"}
+
+
+def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{protocol: {clean, pgd20, autoattack, sanity_passed}} from an evaluation report."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, p in report["protocols"].items():
+        acc = {a["attack"]: a["accuracy"] for a in p["attacks"]}
+        out[name] = {"clean": p["clean"]["accuracy"], "pgd20": acc.get("pgd20"), "autoattack": acc.get("autoattack"),
+                     "sanity_passed": bool(p["sanity_passed"])}
+    return out
+
+
+def pass_bound(extra: list[str]) -> dict[str, Any]:
+    """Forward-backward passes per image over each arm's whole run, and their ratio (the speed-up's bound)."""
+    pgd = load_config(ARMS["robust_emp"], extra)
+    free = load_config(ARMS["cfamc"], extra)
+    pgd_passes = pgd.train.epochs * (pgd.attack.steps + 1)
+    free_passes = free.train.epochs * free.method.params.replays
+    return {"robust_emp_passes": pgd_passes, "cfamc_passes": free_passes, "bound": pgd_passes / free_passes}
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--protocols", default="slf,slf-mc", help="evaluation protocols (full image; mean of crops)")
+    p.add_argument("--extra", default="", help="comma-separated overrides for both pretraining runs")
+    p.add_argument("--eval-extra", default="", help="comma-separated overrides for every evaluation")
+    p.add_argument("--runs", required=True, help="folder for the run folders (kept)")
+    p.add_argument("--json", help="write every number here (after each run)")
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = [e for e in args.extra.split(",") if e]
+    eval_extra = [e for e in args.eval_extra.split(",") if e]
+    runs = Path(args.runs)
+    bound = pass_bound(extra)
+    where = machine(torch.device("cpu"))
+    rows: list[dict[str, Any]] = []
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": where, "settings": vars(args), "threads": torch.get_num_threads(),
+                                                   "bound": bound, "rows": rows}, indent=2))
+
+    for i, seed in enumerate(seeds):
+        order = list(ARMS) if i % 2 == 0 else list(ARMS)[::-1]
+        for arm in order:
+            out = runs / f"{arm}-{seed}"
+            started = time.perf_counter()
+            result = api.pretrain(ARMS[arm], out, overrides=extra + [f"train.seed={seed}"])
+            report = api.evaluate(out, overrides=[f"eval.protocols=[{args.protocols}]", *eval_extra])
+            rows.append({"seed": seed, "arm": arm, "run": str(out), "train_s": result.seconds, "steps": result.steps,
+                         "phase_seconds": result.phase_seconds, "total_s": time.perf_counter() - started,
+                         "protocols": protocol_numbers(report)})
+            nums = "; ".join(f"{k} clean {v['clean']:.3f} pgd20 {v['pgd20']:.3f} AA {v['autoattack']}"
+                             for k, v in rows[-1]["protocols"].items())
+            print(f"seed {seed} {arm:10s}: train {result.seconds:.0f}s ({result.steps} batches); {nums}", flush=True)
+            save()
+
+    by = {(r["seed"], r["arm"]): r for r in rows}
+    ratios = [by[(s, "robust_emp")]["train_s"] / by[(s, "cfamc")]["train_s"] for s in seeds]
+    print(f"\nmachine: {where}; torch threads {torch.get_num_threads()}; seeds {seeds}; extra {extra or 'none'}")
+    print(f"passes per image: robust EMP-SSL {bound['robust_emp_passes']}, CF-AMC-SSL {bound['cfamc_passes']} "
+          f"-> bound {bound['bound']:.2f}x")
+    print(f"training time ratio per seed: {', '.join(f'{r:.2f}x' for r in ratios)}")
+    if max(ratios) > bound["bound"]:
+        print("WARNING: a ratio is above the pass-count bound: a measurement problem (machine drift); do not report it as is")
+    print("| arm | protocol | clean % | PGD-20 % | AutoAttack % | sanity | train s (mean) |")
+    print("|---|---|---|---|---|---|---|")
+    means: dict[tuple[str, str], float] = {}
+    for arm in ARMS:
+        rs = [r for r in rows if r["arm"] == arm]
+        for proto in rs[0]["protocols"]:
+            vals = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None]
+                    for k in ("clean", "pgd20", "autoattack")}
+            sane = sum(int(r["protocols"][proto]["sanity_passed"]) for r in rs)
+            means[(arm, proto)] = statistics.mean(vals["pgd20"])
+            print(f"| {arm} | {proto} | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | "
+                  f"{sane}/{len(rs)} passed | {statistics.mean(r['train_s'] for r in rs):.0f} |")
+    save()
+    first = args.protocols.split(",")[0]
+    print(f"RESULT ratio={statistics.median(ratios):.2f}x robust_emp_pgd20={100 * means[('robust_emp', first)]:.2f}% "
+          f"cfamc_pgd20={100 * means[('cfamc', first)]:.2f}%")
+
+
+if __name__ == "__main__":
+    main()
