@@ -130,19 +130,22 @@ class MultiCropEvalModel(LinearEvalModel):
         return f.view(self.crops.n, x.shape[0], -1).mean(0)
 
 
-def _multicrop_record(protocol: str, model: LinearEvalModel, record: dict[str, Any]) -> dict[str, Any]:
+def _crops_of(protocol: str, model: LinearEvalModel) -> dict[str, Any]:
+    """The crop set's record of a multi-crop protocol's classifier (TypeError for any other classifier)."""
     if not isinstance(model, MultiCropEvalModel):
         raise TypeError(f"protocol {protocol} trains a MultiCropEvalModel, got {type(model).__name__}")
-    return {**record, "protocol": protocol, "multicrop": model.crops.record()}
+    return model.crops.record()
 
 
 def train_slf_mc(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
     """SLF on multi-crop features: `train_slf` on a `MultiCropEvalModel`, so the head is trained on the
     precomputed crop-mean features of the training images. The record adds the crop set ("multicrop")."""
-    return _multicrop_record("slf-mc", model, train_slf(model, train, cfg, device))
+    crops = _crops_of("slf-mc", model)
+    return {**train_slf(model, train, cfg, device), "protocol": "slf-mc", "multicrop": crops}
 
 
 def train_alf_mc(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
     """ALF on multi-crop features: `train_alf` on a `MultiCropEvalModel`, whose PGD training examples
     perturb the image (one delta) through the crops. The record adds the crop set ("multicrop")."""
-    return _multicrop_record("alf-mc", model, train_alf(model, train, cfg, device))
+    crops = _crops_of("alf-mc", model)
+    return {**train_alf(model, train, cfg, device), "protocol": "alf-mc", "multicrop": crops}
