@@ -176,6 +176,26 @@ class EvalConfig:
     aff_augment: bool = True  # random crop (padding 4) + horizontal flip while finetuning
     seed: int = non_negative(0)
     batch_size: int = positive(500)
+    # multi-crop protocols (slf-mc, alf-mc): the mean of the encoder's features over a fixed, seeded set of crops
+    mc_crops: int = positive(16)  # crops per image (EMP-SSL's robust variants: 16); the encoder sees mc_crops x batch_size
+    mc_crop_scale: list[float] = unit_interval([0.08, 1.0])  # area range of the crops (EMP-SSL's training crops)
+    mc_crop_ratio: list[float] = positive([3 / 4, 4 / 3])  # aspect-ratio range of the crops
+    mc_flip: bool = True  # each crop is mirrored with p = 0.5 (drawn once, with the geometry)
+    mc_seed: int = non_negative(0)  # the seed the crop set is drawn from (once; the same crops for every image)
+
+    def __post_init__(self) -> None:
+        """Rules on pairs of keys (the per-value ranges are the fields' own, checked after this)."""
+        scale, ratio = self.mc_crop_scale, self.mc_crop_ratio
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+            raise ConfigError(
+                f"eval.mc_crop_scale must be [low, high] with 0 < low <= high <= 1 (area fractions of the image), "
+                f"got {scale}; for example eval.mc_crop_scale=[0.08,1.0]"
+            )
+        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+            raise ConfigError(
+                f"eval.mc_crop_ratio must be [low, high] with 0 < low <= high (width / height), got {ratio}; "
+                f"for example eval.mc_crop_ratio=[0.75,1.3333]"
+            )
 
 
 @dataclass

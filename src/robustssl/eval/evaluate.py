@@ -187,7 +187,8 @@ def evaluate_encoder(
 
     train / test: labelled uint8 splits. For each protocol a classifier (encoder + a fresh
     linear head) is trained on `train` (a seeded subset of cfg.train_examples when set):
-    "slf" / "alf" train the head on a frozen copy of the encoder (eval mode), "aff"
+    "slf" / "alf" train the head on a frozen copy of the encoder (eval mode), "slf-mc" /
+    "alf-mc" the same on the mean features of cfg's fixed crop set (multicrop.py), "aff"
     finetunes encoder and head with TRADES on its own copy (train mode). Each classifier is
     then evaluated on the first cfg.n_examples test images (all when None): clean accuracy,
     cfg.attacks at cfg.eps, the PGD-20 eps curve, and the sanity checks, in eval mode, fp32.
@@ -214,7 +215,7 @@ def evaluate_encoder(
         else:
             frozen = frozen if frozen is not None else copy.deepcopy(model).to(device)
             encoder = frozen
-        clf = protocol.classifier(encoder, n_classes, used_branch).to(device)
+        clf = protocol.classifier(encoder, n_classes, used_branch, cfg).to(device)
         training = protocol.train(clf, train, cfg, device)
         protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)

@@ -10,11 +10,13 @@ report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
     settings                         the EvalConfig fields, device, bn_branch, trained_branches,
                                      pgd_steps, and the settings of the FGSM / large-eps /
                                      above-chance sanity checks
-    protocols.<slf|alf|aff>
+    protocols.<slf|alf|aff|slf-mc|alf-mc>
       training                       slf / alf (linear head): optimizer settings,
                                      train_examples, epoch_loss, epoch_lr, convergence
                                      {converged, tol, first_phase_epochs, share_at_cut,
                                      detail}, standardized_features, seconds.
+                                     slf-mc / alf-mc: the same, plus multicrop {crops, seed,
+                                     scale, ratio, flip, ops, aggregation, threat_model}.
                                      aff (finetunes_encoder: true): objective "TRADES",
                                      optimizer settings, beta, attack {loss, norm, eps,
                                      alpha, steps, start, mode}, bn_branch, update_mode,
@@ -130,6 +132,13 @@ def _linear_md(t: dict[str, Any]) -> list[str]:
         + (", standardized features (folded into the head)" if t.get("standardized_features") else "")
         + f", {t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}."
     ]
+    mc = t.get("multicrop")
+    if mc:
+        out += ["", (
+            f"Multi-crop classifier: the head reads the mean of the encoder features over {mc['crops']} fixed crops "
+            f"(seed {mc['seed']}, area {mc['scale'][0]:g}-{mc['scale'][1]:g}, aspect ratio {mc['ratio'][0]:.4g}-"
+            f"{mc['ratio'][1]:.4g}, flips {'on' if mc['flip'] else 'off'}; geometry only). Threat model: {mc['threat_model']}."
+        )]
     conv = t.get("convergence")
     if conv:
         out.append("")
