@@ -27,19 +27,10 @@ import torch
 
 from robustssl import api
 from robustssl.config import load_config
-from timing import machine
+from timing import machine, mean_sd, protocol_numbers
 
 ARMS = {"robust_emp": "robust_emp_fmnist_cpu", "cfamc": "cfamc_fmnist_cpu"}
 
-
-def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{protocol: {clean, pgd20, autoattack, sanity_passed}} from an evaluation report."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, p in report["protocols"].items():
-        acc = {a["attack"]: a["accuracy"] for a in p["attacks"]}
-        out[name] = {"clean": p["clean"]["accuracy"], "pgd20": acc.get("pgd20"), "autoattack": acc.get("autoattack"),
-                     "sanity_passed": bool(p["sanity_passed"])}
-    return out
 
 
 def pass_bound(extra: list[str]) -> dict[str, Any]:
@@ -50,12 +41,6 @@ def pass_bound(extra: list[str]) -> dict[str, Any]:
     free_passes = free.train.epochs * free.method.params.replays
     return {"robust_emp_passes": pgd_passes, "cfamc_passes": free_passes, "bound": pgd_passes / free_passes}
 
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
 def main() -> None:

@@ -24,26 +24,11 @@ from typing import Any
 import torch
 
 from robustssl import api
-from timing import machine
+from timing import machine, mean_sd, protocol_numbers
 
 METHODS = ("simclr", "acl", "dynacl", "rocl")
 
 
-def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """{protocol: {clean, pgd20, autoattack, sanity}} from an evaluation report."""
-    out: dict[str, dict[str, float | None]] = {}
-    for name, p in report["protocols"].items():
-        acc = {a["attack"]: a["accuracy"] for a in p["attacks"]}
-        out[name] = {"clean": p["clean"]["accuracy"], "pgd20": acc.get("pgd20"), "autoattack": acc.get("autoattack"),
-                     "sanity_passed": float(bool(p["sanity_passed"]))}
-    return out
-
-
-def mean_sd(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
 
 
 def main() -> None:

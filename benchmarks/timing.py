@@ -1,4 +1,5 @@
-"""Shared timing helpers for the benchmarks: repeats, median and spread, machine description."""
+"""Shared helpers for the benchmarks: repeats, median and spread, machine description, and the
+accuracy numbers of evaluation reports (per protocol, mean ± sd over seeds)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +7,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -38,3 +40,21 @@ def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+
+
+def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """{protocol: {clean, pgd20, autoattack, sanity_passed (1.0 / 0.0)}} from an evaluation report."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, p in report["protocols"].items():
+        acc = {a["attack"]: a["accuracy"] for a in p["attacks"]}
+        out[name] = {"clean": p["clean"]["accuracy"], "pgd20": acc.get("pgd20"), "autoattack": acc.get("autoattack"),
+                     "sanity_passed": float(bool(p["sanity_passed"]))}
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    """Accuracies in [0, 1] as 'mean ± sd' in percent (sd 0 for one value; 'n/a' for none)."""
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"

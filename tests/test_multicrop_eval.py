@@ -214,3 +214,12 @@ def test_evaluate_encoder_reports_slf_and_slf_mc(data, encoder, tmp_path):
     assert not rj["protocols"]["slf-mc"]["attacks"][1]["autoattack_warnings"]  # AutoAttack saw no randomness
     md = paths["markdown"].read_text()
     assert "## SLF-MC" in md and "4 fixed crops (seed 3" in md and "one l_inf delta on the image" in md
+
+
+def test_crops_take_the_training_crop_size_when_set():
+    # a model trained on augment.crop_size views is evaluated on crops of that size (eval.mc_crop_size)
+    crops = CropSet.draw(3, (0.2, 1.0), (0.75, 4 / 3), True, seed=1, size=12)
+    x = torch.rand(2, 1, 28, 28)
+    assert crop_views(x, crops.theta, crops.size).shape == (6, 1, 12, 12)
+    assert crop_views(x, crops.theta).shape == (6, 1, 28, 28)
+    assert crops.record()["size"] == 12

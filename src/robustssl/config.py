@@ -182,6 +182,7 @@ class EvalConfig:
     mc_crop_ratio: list[float] = positive([3 / 4, 4 / 3])  # aspect-ratio range of the crops
     mc_flip: bool = True  # each crop is mirrored with p = 0.5 (drawn once, with the geometry)
     mc_seed: int = non_negative(0)  # the seed the crop set is drawn from (once; the same crops for every image)
+    mc_crop_size: int | None = positive(None)  # side of the crops in pixels (None: the image's; match augment.crop_size)
 
     def __post_init__(self) -> None:
         """Rules on pairs of keys (the per-value ranges are the fields' own, checked after this)."""

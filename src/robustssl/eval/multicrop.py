@@ -50,9 +50,11 @@ class CropSet:
     scale: tuple[float, float]
     ratio: tuple[float, float]
     flip: bool
+    size: int | None = None  # side of the crops in pixels (None: the image's)
 
     @classmethod
-    def draw(cls, n: int, scale: tuple[float, float], ratio: tuple[float, float], flip: bool, seed: int) -> CropSet:
+    def draw(cls, n: int, scale: tuple[float, float], ratio: tuple[float, float], flip: bool, seed: int,
+             size: int | None = None) -> CropSet:
         """n crop geometries (area fraction in `scale`, aspect ratio in `ratio`, flipped with p 0.5
         when `flip`) drawn with `crop_boxes` from a CPU generator seeded with `seed`: the same
         arguments give the same crops on every machine and device."""
@@ -60,14 +62,14 @@ class CropSet:
             raise ValueError(f"a crop set needs at least 1 crop, got {n}")
         g = torch.Generator().manual_seed(seed)
         theta = crop_boxes(n, scale, ratio, flip, torch.device("cpu"), generator=g)
-        return cls(theta, seed, (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1])), flip)
+        return cls(theta, seed, (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1])), flip, size)
 
     @classmethod
     def from_config(cls, cfg: EvalConfig) -> CropSet:
         """The crop set of `eval.mc_crops`, `eval.mc_crop_scale`, `eval.mc_crop_ratio`, `eval.mc_flip`, `eval.mc_seed`."""
         scale = (cfg.mc_crop_scale[0], cfg.mc_crop_scale[1])
         ratio = (cfg.mc_crop_ratio[0], cfg.mc_crop_ratio[1])
-        return cls.draw(cfg.mc_crops, scale, ratio, cfg.mc_flip, cfg.mc_seed)
+        return cls.draw(cfg.mc_crops, scale, ratio, cfg.mc_flip, cfg.mc_seed, cfg.mc_crop_size)
 
     @property
     def n(self) -> int:
@@ -81,24 +83,26 @@ class CropSet:
             "scale": list(self.scale),
             "ratio": list(self.ratio),
             "flip": self.flip,
+            "size": self.size,
             "ops": "crop geometry and flip only (no colour ops), drawn once: the same crops for every image and call",
             "aggregation": "mean of the encoder features over the crops",
             "threat_model": THREAT_MODEL,
         }
 
 
-def crop_views(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Every crop of every image: x [B, C, S, S] in [0, 1], theta [n, 2, 3] -> [n*B, C, S, S] in [0, 1].
+def crop_views(x: torch.Tensor, theta: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Every crop of every image: x [B, C, S, S] in [0, 1], theta [n, 2, 3] -> [n*B, C, s, s] in [0, 1].
 
     Crop-major: row k*B + b is crop k of image b. One bilinear grid-sample (`resample`),
-    differentiable in x, each crop resized back to the image's size S. Square images only.
+    differentiable in x, each crop resized to `size` pixels (None: the image's S, as EMP-SSL's
+    crops; a model trained on smaller crops, augment.crop_size, is evaluated on that size). Square images only.
     """
-    b, size = x.shape[0], x.shape[-1]
-    if x.shape[-2] != size:
-        raise ValueError(f"multi-crop evaluation needs square images, got {x.shape[-2]}x{size}")
+    b = x.shape[0]
+    if x.shape[-2] != x.shape[-1]:
+        raise ValueError(f"multi-crop evaluation needs square images, got {x.shape[-2]}x{x.shape[-1]}")
     n = theta.shape[0]
     thetas = theta.to(device=x.device, dtype=x.dtype).repeat_interleave(b, dim=0)  # [n*B, 2, 3], crop-major
-    return resample(x.repeat(n, 1, 1, 1), thetas, size)
+    return resample(x.repeat(n, 1, 1, 1), thetas, size or x.shape[-1])
 
 
 class MultiCropEvalModel(LinearEvalModel):
@@ -125,7 +129,7 @@ class MultiCropEvalModel(LinearEvalModel):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] in [0, 1] -> [B, feature_dim] fp32: the crops' encoder features, averaged per image."""
         with _fp32(x):
-            views = crop_views(x.float(), self.crop_theta)
+            views = crop_views(x.float(), self.crop_theta, self.crops.size)
         f = super().features(views)  # [n*B, feature_dim], crop-major
         return f.view(self.crops.n, x.shape[0], -1).mean(0)
 
