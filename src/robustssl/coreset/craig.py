@@ -1,8 +1,9 @@
 """Adversarial CRAIG's numerical core: facility location on gradient similarities, lazy greedy.
 
-Used by the Adv. CRAIG selector for supervised adversarial training (issue #9; Dolatabadi et
-al., "Adversarial Coreset Selection for Efficient Robust Training", Sec. 4, Adversarial
-CRAIG, after Mirzasoleiman et al. 2020): the rows are per-example last-layer gradients at
+For the Adv. CRAIG selector of supervised adversarial training (issue #9; not registered yet; Dolatabadi et
+al., "Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023,
+arXiv:2209.05785, the method section's Adversarial CRAIG, after Mirzasoleiman et al. 2020;
+summarized in shared/reference/methods.md section 6): the rows are per-example last-layer gradients at
 adversarial inputs (coreset/last_layer.py).
 
     D_ij = ||g_i - g_j||,  s_ij = max(D) - D_ij >= 0

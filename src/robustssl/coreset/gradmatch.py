@@ -1,8 +1,9 @@
 """Adversarial GradMatch's numerical core: non-negative orthogonal matching pursuit (OMP).
 
-Used by the Adv. GradMatch selector for supervised adversarial training (issue #9; Dolatabadi
-et al., "Adversarial Coreset Selection for Efficient Robust Training", Sec. 4, Adversarial
-GradMatch, after Killamsetty et al. 2021): the atoms are per-example last-layer gradients at
+For the Adv. GradMatch selector of supervised adversarial training (issue #9; not registered yet; Dolatabadi
+et al., "Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023,
+arXiv:2209.05785, the method section's Adversarial GradMatch, after Killamsetty et al. 2021;
+summarized in shared/reference/methods.md section 6): the atoms are per-example last-layer gradients at
 adversarial inputs (coreset/last_layer.py), or mean gradients of fixed batches.
 
     min_{S, |S| <= k, w >= 0}  || sum_{i in S} w_i g_i - target ||^2 + lam * ||w||^2
@@ -148,9 +149,9 @@ def gradmatch_select(
     in the match), and OMP may stop before its budget (exact match, or no atom left that
     helps): the subset can be smaller than `budget`; the caller decides how to fill it.
     """
-    groups = [(torch.arange(grads.shape[0], device=grads.device), budget)] if labels is None else split_by_class(labels, budget)
     if labels is not None and labels.shape[0] != grads.shape[0]:
         raise ValueError(f"{grads.shape[0]} gradient rows but {labels.shape[0]} labels")
+    groups = [(torch.arange(grads.shape[0], device=grads.device), budget)] if labels is None else split_by_class(labels, budget)
     positions, weights = [], []
     for rows, k in groups:
         if k == 0:

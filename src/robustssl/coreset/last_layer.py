@@ -1,9 +1,10 @@
 """Closed-form per-example gradients of a supervised loss w.r.t. the classifier's last Linear.
 
-Used by the ACS selectors for supervised adversarial training (Adv. CRAIG, Adv. GradMatch;
+For the ACS selectors of supervised adversarial training (Adv. CRAIG, Adv. GradMatch; not registered yet;
 issue #9): they rank examples by these gradients at adversarial inputs (Dolatabadi et al.,
-"Adversarial Coreset Selection for Efficient Robust Training", Sec. 4: the last-layer
-approximation of the per-example gradients of the robust training objective).
+"Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023, arXiv:2209.05785,
+the method section's last-layer approximation of the per-example gradients of the robust
+training objective; summarized in shared/reference/methods.md section 6).
 
 For logits z = W h + b (W [C, d], b [C]) and a per-example loss L(z), dL/dW = delta h^T and
 dL/db = delta with delta = dL/dz [C]. A loss that runs the head on several inputs of the same
