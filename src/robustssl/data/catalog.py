@@ -6,11 +6,11 @@ from pathlib import Path
 
 from robustssl.data.dataset import ImageDataset
 from robustssl.data.download import ARCHIVES, download_and_verify, extract_archive, file_md5, manual_download_help
-from robustssl.data.readers import DatasetError, read_cifar, read_idx, read_image_folder, read_stl10
+from robustssl.data.readers import SVHN_FILES, DatasetError, read_cifar, read_idx, read_image_folder, read_stl10, read_svhn
 
 __all__ = ["DATASET_NAMES", "DATA_ENV_VAR", "SYSTEM_DATA_DIR", "canonical_name", "dataset_stats", "image_shape", "load_dataset"]
 
-DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder")
+DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
 DATA_ENV_VAR = "ROBUSTSSL_DATA"
 SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # where Debian's dataset-* packages install
 
@@ -29,6 +29,7 @@ _STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 
 # Image shape [C, H, W] of the fixed-format datasets (an image folder has none of its own).
@@ -38,6 +39,7 @@ _SHAPES: dict[str, tuple[int, int, int]] = {
     "cifar10": (3, 32, 32),
     "cifar100": (3, 32, 32),
     "stl10": (3, 96, 96),
+    "svhn": (3, 32, 32),
 }
 
 _FASHION_CLASSES = [
@@ -50,7 +52,13 @@ _SPLITS = {
     "cifar10": ("train", "test"),
     "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled"),
+    "svhn": ("train", "test"),
 }
+
+# SVHN ships as one .mat file per split, not an archive: (url, md5) of each official file
+# (the md5s are the ones torchvision and other loaders check).
+_SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
+_SVHN_MD5 = {"train": "e26dedcc434d2e4c54c9b2d4a06d8373", "test": "eb5a983be6a315427106f1b164d9cef3"}
 
 
 def _canonical(name: str) -> str:
@@ -211,6 +219,31 @@ def _locate_archive_data(key: str, root: str | None, download: bool) -> Path:
     )
 
 
+# ---------------------------------------------------------------- SVHN (.mat per split)
+
+
+def _load_svhn(split: str, root: str | None, download: bool) -> ImageDataset:
+    """SVHN's <split>_32x32.mat in the data folder or its svhn/ subfolder; downloads go to svhn/.
+
+    A file found there is read as it is (its md5 is checked on download only, as CIFAR's
+    extracted folders are not re-hashed); read_svhn checks its variables, shapes and labels."""
+    fname = SVHN_FILES[split]
+    base = _archive_roots(root)[0]
+    folders = [base, base / "svhn"]
+    for folder in folders:
+        if (folder / fname).is_file():
+            return read_svhn(folder / fname, split)
+    url, md5 = _SVHN_URL + fname, _SVHN_MD5[split]
+    if download:
+        return read_svhn(download_and_verify(url, folders[1], md5, extract=False), split)
+    raise DatasetError(
+        f"svhn {split} split not found: no {fname} in {', '.join(str(f) for f in folders)}{_only_note(root)}. "
+        f"Fix: correct the folder if it is a typo, pass download=True (data.download=true) to fetch it, or "
+        f"download it by hand from {url} (e.g. `curl -L -o {folders[1] / fname} {url}`; md5 {md5}) and put it "
+        f"in one of those folders."
+    )
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -233,8 +266,10 @@ def load_dataset(
     look for the idx files (.gz or raw) in that folder and its <name>/ subfolder (default:
     /usr/share/datasets/<name>); cifar10/cifar100/stl10 look for the extracted archive
     folder (or the archive) in that folder (default: ~/.cache/robustssl), which is also
-    where downloads go. A miss raises DatasetError listing the folders searched.
-    download: fetch and verify the official archive when CIFAR/STL-10 is missing.
+    where downloads go; svhn looks for train_32x32.mat / test_32x32.mat in that folder and
+    its svhn/ subfolder (downloads go to svhn/). A miss raises DatasetError listing the
+    folders searched.
+    download: fetch and verify the official archive (SVHN: the split's .mat file) when missing.
     image_size, channels: imagefolder only (resize / force 1 or 3 channels).
     """
     key = _canonical(name)
@@ -245,6 +280,8 @@ def load_dataset(
     _check_split(key, split)
     if key in ("fashion-mnist", "mnist"):
         return _load_idx(key, split, root)
+    if key == "svhn":
+        return _load_svhn(split, root, download)
     base = _locate_archive_data(key, root, download)
     return read_stl10(base, split) if key == "stl10" else read_cifar(base, key, split)
 

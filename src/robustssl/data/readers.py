@@ -20,7 +20,7 @@ import torch
 from robustssl.data.dataset import ImageDataset
 from robustssl.errors import RobustSSLError
 
-__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "read_cifar", "read_idx", "read_image_folder", "read_stl10"]
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "read_cifar", "read_idx", "read_image_folder", "read_stl10", "read_svhn"]
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +325,63 @@ def read_stl10(root: str | Path, split: str) -> ImageDataset:
     images = _stl_images(folder / f"{split}_X.bin", fix)
     labels = None if split == "unlabeled" else _stl_labels(folder / f"{split}_y.bin", images.shape[0], fix)
     return _make_dataset(images, labels, "stl10", split, _stl_classes(folder / "class_names.txt"))
+
+
+# ---------------------------------------------------------------- SVHN (cropped digits, .mat)
+
+SVHN_FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+_SVHN_CLASSES = [str(d) for d in range(10)]
+
+
+def _loadmat(path: Path, keys: Sequence[str], fix: str) -> dict:
+    """The named variables of a MATLAB v5 file.
+
+    scipy.io.loadmat, not an own parser: the official files store their arrays in zlib-
+    compressed elements and MATLAB may save a double array in a narrower integer storage
+    type; scipy handles every such variant of the v5 format, and it only decodes arrays
+    (no code runs), so the dependency buys correctness on files we cannot test here.
+    """
+    try:
+        from scipy.io import loadmat, whosmat
+    except ImportError as err:
+        raise DatasetError(f"Reading {path} (MATLAB .mat) needs scipy: run `pip install 'scipy>=1.10'`.") from err
+    _require_file(path, fix)
+    try:
+        data = loadmat(path, variable_names=list(keys))
+    except NotImplementedError as err:  # v7.3 files are HDF5
+        raise DatasetError(f"{path} is a MATLAB v7.3 (HDF5) file; SVHN's official files are v5 ({err}). {fix}") from err
+    except (ValueError, TypeError, OSError, EOFError, zlib.error) as err:
+        raise DatasetError(f"{path} is not a readable MATLAB v5 file, or it is truncated ({type(err).__name__}: {err}). {fix}") from err
+    missing = [k for k in keys if k not in data]
+    if missing:
+        found = sorted(name for name, _, _ in whosmat(path))  # loadmat read only the names asked for
+        raise DatasetError(f"{path} has no variable(s) {missing} (found {found or 'none'}): it is not an SVHN cropped-digits file. {fix}")
+    return data
+
+
+def read_svhn(path: str | Path, split: str) -> ImageDataset:
+    """Read one SVHN cropped-digits file (train_32x32.mat / test_32x32.mat, MATLAB v5).
+
+    The file holds 'X' uint8 [32, 32, 3, N] (row, column, RGB, image) and 'y' [N, 1] in
+    1..10, where 10 is the digit 0. Returns images uint8 [N, 3, 32, 32], labels int64 [N] in
+    0..9 (label = digit) and classes "0".."9".
+    """
+    path = Path(path)
+    fix = f"Put the official {path.name} from http://ufldl.stanford.edu/housenumbers/ at {path} (or use download=True)."
+    data = _loadmat(path, ("X", "y"), fix)
+    images, labels = np.asarray(data["X"]), np.asarray(data["y"])
+    if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
+        raise DatasetError(f"{path}: 'X' is {images.dtype} {list(images.shape)}; SVHN's is uint8 [32, 32, 3, N]. {fix}")
+    n = images.shape[3]
+    if labels.size != n or (labels.ndim == 2 and labels.shape[1] != 1) or labels.ndim > 2:
+        raise DatasetError(f"{path}: 'y' has shape {list(labels.shape)} for {n} images; SVHN's is [N, 1]. {fix}")
+    labels = labels.reshape(n)
+    if not np.issubdtype(labels.dtype, np.number) or not np.array_equal(labels, np.round(labels)):
+        raise DatasetError(f"{path}: 'y' holds non-integer labels ({labels.dtype}). {fix}")
+    labels = labels.astype(np.int64)
+    _check_label_range(labels, 10, path, fix, offset=1)  # stored as 1..10
+    labels[labels == 10] = 0  # SVHN writes the digit 0 as class 10
+    return _make_dataset(images.transpose(3, 2, 0, 1), labels, "svhn", split, _SVHN_CLASSES)
 
 
 # ---------------------------------------------------------------- ImageFolder
