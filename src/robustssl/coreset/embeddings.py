@@ -32,6 +32,7 @@ def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, a
     n, dev = len(batch), batch.images.device
     with view.capture() as calls:
         loss = method.training_loss(model, batch, attack, timer) * scale
+    calls = [c for c in calls if c[2].requires_grad]  # forwards under no_grad (TRADES's fixed f(x)) carry no gradient
     deltas = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
     per = [torch.zeros(n_owners, _layer_dim(layer), device=dev) for layer in view.layers]
     owner = owner.to(dev)

@@ -21,7 +21,7 @@ from ..attacks import PGDConfig
 from ..data.dataset import ImageDataset
 from ..models import model_mode
 from ..train.timer import PhaseTimer
-from .divergence import ValidationRD
+from .divergence import ValidationCE, ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select
 from .head import HeadView
@@ -81,7 +81,14 @@ class RCSSelector(Selector):
         with model_mode(model, "eval"):
             with timer.phase("validation_rd"):
                 x_val = data.images[val.to(data.images.device)].float().div_(255)
-                rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
+                rd: ValidationRD | ValidationCE
+                if getattr(method, "supervised", False):  # SAT-RCS: CE at PGD examples of the labelled split
+                    if data.labels is None:
+                        raise ValueError("RCS for a supervised method needs labelled validation data")
+                    y_val = data.labels[val.to(data.labels.device)]
+                    rd = ValidationCE(model, view, x_val, y_val, self.rd_attack)
+                else:
+                    rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
             with timer.phase("candidates"):
                 grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size,
                                             attack=attack, timer=timer, per_forward=self.cfg.candidates_per_forward)

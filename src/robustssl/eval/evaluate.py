@@ -108,6 +108,11 @@ def evaluate_classifier(
         aa = autoattack_accuracy(model, x[:n_aa], y[:n_aa], cfg.eps, seed, batch_size=bs)
         log.info("AutoAttack accuracy %.4f at eps %.4g on %d examples", aa.accuracy, cfg.eps, n_aa)
 
+    pgd50: AttackResult | None = None
+    if "pgd50x10" in cfg.attacks:  # ACS's protocol: PGD-50, 10 random restarts, per-example worst case
+        pgd50 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, 50, seed=seed, batch_size=bs, name="pgd50x10", restarts=10)
+        log.info("PGD-50 x 10 restarts accuracy %.4f at eps %.4g", pgd50.accuracy, cfg.eps)
+
     curve: dict[float, AttackResult] = {float(cfg.eps): pgd20}
     for e in curve_points(cfg):
         if e not in curve:
@@ -123,7 +128,7 @@ def evaluate_classifier(
     else:
         order = [check_attack_order(clean, pgd20, aa, fgsm)]
     sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large), check_above_chance(clean, n_classes)]
-    requested = {"pgd20": pgd20, "autoattack": aa}
+    requested = {"pgd20": pgd20, "autoattack": aa, "pgd50x10": pgd50}
     if aa is not None and n_aa < x.shape[0]:
         aa.extra["pgd20_on_same_examples"] = pgd20.first(n_aa).accuracy
         aa.extra["clean_on_same_examples"] = clean.first(n_aa).accuracy

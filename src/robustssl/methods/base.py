@@ -38,11 +38,13 @@ class Views:
     """natural: the augmented views, each [B, C, H, W] in [0,1]; adversarial: their attacked copies (or empty).
 
     groups: the batch's independent groups (`Batch.groups`); losses keep negatives within a group.
+    labels: the batch's class ids (supervised methods), or None.
     """
 
     natural: list[torch.Tensor]
     adversarial: list[torch.Tensor] = field(default_factory=list)
     groups: int = 1
+    labels: torch.Tensor | None = None  # int64 [B]: the batch's labels, for supervised methods
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Method:
     # attack and loss honour Batch.groups (stacked independent batches, each its own loss):
     # coreset selection then scores several candidate batches per forward.
     supports_groups: ClassVar[bool] = False
+    supervised: ClassVar[bool] = False  # trains on labels; its export holds the classifier layer
     n_views: int = 2
 
     def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig, *, epochs: int | None = None) -> None:
@@ -97,7 +100,7 @@ class Method:
 
     def make_views(self, batch: Batch) -> Views:
         """batch.images [B, C, H, W] in [0,1] -> `n_views` independent augmentations."""
-        return Views([self.augment(batch.images) for _ in range(self.n_views)], groups=batch.groups)
+        return Views([self.augment(batch.images) for _ in range(self.n_views)], groups=batch.groups, labels=batch.labels)
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         """Add adversarial views made with `attack` (clean methods return `views` unchanged)."""

@@ -299,7 +299,8 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
     """Export the encoder (with the BN branches the method trained) and write run.json."""
     require_finite(state, run)
     trained = list(state.method.trained_branches) if has_dual_bn(state.model) else None
-    export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained)
+    export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained,
+                   with_head=state.method.supervised)
     result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
     atomic_write_text(run.out / SUMMARY, json.dumps({
         "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
