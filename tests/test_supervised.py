@@ -154,6 +154,8 @@ def test_supervised_run_exports_its_classifier_and_direct_evaluates_it(tmp_path)
     direct = report["protocols"]["direct"]
     assert direct["training"]["direct"] and {c["name"] for c in direct["sanity"]} >= {"eps_zero", "large_eps"}
     assert 0.0 <= direct["clean"]["accuracy"] <= 1.0
+    compared = api.compare([run], tmp_path / "compare")  # `robustssl compare` takes supervised runs too
+    assert [r["protocol"] for r in compared["rows"]] == ["DIRECT"]
     ssl = tmp_path / "ssl"
     api.pretrain("acl_fmnist_cpu", ssl, overrides=["model.width=4", "optim.batch_size=16", "train.progress=false",
                                                   f"data.root={root}", "train.epochs=1", "attack.steps=1"])
