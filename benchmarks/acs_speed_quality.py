@@ -28,7 +28,7 @@ import torch
 
 from robustssl import api
 from robustssl.config import load_config
-from timing import machine, mean_sd, protocol_numbers
+from timing import accuracies, machine, mean_sd, protocol_numbers
 
 SELECTORS = ("gradmatch", "craig", "rcs", "random")
 
@@ -105,8 +105,7 @@ def main() -> None:
             rs = [r for r in mine if r["arm"] == arm]
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
             share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
-            vals = {k: [r["protocols"]["direct"][k] for r in rs if r["protocols"]["direct"][k] is not None]
-                    for k in ("clean", "pgd20", "autoattack")}
+            vals = accuracies([r["protocols"]["direct"] for r in rs])
             flag = " (ABOVE BOUND: measurement problem)" if arm != "full" and max(ratios) > bounds[method] else ""
             print(f"| {method} | {arm} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}){flag} | "
                   f"{bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | "

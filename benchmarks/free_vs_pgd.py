@@ -31,7 +31,7 @@ import torch
 
 from robustssl import api
 from robustssl.config import load_config
-from timing import machine, mean_sd, protocol_numbers
+from timing import accuracies, machine, mean_sd, protocol_numbers
 
 ARMS = {"robust_emp": "robust_emp_fmnist_cpu", "cfamc": "cfamc_fmnist_cpu"}
 
@@ -104,8 +104,7 @@ def main() -> None:
     for arm in ARMS:
         rs = [r for r in rows if r["arm"] == arm]
         for proto in rs[0]["protocols"]:
-            vals = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None]
-                    for k in ("clean", "pgd20", "autoattack")}
+            vals = accuracies([r["protocols"][proto] for r in rs])
             sane = sum(int(r["protocols"][proto]["sanity_passed"]) for r in rs)
             means[(arm, proto)] = statistics.mean(vals["pgd20"])
             print(f"| {arm} | {proto} | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | "
