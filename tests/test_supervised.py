@@ -234,3 +234,27 @@ def test_supervised_rcs_validation_is_the_full_ce_gradient_at_pgd_examples():
     assert torch.allclose(got, expected, atol=1e-6)
     assert got.view(-1)[: gw.numel()].view_as(gw).mean(0).abs().max() < 1e-6, "the per-output mean the RCS code used is ~0"
     assert got.abs().max() > 1e-3, "the full gradient is not"
+
+
+def test_l2_evaluation_attacks_in_the_l2_ball_with_its_own_large_radius():
+    from dataclasses import replace
+
+    from robustssl.eval.evaluate import evaluate_classifier
+    from robustssl.eval.registry import PROTOCOLS
+    from robustssl.eval.sanity import large_eps
+
+    method = PGDAT(SupervisedSettings(), AUG, PGDConfig(0.1, 0.03, 2))
+    model, data = _trained(method, steps=40)  # a classifier that learned: the large-eps check needs real predictions
+    model.head_trained = True
+    base = load_config("pgd_at_fmnist_cpu").eval
+    cfg = replace(base, norm="l2", eps=0.5, pgd_alpha=0.1, attacks=["pgd20"], eps_curve=[], n_examples=None)
+    clf = PROTOCOLS["direct"].classifier(model, 10, None)
+    PROTOCOLS["direct"].train(clf, data, cfg, "cpu")
+    x, y = data.images.float() / 255, data.labels
+    out = evaluate_classifier(clf, x, y, cfg, 10)
+    assert out["attacks"][0]["norm"] == "l2" and out["sanity_attacks"]["large_eps"]["norm"] == "l2"
+    assert out["sanity_attacks"]["large_eps"]["eps"] == pytest.approx(large_eps(0.5, "l2", 28 * 28)) == pytest.approx(14.0)
+    linf = evaluate_classifier(clf, x, y, replace(cfg, norm="linf", eps=0.1, pgd_alpha=0.025), 10)
+    assert linf["attacks"][0]["norm"] == "linf"
+    checks = {c["name"]: c["passed"] for c in out["sanity"]}
+    assert checks["eps_zero"] and checks["large_eps"]

@@ -156,6 +156,7 @@ class CoresetConfig:
 class EvalConfig:
     protocols: list[str] = one_of(["slf"], protocol_names)
     attacks: list[str] = one_of(["pgd20", "autoattack"], attack_names)
+    norm: str = one_of("linf", ("linf", "l2"))  # the threat model of every evaluation attack (l2: eps is an l_2 radius)
     eps: float = unit_interval(8 / 255)
     pgd_alpha: float = non_negative(2 / 255)
     n_examples: int | None = positive(None)  # None: the full test set
