@@ -50,6 +50,9 @@ def main() -> None:
     p.add_argument("--eval-extra", default="eval.eps_curve=[]", help="comma-separated overrides for every evaluation")
     p.add_argument("--runs", required=True)
     p.add_argument("--json")
+    p.add_argument("--reuse", action="store_true",
+                   help="a finished run folder is evaluated again, not retrained; an interrupted one is resumed")
+    p.add_argument("--from-json", help="print the tables of an earlier --json (a partial run included) and stop")
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     arms = ["full"] + [s for s in args.selectors.split(",") if s]
@@ -66,7 +69,14 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({"machine": where, "settings": vars(args), "threads": torch.get_num_threads(),
                                                    "bounds": bounds, "rows": rows}, indent=2))
 
-    for seed in seeds:
+    if args.from_json:
+        done = json.loads(Path(args.from_json).read_text())
+        rows, bounds, where = done["rows"], done["bounds"], done["machine"]
+        extra = done["settings"]["extra"].split(",") if done["settings"]["extra"] else []
+        seeds = sorted({r["seed"] for r in rows})
+        methods = [m for m in methods if any(r["method"] == m for r in rows)]
+        arms = [a for a in arms if any(r["arm"] == a for r in rows)]
+    for seed in [] if args.from_json else seeds:
         for method in methods:
             recipe = f"{method}_fmnist_cpu"
             epochs = load_config(recipe, extra).train.epochs
@@ -80,19 +90,21 @@ def main() -> None:
                     over += [f"coreset.method={arm}", "coreset.unit=sample", f"coreset.fraction={args.fraction}",
                              f"coreset.warmup_epochs={warm}", f"coreset.every={args.every}", f"train.epochs={warm + core}"]
                 started = time.perf_counter()
-                result = api.pretrain(recipe, out, overrides=over)
+                if not (args.reuse and (out / "encoder.safetensors").is_file()):
+                    resumed = args.reuse and (out / "checkpoint.pt").is_file()  # elapsed time carries over
+                    api.pretrain(None if resumed else recipe, out, overrides=None if resumed else over, resume=resumed)
                 report = api.evaluate(out, overrides=eval_extra)
                 summary = json.loads((out / "run.json").read_text())
                 sel_s = summary["coreset"].get("selection_seconds", 0.0)
-                rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": result.seconds,
-                             "selection_s": sel_s, "steps": result.steps, "phase_seconds": result.phase_seconds,
+                rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": summary["seconds"],
+                             "selection_s": sel_s, "steps": summary["steps"], "phase_seconds": summary["phase_seconds"],
                              "total_s": time.perf_counter() - started, "protocols": protocol_numbers(report)})
                 d = rows[-1]["protocols"]["direct"]
-                print(f"seed {seed} {method} {arm:9s}: train {result.seconds:.0f}s (selection {sel_s:.0f}s); clean "
+                print(f"seed {seed} {method} {arm:9s}: train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); clean "
                       f"{d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)
                 save()
 
-    print(f"\nmachine: {where}; torch threads {torch.get_num_threads()}; seeds {seeds}; f={args.fraction} "
+    print(f"\nmachine: {where}; seeds {seeds}; f={args.fraction} "
           f"kappa={args.kappa} R={args.every}; extra {extra or 'none'}")
     print("| method | selector | speed-up (median, min-max) | bound | selection share | clean % | PGD-20 % | AutoAttack % |")
     print("|---|---|---|---|---|---|---|---|")
@@ -100,9 +112,13 @@ def main() -> None:
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         full = {r["seed"]: r for r in mine if r["arm"] == "full"}
+        if not full:
+            continue
         full_pgd = statistics.mean(r["protocols"]["direct"]["pgd20"] for r in full.values())
         for arm in arms:
-            rs = [r for r in mine if r["arm"] == arm]
+            rs = [r for r in mine if r["arm"] == arm and r["seed"] in full]
+            if not rs:
+                continue
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
             share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
             vals = accuracies([r["protocols"]["direct"] for r in rs])
@@ -113,7 +129,8 @@ def main() -> None:
             if arm != "full":
                 results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(ratios):.2f}x "
                                f"pgd20={100 * statistics.mean(vals['pgd20']):.2f}% full_pgd20={100 * full_pgd:.2f}%")
-    save()
+    if not args.from_json:
+        save()
     print("\n".join(results))
 
 
