@@ -40,6 +40,7 @@ def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, a
             continue
         if out.shape[0] % n:
             raise ValueError(f"head forward of {out.shape[0]} rows for {n} images: candidate gradients need view-major batches")
+        delta, h = delta.float(), h.float()  # a bf16 forward (train.bf16) gives bf16 rows; fp32 is unchanged
         rows = torch.einsum("ro,ri->roi", delta, h).reshape(out.shape[0], -1)
         if view.layers[i].bias is not None:
             rows = torch.cat([rows, delta], dim=1)

@@ -27,6 +27,7 @@ from ..errors import RunError
 from ..io import atomic_write_text
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
+from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
@@ -164,6 +165,7 @@ def build_state(cfg: RunConfig, data: ImageDataset, device: torch.device) -> Tra
     """Model, method, coreset schedule, optimizer and lr schedule of a fresh run."""
     model: SSLModel = build_model(model_spec(cfg, data)).to(device)
     method = build_method(cfg, data.image_size, data.num_channels)
+    accelerate(model, method, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
     if method.needs_dual_bn and not cfg.model.dual_bn:
         print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
     untrained = [b for b in BRANCHES if b not in method.trained_branches]
@@ -178,7 +180,7 @@ def build_state(cfg: RunConfig, data: ImageDataset, device: torch.device) -> Tra
     # The lr schedule counts optimizer updates: a method may make several per batch.
     k = method.updates_per_batch
     scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
-    return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device))
+    return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
 
 
 # --- one epoch -----------------------------------------------------------------------------------
