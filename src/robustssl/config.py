@@ -59,6 +59,8 @@ class DataConfig:
     train_subset: int | None = positive(None)  # a seeded random subset of the training split (None: all)
     image_size: int | None = positive(None)  # imagefolder: resize every image to this size (None: all must match)
     channels: int | None = one_of(None, (1, 3))  # type: ignore[arg-type]  # imagefolder: force 1 or 3 channels
+    stream: bool = False  # keep the training split off the device: imagefolder decodes each batch's files, others stay on the host
+    prefetch_batches: int = non_negative(2)  # stream: batches read ahead by a background thread (0: none)
 
 
 @dataclass

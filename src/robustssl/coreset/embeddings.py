@@ -13,7 +13,7 @@ import torch
 
 from ..attacks import PGDConfig
 from ..data.batch import Batch, make_batch
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageSource
 from ..train.timer import PhaseTimer
 from .head import HeadView, only_head_trainable
 
@@ -53,7 +53,7 @@ def _layer_dim(layer: torch.nn.Linear) -> int:
 
 
 def candidate_gradients(
-    model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
+    model: torch.nn.Module, method: Any, data: ImageSource, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
     attack: PGDConfig | None = None, timer: PhaseTimer | None = None, per_forward: int = 1,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
