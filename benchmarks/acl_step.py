@@ -102,7 +102,7 @@ def main() -> None:
     batch = Batch(torch.arange(pr["batch"], device=device), torch.rand(pr["batch"], pr["channels"], pr["size"], pr["size"], device=device))
     views = torch.rand(2 * pr["batch"], pr["channels"], pr["size"], pr["size"], device=device)
     built = {v: build_variant(v, pr, cfg, device, args.timing, batch, views) for v in variants}
-    for v, (step, raw, timer) in built.items():  # warm-up (allocator, kernels, compiled graphs)
+    for step, raw, timer in built.values():  # warm-up (allocator, kernels, compiled graphs)
         for _ in range(args.warmup):
             step(), raw()
         timer.reset()
