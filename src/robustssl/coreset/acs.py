@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..data.batch import make_batch
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageSource
 from ..errors import ConfigError
 from ..models import model_mode
 from .craig import craig_per_class
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..config import RunConfig
 
 
-def pool_head_gradients(model: torch.nn.Module, method: Any, data: ImageDataset, pool: torch.Tensor,
+def pool_head_gradients(model: torch.nn.Module, method: Any, data: ImageSource, pool: torch.Tensor,
                         batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(gradients [len(pool), dim], labels [len(pool)]) of every pool example, batch by batch, eval mode."""
     rows, labels = [], []
@@ -63,7 +63,7 @@ class ACSSelector(Selector):
         """(rows, raw weights) of the picks among the gradient rows."""
         raise NotImplementedError  # abstract: CRAIG and GradMatch define it
 
-    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+    def select(self, model: Any, method: Any, data: ImageSource, pool: torch.Tensor, val: torch.Tensor,
                budget: int, batch_size: int) -> Selection:
         t0 = time.perf_counter()
         grads, labels = pool_head_gradients(model, method, data, pool, batch_size)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from .batch import Batch, make_batch
-from .dataset import ImageDataset
+from .dataset import ImageSource
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -29,7 +29,7 @@ class DeviceLoader:
     len(positions) // batch_size batches.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, drop_last: bool = True) -> None:
+    def __init__(self, dataset: ImageSource, batch_size: int, seed: int, drop_last: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.dataset = dataset

@@ -4,9 +4,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .precision import autocast_off
+
 POSITIVES = ("mean", "sum")
 
 
+@autocast_off
 def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None,
             positives: str = "mean", groups: int = 1) -> torch.Tensor:
     """Contrastive loss over `n_views` views of N images.

@@ -15,12 +15,15 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .precision import autocast_off
+
 
 def _at_least_fp32(z: torch.Tensor) -> torch.Tensor:
     """The logdet and cosines in fp32 (or fp64 when given): half precision is too coarse for them."""
     return z if z.dtype == torch.float64 else z.float()
 
 
+@autocast_off
 def total_coding_rate(z: torch.Tensor, eps: float = 0.2, weights: torch.Tensor | None = None) -> torch.Tensor:
     """R(Z) of each batch in z [..., B, d] (rows are embeddings, used as given) -> [...].
 
@@ -43,6 +46,7 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2, weights: torch.Tensor |
     return torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
+@autocast_off
 def emp_ssl_loss(z: torch.Tensor, n_crops: int, *, eps: float = 0.2, inv_weight: float = 200.0, tcr_weight: float = 1.0,
                  weights: torch.Tensor | None = None, groups: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
     """The EMP-SSL loss of n crops of N images, and its parts for logging.

@@ -12,6 +12,7 @@ dataclass for its own `method.<name>.*` keys, `check_config` for rules on the wh
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -78,6 +79,9 @@ class Method:
     supports_groups: ClassVar[bool] = False
     supervised: ClassVar[bool] = False  # trains on labels; its export holds the classifier layer
     n_views: int = 2
+    # bf16 training (train.bf16, set by train.accelerate): the attack and the loss forwards run
+    # under autocast in this dtype; None (the default) runs them in fp32 without any context.
+    amp_dtype: torch.dtype | None = None
 
     def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig, *, epochs: int | None = None) -> None:
         if not isinstance(settings, self.Settings):
@@ -113,6 +117,12 @@ class Method:
         """
         raise NotImplementedError  # abstract: every method defines its loss
 
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """Autocast on `device` in `amp_dtype` around forwards (attack, loss); a no-op context when it is None."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
+
     # --- what the trainer and the selectors call --------------------------------------------
     def training_loss(self, model: nn.Module, batch: Batch, attack: PGDConfig | None = None,
                       timer: PhaseTimer | None = None) -> torch.Tensor:
@@ -128,20 +138,22 @@ class Method:
         timer = timer or PhaseTimer()
         with timer.phase("augment"):
             views = self.make_views(batch)
-        with timer.phase("attack"):
+        with timer.phase("attack"), self.autocast(batch.images.device):
             views = self.attack(model, views, attack or self.attack_cfg)
-        return self.loss(model, views, batch.weights)[0]
+        with self.autocast(batch.images.device):
+            return self.loss(model, views, batch.weights)[0]
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
              timer: PhaseTimer) -> dict[str, float]:
         """One batch: views, attack, then `updates_per_batch` updates. Returns logged values (loss first)."""
         with timer.phase("augment"):
             views = self.make_views(batch)
-        with timer.phase("attack"):
+        with timer.phase("attack"), self.autocast(batch.images.device):
             views = self.attack(model, views, self.attack_cfg)
         with timer.phase("update"):
             model.train()
-            loss, parts = self.loss(model, views, batch.weights)
+            with self.autocast(batch.images.device):
+                loss, parts = self.loss(model, views, batch.weights)
             self.update(optimizer, scheduler, loss)
         return {"loss": float(loss.detach()), **parts}
 
