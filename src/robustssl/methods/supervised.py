@@ -113,13 +113,17 @@ class SupervisedMethod(Method):
         augmentation), eval mode -> [B, C*d + C]. What the ACS selectors compare."""
         if batch.labels is None:
             raise ConfigError(f"method {self.name} is supervised and needs labelled data for selection")
-        head = classifier_layer(model)
         x, y = batch.images, batch.labels
         with model_mode(model, "eval"):
             x_adv = self.adversarial(model, x, y, attack or self.attack_cfg)
             with torch.no_grad():
-                h_adv = model.features(x_adv)  # type: ignore[operator]
-                return ce_gradients(head(h_adv), h_adv, y, bias=head.bias is not None)
+                return self.objective_gradients(model, classifier_layer(model), x, x_adv, y)
+
+    def objective_gradients(self, model: nn.Module, head: nn.Linear, x: torch.Tensor, x_adv: torch.Tensor,
+                            y: torch.Tensor) -> torch.Tensor:
+        """The closed form of `head_gradients` given the examples: CE at x_adv."""
+        h_adv = model.features(x_adv)  # type: ignore[operator]
+        return ce_gradients(head(h_adv), h_adv, y, bias=head.bias is not None)
 
 
 class PGDAT(SupervisedMethod):
@@ -152,14 +156,8 @@ class TRADES(SupervisedMethod):
         logits_nat = self._checked_logits(model, views.natural[0], y)
         return trades_loss(logits_nat, model(views.adversarial[0]), y, self.settings.beta, weights)
 
-    def head_gradients(self, model: nn.Module, batch: Batch, attack: PGDConfig | None = None) -> torch.Tensor:
-        if batch.labels is None:
-            raise ConfigError("method trades is supervised and needs labelled data for selection")
-        head = classifier_layer(model)
-        x, y = batch.images, batch.labels
-        with model_mode(model, "eval"):
-            x_adv = self.adversarial(model, x, y, attack or self.attack_cfg)
-            with torch.no_grad():
-                h_nat, h_adv = model.features(x), model.features(x_adv)  # type: ignore[operator]
-                return trades_gradients(head(h_nat), h_nat, head(h_adv), h_adv, y, self.settings.beta,
-                                        bias=head.bias is not None)
+    def objective_gradients(self, model: nn.Module, head: nn.Linear, x: torch.Tensor, x_adv: torch.Tensor,
+                            y: torch.Tensor) -> torch.Tensor:
+        """CE at x + beta KL(f(x) || f(x_adv)): both the natural and the adversarial rows contribute."""
+        h_nat, h_adv = model.features(x), model.features(x_adv)  # type: ignore[operator]
+        return trades_gradients(head(h_nat), h_nat, head(h_adv), h_adv, y, self.settings.beta, bias=head.bias is not None)
