@@ -129,6 +129,7 @@ class TrainConfig:
     checkpoint_every_epochs: int = non_negative(1)
     log_every_steps: int = positive(10)
     progress: bool = True
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
 
 
 @dataclass
