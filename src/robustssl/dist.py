@@ -54,6 +54,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank: the group's, or torchrun's RANK once the group is gone (0 when not launched by torchrun)."""
+    return rank() if is_initialized() else int(os.environ.get("RANK", "0"))
+
+
 def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
     """Join the process group torchrun describes (WORLD_SIZE > 1), if not joined yet.
 
