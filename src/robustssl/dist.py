@@ -136,11 +136,18 @@ def on_main(fn: Callable[[], T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective live: the current GPU under NCCL, the CPU under gloo."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_values(values: dict[str, float]) -> dict[str, float]:
     """Each value averaged over the ranks (same keys on every rank); `values` itself in one process."""
     if not is_distributed():
         return values
-    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64, device=_collective_device())
     tdist.all_reduce(t)
     return {k: float(v) / world_size() for k, v in zip(values, t.tolist())}
 
@@ -156,7 +163,7 @@ def any_rank(flag: bool) -> bool:
     """True on every rank when `flag` is true on any rank."""
     if not is_distributed():
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64)
+    t = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=_collective_device())
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
