@@ -10,7 +10,11 @@ seconds over CF-AMC-SSL's; the bound is the ratio of forward-backward passes per
 E_pgd (K + 1) / (E_free m), which a measured ratio should not exceed (augmentation and the
 optimizer step are the same per batch in both arms, so they pull the ratio below it).
 
-    cd benchmarks && python free_vs_pgd.py --runs runs/free_vs_pgd --json results/free_vs_pgd_cpu.json
+    cd benchmarks && python free_vs_pgd.py --runs runs/free_vs_pgd --json results/free_vs_pgd_cpu.json \
+        --eval-extra eval.autoattack_examples=100,eval.eps_curve=[]
+
+AutoAttack's Square (5000 queries) through the multi-crop classifier costs n_crops forwards per
+query, so the CPU run limits AutoAttack to the first 100 test images (PGD-20 on 1000).
 
 The last line: RESULT ratio=<median x> robust_emp_pgd20=<mean %> cfamc_pgd20=<mean %> (full-image SLF).
 """
@@ -27,7 +31,7 @@ import torch
 
 from robustssl import api
 from robustssl.config import load_config
-from timing import machine, mean_sd, protocol_numbers
+from timing import accuracies, machine, mean_sd, protocol_numbers
 
 ARMS = {"robust_emp": "robust_emp_fmnist_cpu", "cfamc": "cfamc_fmnist_cpu"}
 
@@ -51,6 +55,7 @@ def main() -> None:
     p.add_argument("--eval-extra", default="", help="comma-separated overrides for every evaluation")
     p.add_argument("--runs", required=True, help="folder for the run folders (kept)")
     p.add_argument("--json", help="write every number here (after each run)")
+    p.add_argument("--reuse", action="store_true", help="a run folder that holds an encoder is evaluated again, not retrained")
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
@@ -70,14 +75,19 @@ def main() -> None:
         for arm in order:
             out = runs / f"{arm}-{seed}"
             started = time.perf_counter()
-            result = api.pretrain(ARMS[arm], out, overrides=extra + [f"train.seed={seed}"])
+            if args.reuse and (out / "encoder.safetensors").is_file():
+                summary = json.loads((out / "run.json").read_text())
+                train_s, steps, phases = summary["seconds"], summary["steps"], summary["phase_seconds"]
+            else:
+                result = api.pretrain(ARMS[arm], out, overrides=extra + [f"train.seed={seed}"])
+                train_s, steps, phases = result.seconds, result.steps, result.phase_seconds
             report = api.evaluate(out, overrides=[f"eval.protocols=[{args.protocols}]", *eval_extra])
-            rows.append({"seed": seed, "arm": arm, "run": str(out), "train_s": result.seconds, "steps": result.steps,
-                         "phase_seconds": result.phase_seconds, "total_s": time.perf_counter() - started,
+            rows.append({"seed": seed, "arm": arm, "run": str(out), "train_s": train_s, "steps": steps,
+                         "phase_seconds": phases, "total_s": time.perf_counter() - started,
                          "protocols": protocol_numbers(report)})
             nums = "; ".join(f"{k} clean {v['clean']:.3f} pgd20 {v['pgd20']:.3f} AA {v['autoattack']}"
                              for k, v in rows[-1]["protocols"].items())
-            print(f"seed {seed} {arm:10s}: train {result.seconds:.0f}s ({result.steps} batches); {nums}", flush=True)
+            print(f"seed {seed} {arm:10s}: train {train_s:.0f}s ({steps} batches); {nums}", flush=True)
             save()
 
     by = {(r["seed"], r["arm"]): r for r in rows}
@@ -94,8 +104,7 @@ def main() -> None:
     for arm in ARMS:
         rs = [r for r in rows if r["arm"] == arm]
         for proto in rs[0]["protocols"]:
-            vals = {k: [r["protocols"][proto][k] for r in rs if r["protocols"][proto][k] is not None]
-                    for k in ("clean", "pgd20", "autoattack")}
+            vals = accuracies([r["protocols"][proto] for r in rs])
             sane = sum(int(r["protocols"][proto]["sanity_passed"]) for r in rs)
             means[(arm, proto)] = statistics.mean(vals["pgd20"])
             print(f"| {arm} | {proto} | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | "

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from robustssl import api
-from timing import machine, mean_sd, protocol_numbers
+from timing import accuracies, machine, mean_sd, protocol_numbers
 
 METHODS = ("simclr", "acl", "dynacl", "rocl")
 
@@ -100,8 +100,7 @@ def main() -> None:
     for m, rs in rows.items():
         for proto in sorted({p for r in rs for p in r["protocols"]}, key=lambda p: (p != "slf", p)):
             with_p = [r for r in rs if proto in r["protocols"]]  # AFF may run on some seeds only
-            vals = {k: [r["protocols"][proto][k] for r in with_p if r["protocols"][proto][k] is not None]
-                    for k in ("clean", "pgd20", "autoattack")}
+            vals = accuracies([r["protocols"][proto] for r in with_p])
             sane = sum(int(r["protocols"][proto]["sanity_passed"] or 0) for r in with_p)
             print(f"| {m} | {proto} | {','.join(str(r['seed']) for r in with_p)} | {mean_sd(vals['clean'])} | "
                   f"{mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | {sane}/{len(with_p)} passed | "

@@ -58,3 +58,8 @@ def mean_sd(values: list[float]) -> str:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} ± {100 * sd:.2f}"
+
+
+def accuracies(entries: list[dict[str, float | None]]) -> dict[str, list[float]]:
+    """{clean, pgd20, autoattack: the values present} over `protocol_numbers` entries (one per run)."""
+    return {k: [v for e in entries if (v := e[k]) is not None] for k in ("clean", "pgd20", "autoattack")}

@@ -17,6 +17,7 @@ from .data.catalog import DATASET_NAMES
 from .errors import ConfigError
 from .models.encoder import ModelConfig
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
+from .train.timer import TIMING_MODES
 
 __all__ = [
     "AttackConfig", "AugmentConfig", "ConfigError", "CoresetConfig", "DataConfig", "EvalConfig", "MethodConfig",
@@ -58,6 +59,8 @@ class DataConfig:
     train_subset: int | None = positive(None)  # a seeded random subset of the training split (None: all)
     image_size: int | None = positive(None)  # imagefolder: resize every image to this size (None: all must match)
     channels: int | None = one_of(None, (1, 3))  # type: ignore[arg-type]  # imagefolder: force 1 or 3 channels
+    stream: bool = False  # keep the training split off the device: imagefolder decodes each batch's files, others stay on the host
+    prefetch_batches: int = non_negative(2)  # stream: batches read ahead by a background thread (0: none)
 
 
 @dataclass
@@ -129,6 +132,10 @@ class TrainConfig:
     checkpoint_every_epochs: int = non_negative(1)
     log_every_steps: int = positive(10)
     progress: bool = True
+    bf16: bool = False  # bf16 autocast for the training attack and loss forwards (weights, optimizer, evaluation: fp32)
+    channels_last: bool = False  # the model and every 4-D input it gets in channels_last memory format
+    compile: bool = False  # torch.compile the model's forward in place (state_dict keys unchanged)
+    timing: str = one_of("auto", TIMING_MODES)  # phase timing on CUDA: events (auto) or sync; CPU: perf_counter
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
 
 
@@ -157,6 +164,7 @@ class CoresetConfig:
 class EvalConfig:
     protocols: list[str] = one_of(["slf"], protocol_names)
     attacks: list[str] = one_of(["pgd20", "autoattack"], attack_names)
+    norm: str = one_of("linf", ("linf", "l2"))  # the threat model of every evaluation attack (l2: eps is an l_2 radius)
     eps: float = unit_interval(8 / 255)
     pgd_alpha: float = non_negative(2 / 255)
     n_examples: int | None = positive(None)  # None: the full test set

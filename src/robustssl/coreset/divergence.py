@@ -110,3 +110,33 @@ class ValidationRD:
             self.attack(w.detach())
         self.refreshes += 1
         return self.gradient(w)
+
+
+class ValidationCE:
+    """RCS for supervised adversarial training: the validation objective is the cross-entropy at
+    PGD examples (RCS's SAT variant: one step, `coreset.rd_*`) of the labelled validation split,
+    as a function of the differentiated classifier parameters w. Same interface as ValidationRD
+    (`value`, `gradient`, `refresh`); the gradient is the full flattened one (the RCS code's
+    mean over the outputs is identically zero for a softmax head). Eval mode throughout.
+    """
+
+    def __init__(self, model: torch.nn.Module, view: HeadView, x_val: torch.Tensor, y_val: torch.Tensor,
+                 cfg: PGDConfig) -> None:
+        self.model, self.view, self.y_val = model, view, y_val
+        with model_mode(model, "eval"):
+            x_adv = pgd(model, x_val, lambda xa: F.cross_entropy(model(xa), y_val, reduction="sum"), cfg, mode="eval")
+            with torch.no_grad(), view.capture_inputs() as seen:
+                model(x_adv)
+        self.h_adv = seen[0]
+
+    def value(self, w: torch.Tensor) -> torch.Tensor:
+        """Mean CE(V_adv; w), a scalar."""
+        return F.cross_entropy(self.view.project(self.h_adv, w, None), self.y_val)
+
+    def gradient(self, w: torch.Tensor) -> torch.Tensor:
+        w = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.value(w), w)
+        return g.detach()
+
+    def refresh(self, w: torch.Tensor) -> torch.Tensor:
+        return self.gradient(w)

@@ -15,7 +15,7 @@ import torch
 from .. import dist
 from ..attacks import PGDConfig
 from ..data.batch import Batch, make_batch
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageSource
 from ..train.timer import PhaseTimer
 from .head import HeadView, only_head_trainable
 
@@ -34,6 +34,7 @@ def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, a
     n, dev = len(batch), batch.images.device
     with view.capture() as calls:
         loss = method.training_loss(model, batch, attack, timer) * scale
+    calls = [c for c in calls if c[2].requires_grad]  # forwards under no_grad (TRADES's fixed f(x)) carry no gradient
     deltas = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
     per = [torch.zeros(n_owners, _layer_dim(layer), device=dev) for layer in view.layers]
     owner = owner.to(dev)
@@ -42,6 +43,7 @@ def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, a
             continue
         if out.shape[0] % n:
             raise ValueError(f"head forward of {out.shape[0]} rows for {n} images: candidate gradients need view-major batches")
+        delta, h = delta.float(), h.float()  # a bf16 forward (train.bf16) gives bf16 rows; fp32 is unchanged
         rows = torch.einsum("ro,ri->roi", delta, h).reshape(out.shape[0], -1)
         if view.layers[i].bias is not None:
             rows = torch.cat([rows, delta], dim=1)
@@ -54,7 +56,7 @@ def _layer_dim(layer: torch.nn.Linear) -> int:
 
 
 def candidate_gradients(
-    model: torch.nn.Module, method: Any, data: ImageDataset, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
+    model: torch.nn.Module, method: Any, data: ImageSource, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
     attack: PGDConfig | None = None, timer: PhaseTimer | None = None, per_forward: int = 1, distributed: bool | None = None,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.

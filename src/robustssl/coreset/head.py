@@ -58,7 +58,7 @@ class HeadView:
         """w [dim] -> one tensor per parameter of `self.params` (views of w, shaped like them)."""
         return [c.view_as(p) for c, p in zip(w.split([p.numel() for p in self.params]), self.params)]
 
-    def project(self, h: torch.Tensor, w: torch.Tensor, branch: str) -> torch.Tensor:
+    def project(self, h: torch.Tensor, w: torch.Tensor, branch: str | None) -> torch.Tensor:
         """Projector output [B, d] of tail inputs h [B, in] with parameters w [dim].
 
         Eval mode on BN branch `branch` ('normal' / 'pgd'; ignored without dual BN), whatever

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..attacks import PGDConfig
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageSource
 from ..models import model_mode
 from ..train.timer import PhaseTimer
-from .divergence import ValidationRD
+from .divergence import ValidationCE, ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select
 from .head import HeadView
@@ -68,7 +68,7 @@ class RCSSelector(Selector):
         row is one image's share of a summed batch loss, so B sample picks make one batch step."""
         return self.cfg.eta / batch_size if self.cfg.unit == "sample" else self.cfg.eta
 
-    def select(self, model: torch.nn.Module, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+    def select(self, model: torch.nn.Module, method: Any, data: ImageSource, pool: torch.Tensor, val: torch.Tensor,
                budget: int, batch_size: int) -> Selection:
         view = HeadView(model, self.cfg.head)
         units, order = self.candidate_units(pool, batch_size, budget)
@@ -77,11 +77,18 @@ class RCSSelector(Selector):
             attack = dataclasses.replace(attack, steps=self.cfg.candidate_attack_steps)
         # The whole selection runs in eval mode: BN uses (and never updates) running statistics,
         # in the candidate losses and in every g_val refresh of the greedy loop alike.
-        timer = PhaseTimer(data.images.device)
+        timer = PhaseTimer(data.device)
         with model_mode(model, "eval"):
             with timer.phase("validation_rd"):
-                x_val = data.images[val.to(data.images.device)].float().div_(255)
-                rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
+                x_val = data.gather(val).float().div_(255)
+                rd: ValidationRD | ValidationCE
+                if getattr(method, "supervised", False):  # SAT-RCS: CE at PGD examples of the labelled split
+                    if data.labels is None:
+                        raise ValueError("RCS for a supervised method needs labelled validation data")
+                    y_val = data.labels[val.to(data.labels.device)]
+                    rd = ValidationCE(model, view, x_val, y_val, self.rd_attack)
+                else:
+                    rd = ValidationRD(model, view, x_val, self.rd_attack, self.cfg.reattack_every)
             with timer.phase("candidates"):
                 grads = candidate_gradients(model, method, data, units, self.cfg.unit, view, chunk=batch_size,
                                             attack=attack, timer=timer, per_forward=self.cfg.candidates_per_forward)

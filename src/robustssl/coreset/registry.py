@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .acs import CraigSelector, GradMatchSelector
 from .rcs import RCSSelector
 from .selectors import FullSelector, RandomSelector, Selector
 
 if TYPE_CHECKING:
     from ..config import CoresetConfig
 
-SELECTORS: dict[str, type[Selector]] = {s.name: s for s in (FullSelector, RandomSelector, RCSSelector)}
+SELECTORS: dict[str, type[Selector]] = {s.name: s for s in (FullSelector, RandomSelector, RCSSelector, CraigSelector, GradMatchSelector)}
 
 
 def build_selector(cfg: CoresetConfig, seed: int) -> Selector:

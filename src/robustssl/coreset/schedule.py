@@ -11,7 +11,7 @@ import torch
 
 from .. import dist
 from ..config import CoresetConfig
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageSource
 from .registry import build_selector
 from .selectors import Selection
 
@@ -64,7 +64,7 @@ class CoresetSchedule:
 
     # --- the hook the trainer calls -------------------------------------------------------
     def positions_for_epoch(self, epoch: int, model: torch.nn.Module, method: Any,
-                            data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            data: ImageSource) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(positions, weights) to train on in `epoch`, selecting a new coreset first when one is due.
 
         weights: float [len(positions)] loss weights of a weighted coreset, or None.
@@ -76,7 +76,7 @@ class CoresetSchedule:
         assert self.current is not None
         return self.current, self.weights
 
-    def select(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageDataset) -> Selection:
+    def select(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageSource) -> Selection:
         start = time.perf_counter()
         sel = self.selector.select(model, method, data, self.pool, self.val, self.budget(), self.batch_size)
         seconds = time.perf_counter() - start

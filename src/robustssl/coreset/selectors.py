@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..data.dataset import ImageDataset
+from ..data.dataset import ImageSource
 
 if TYPE_CHECKING:
     from ..config import CoresetConfig, RunConfig
@@ -58,7 +58,7 @@ class Selector:
     def check_config(cls, cfg: RunConfig) -> None:
         """Rules this selector puts on the whole config; raise ConfigError. Run at load time."""
 
-    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+    def select(self, model: Any, method: Any, data: ImageSource, pool: torch.Tensor, val: torch.Tensor,
                budget: int, batch_size: int) -> Selection:
         """Pick `budget` units (samples, or batches of `batch_size`) from `pool` (positions)."""
         raise NotImplementedError  # abstract: every selector defines its selection
@@ -75,7 +75,7 @@ class RandomSelector(Selector):
 
     name = "random"
 
-    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+    def select(self, model: Any, method: Any, data: ImageSource, pool: torch.Tensor, val: torch.Tensor,
                budget: int, batch_size: int) -> Selection:
         n_units = len(pool) // batch_size if self.cfg.unit == "batch" else len(pool)
         order = pool[torch.randperm(len(pool), generator=self.generator)]
@@ -89,6 +89,6 @@ class FullSelector(Selector):
     name = "full"
     trains_on_subset = False
 
-    def select(self, model: Any, method: Any, data: ImageDataset, pool: torch.Tensor, val: torch.Tensor,
+    def select(self, model: Any, method: Any, data: ImageSource, pool: torch.Tensor, val: torch.Tensor,
                budget: int, batch_size: int) -> Selection:
         return Selection(pool.clone())

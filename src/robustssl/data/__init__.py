@@ -6,6 +6,7 @@ from robustssl.data.catalog import DATASET_NAMES, dataset_stats, load_dataset
 from robustssl.data.dataset import ImageDataset
 from robustssl.data.loader import DeviceLoader, epoch_order
 from robustssl.data.readers import DatasetError
+from robustssl.data.streaming import StreamingLoader, open_stream
 
 __all__ = [
     "DATASET_NAMES",
@@ -15,8 +16,10 @@ __all__ = [
     "DatasetError",
     "DeviceLoader",
     "ImageDataset",
+    "StreamingLoader",
     "dataset_stats",
     "epoch_order",
     "load_dataset",
     "make_batch",
+    "open_stream",
 ]

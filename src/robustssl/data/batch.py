@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .dataset import ImageDataset
+from .dataset import ImageSource
 
 
 @dataclass
@@ -31,15 +31,19 @@ class Batch:
         return self.images.shape[0]
 
 
-def make_batch(data: ImageDataset, positions: torch.Tensor, weights: torch.Tensor | None = None, groups: int = 1) -> Batch:
-    """Gather `positions` (rows of `data`) into a Batch on data's device; images scaled to [0, 1]."""
+def make_batch(data: ImageSource, positions: torch.Tensor, weights: torch.Tensor | None = None, groups: int = 1) -> Batch:
+    """Gather `positions` (rows of `data`) into a Batch on data's device; images scaled to [0, 1].
+
+    data: an ImageDataset (an index gather) or a streaming source (the rows read for this batch).
+    """
     if groups < 1 or len(positions) % groups:
         raise ValueError(f"{len(positions)} positions do not split into {groups} equal groups")
-    device = data.images.device
+    device = data.device
+    images = data.gather(positions).float().div_(255.0)  # positions as given: a streaming source reads them on the host
     positions = positions.to(device)
     return Batch(
         positions=positions,
-        images=data.images[positions].float().div_(255.0),
+        images=images,
         labels=None if data.labels is None else data.labels[positions],
         weights=None if weights is None else weights.to(device=device, dtype=torch.float32),
         groups=groups,

@@ -8,7 +8,10 @@ from robustssl.data.dataset import ImageDataset
 from robustssl.data.download import ARCHIVES, download_and_verify, extract_archive, file_md5, manual_download_help
 from robustssl.data.readers import SVHN_FILES, DatasetError, read_cifar, read_idx, read_image_folder, read_stl10, read_svhn
 
-__all__ = ["DATASET_NAMES", "DATA_ENV_VAR", "SYSTEM_DATA_DIR", "canonical_name", "dataset_stats", "image_shape", "load_dataset"]
+__all__ = [
+    "DATASET_NAMES", "DATA_ENV_VAR", "SYSTEM_DATA_DIR", "canonical_name", "dataset_stats", "image_folder_split", "image_shape",
+    "load_dataset",
+]
 
 DATASET_NAMES: tuple[str, ...] = ("fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "svhn", "imagefolder")
 DATA_ENV_VAR = "ROBUSTSSL_DATA"
@@ -287,6 +290,11 @@ def load_dataset(
 
 
 def _load_image_folder(split: str, root: str | None, image_size: int | None, channels: int | None) -> ImageDataset:
+    return read_image_folder(image_folder_split(split, root), split, image_size=image_size, channels=channels)
+
+
+def image_folder_split(split: str, root: str | None) -> Path:
+    """The folder `root/<split>` of an 'imagefolder' dataset; DatasetError naming what exists otherwise."""
     if not root:
         raise DatasetError("'imagefolder' needs a root: pass data.root=<folder holding <split>/<class>/<images>>.")
     base = Path(root).expanduser()
@@ -297,4 +305,4 @@ def _load_image_folder(split: str, root: str | None, image_size: int | None, cha
             f"Split folder {folder} does not exist (subfolders of {base}: {found or 'none'}). "
             f"Create {folder}/<class>/<images> or pick an existing split."
         )
-    return read_image_folder(folder, split, image_size=image_size, channels=channels)
+    return folder

@@ -2,8 +2,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+
+class ImageSource(Protocol):
+    """What training and coreset selection need from a training split: its size, shape, labels
+    and the images at given positions. `ImageDataset` (all images in one tensor, on the device)
+    and `data.streaming`'s sources (images read per batch from disk or the host) are ones."""
+
+    labels: torch.Tensor | None  # int64 [N] on `device`, or None
+    indices: torch.Tensor  # int64 [N] sample ids inside the split
+    name: str
+    split: str
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    @property
+    def num_channels(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where `gather` puts images (the training device)."""
+        ...
+
+    def gather(self, positions: torch.Tensor) -> torch.Tensor:
+        """uint8 [b, C, H, W] (0..255) of the rows at `positions` (int64 [b], 0..N-1), on `device`."""
+        ...
 
 
 @dataclass
@@ -45,6 +75,14 @@ class ImageDataset:
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def gather(self, positions: torch.Tensor) -> torch.Tensor:
+        """uint8 [b, C, H, W] of the rows at `positions` (an index gather on the images' device)."""
+        return self.images[positions.to(self.images.device)]
 
     @property
     def num_classes(self) -> int | None:

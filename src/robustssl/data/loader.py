@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from .batch import Batch, make_batch
-from .dataset import ImageDataset
+from .dataset import ImageSource
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ class DeviceLoader:
     train on exactly the one-process batches, rank 0 holding the first images of each.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, drop_last: bool = True,
+    def __init__(self, dataset: ImageSource, batch_size: int, seed: int, drop_last: bool = True,
                  rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -12,6 +12,7 @@ import logging
 import pickle
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -477,6 +478,46 @@ def _decode(Image, path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+@dataclass(frozen=True)
+class ImageFolderIndex:
+    """An ImageFolder tree listed but not decoded: what a reader needs to decode any file.
+
+    files[i] has label labels[i] (int64 [N]); every image decodes to `channels` (1 or 3)
+    channels at `size` = (width, height).
+    """
+
+    classes: list[str]
+    files: list[Path]
+    labels: np.ndarray
+    channels: int
+    size: tuple[int, int]
+
+    def decode(self, i: int) -> np.ndarray:
+        """Image i as uint8 [H, W, C] (0..255), converted and resized as the index says."""
+        return _decode(_import_pil(), self.files[i], "L" if self.channels == 1 else "RGB", self.size)
+
+
+def index_image_folder(root: str | Path, image_size: int | None = None, channels: int | None = None,
+                       probe: bool = True) -> ImageFolderIndex:
+    """List `root/<class>/<image files>` and decide channels and size (see `read_image_folder`).
+
+    probe=False with both image_size and channels given skips reading every file's header
+    (a large tree is then listed without opening its files; a damaged file fails when decoded).
+    """
+    Image = _import_pil()
+    root = Path(root)
+    classes, samples = _list_image_folder(root)
+    files = [f for f, _ in samples]
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    if not probe and image_size is not None and channels is not None:
+        return ImageFolderIndex(classes, files, labels, _decide_channels([], files, channels),
+                                _decide_size([], files, image_size))
+    probes = [_probe(Image, f) for f in files]
+    c = _decide_channels([p[0] for p in probes], files, channels)
+    size = _decide_size([p[1] for p in probes], files, image_size)
+    return ImageFolderIndex(classes, files, labels, c, size)
+
+
 def read_image_folder(
     root: str | Path,
     split_name: str,
@@ -493,15 +534,9 @@ def read_image_folder(
     Channels: `channels` (1 or 3) if given, else the mode of the majority of images
     (ties -> RGB); the others are converted, with a warning naming a file of each mode.
     """
-    Image = _import_pil()
-    root = Path(root)
-    classes, samples = _list_image_folder(root)
-    files = [f for f, _ in samples]
-    probes = [_probe(Image, f) for f in files]
-    c = _decide_channels([p[0] for p in probes], files, channels)
-    width, height = _decide_size([p[1] for p in probes], files, image_size)
-    images = np.empty((len(files), height, width, c), dtype=np.uint8)
-    for i, path in enumerate(files):
-        images[i] = _decode(Image, path, "L" if c == 1 else "RGB", (width, height))
-    labels = np.array([label for _, label in samples], dtype=np.int64)
-    return _make_dataset(images.transpose(0, 3, 1, 2), labels, name, split_name, classes)
+    index = index_image_folder(root, image_size, channels)
+    width, height = index.size
+    images = np.empty((len(index.files), height, width, index.channels), dtype=np.uint8)
+    for i in range(len(index.files)):
+        images[i] = index.decode(i)
+    return _make_dataset(images.transpose(0, 3, 1, 2), index.labels, name, split_name, index.classes)

@@ -99,21 +99,30 @@ def evaluate_classifier(
     n_classes = _logit_width(model, x) if n_classes is None else n_classes
     clean = clean_accuracy(model, x, y, bs)
     log.info("clean accuracy %.4f (%d examples)", clean.accuracy, clean.n_examples)
-    pgd20 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
+    norm = cfg.norm
+    pgd20 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, PGD_STEPS, norm=norm, seed=seed, batch_size=bs, name="pgd20")
     log.info("PGD-20 accuracy %.4f at eps %.4g", pgd20.accuracy, cfg.eps)
-    fgsm = pgd_accuracy(model, x, y, cfg.eps, cfg.eps, 1, random_start=False, seed=seed, batch_size=bs, name="fgsm")
+    fgsm = pgd_accuracy(model, x, y, cfg.eps, cfg.eps, 1, norm=norm, random_start=False, seed=seed, batch_size=bs, name="fgsm")
     aa: AttackResult | None = None
     n_aa = x.shape[0] if cfg.autoattack_examples is None else min(cfg.autoattack_examples, x.shape[0])
     if "autoattack" in cfg.attacks:
-        aa = autoattack_accuracy(model, x[:n_aa], y[:n_aa], cfg.eps, seed, batch_size=bs)
+        aa = autoattack_accuracy(model, x[:n_aa], y[:n_aa], cfg.eps, seed, norm="L2" if norm == "l2" else "Linf", batch_size=bs)
         log.info("AutoAttack accuracy %.4f at eps %.4g on %d examples", aa.accuracy, cfg.eps, n_aa)
+
+    pgd50: AttackResult | None = None
+    if "pgd50x10" in cfg.attacks:  # ACS's protocol: PGD-50, 10 random restarts, per-example worst case
+        pgd50 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, 50, norm=norm, seed=seed, batch_size=bs, name="pgd50x10",
+                             restarts=10)
+        log.info("PGD-50 x 10 restarts accuracy %.4f at eps %.4g", pgd50.accuracy, cfg.eps)
 
     curve: dict[float, AttackResult] = {float(cfg.eps): pgd20}
     for e in curve_points(cfg):
         if e not in curve:
-            curve[e] = pgd_accuracy(model, x, y, e, curve_alpha(e, cfg), PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
-    big = large_eps(cfg.eps)
-    large = pgd_accuracy(model, x, y, big, large_eps_alpha(big, PGD_STEPS), PGD_STEPS, seed=seed, batch_size=bs, name="pgd20")
+            curve[e] = pgd_accuracy(model, x, y, e, curve_alpha(e, cfg), PGD_STEPS, norm=norm, seed=seed, batch_size=bs,
+                                    name="pgd20")
+    big = large_eps(cfg.eps, norm, x[0].numel())
+    large = pgd_accuracy(model, x, y, big, large_eps_alpha(big, PGD_STEPS), PGD_STEPS, norm=norm, seed=seed, batch_size=bs,
+                         name="pgd20")
 
     if aa is not None and n_aa < x.shape[0]:  # AutoAttack ran on the first n_aa: compare it on exactly those
         order = [
@@ -123,7 +132,7 @@ def evaluate_classifier(
     else:
         order = [check_attack_order(clean, pgd20, aa, fgsm)]
     sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large), check_above_chance(clean, n_classes)]
-    requested = {"pgd20": pgd20, "autoattack": aa}
+    requested = {"pgd20": pgd20, "autoattack": aa, "pgd50x10": pgd50}
     if aa is not None and n_aa < x.shape[0]:
         aa.extra["pgd20_on_same_examples"] = pgd20.first(n_aa).accuracy
         aa.extra["clean_on_same_examples"] = clean.first(n_aa).accuracy
@@ -250,7 +259,8 @@ def evaluate_encoder(
                 "pgd_slack_examples": fgsm_slack(int(x.shape[0])),
             },
             "large_eps": {
-                "eps": large_eps(cfg.eps), "alpha": large_eps_alpha(large_eps(cfg.eps), PGD_STEPS), "steps": PGD_STEPS,
+                "eps": large_eps(cfg.eps, cfg.norm, x[0].numel()),
+                "alpha": large_eps_alpha(large_eps(cfg.eps, cfg.norm, x[0].numel()), PGD_STEPS), "steps": PGD_STEPS,
                 "max_accuracy": LARGE_EPS_MAX_ACCURACY,
             },
             "above_chance": {"min_clean_accuracy": chance_threshold(n_classes), "margin": CHANCE_MARGIN},

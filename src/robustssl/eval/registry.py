@@ -9,7 +9,8 @@ choices from these tables:
                "alf-mc": SLF / ALF on the mean of the features of a fixed set of crops of
                the image, EMP-SSL's multi-patch aggregation, see multicrop.py)
     ATTACKS    the attacks `eval.attacks` may name ("pgd20": PGD-20 l_inf with random
-               start; "autoattack": the official AutoAttack, standard version)
+               start; "autoattack": the official AutoAttack, standard version; "pgd50x10":
+               PGD-50 with 10 random restarts, ACS's protocol)
 
 A protocol declares whether it finetunes the encoder. `evaluate_encoder` gives a protocol
 that does its own deep copy of the encoder (so the caller's encoder, and every other
@@ -33,6 +34,7 @@ from torch import nn
 from ..config import EvalConfig
 from ..models.encoder import SSLModel
 from .classifier import FinetuneClassifier, LinearEvalModel
+from .direct import train_direct
 from .finetune import train_aff
 from .linear import train_alf, train_slf
 from .multicrop import CropSet, MultiCropEvalModel, train_alf_mc, train_slf_mc
@@ -69,8 +71,9 @@ PROTOCOLS: dict[str, Protocol] = {
         Protocol("aff", "adversarial full finetuning (encoder + head, TRADES)", True, train_aff),
         Protocol("slf-mc", "SLF on the mean features of a fixed crop set (EMP-SSL multi-patch)", False, train_slf_mc, True),
         Protocol("alf-mc", "ALF on the mean features of a fixed crop set (EMP-SSL multi-patch)", False, train_alf_mc, True),
+        Protocol("direct", "a supervised run's own classifier, as trained (no probe)", False, train_direct),
     )
 }
-ATTACKS: tuple[str, ...] = ("pgd20", "autoattack")
+ATTACKS: tuple[str, ...] = ("pgd20", "autoattack", "pgd50x10")
 
 __all__ = ["ATTACKS", "PROTOCOLS", "Protocol"]

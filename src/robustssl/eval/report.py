@@ -107,7 +107,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _probe_state(p: dict[str, Any]) -> str:
     """The probe column: converged or NOT CONVERGED for a linear probe (converged for reports that
     predate the record); n/a for full finetuning, whose loss is not judged."""
-    if p["training"].get("finetunes_encoder"):
+    if p["training"].get("finetunes_encoder") or p["training"].get("direct"):
         return "n/a"
     return "converged" if p["training"].get("convergence", {}).get("converged", True) else "NOT CONVERGED"
 
@@ -164,7 +164,10 @@ def _finetune_md(t: dict[str, Any]) -> list[str]:
 def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
     out = [f"## {name.upper()}", ""]
     t = p["training"]
-    out += _finetune_md(t) if t.get("finetunes_encoder") else _linear_md(t)
+    if t.get("direct"):
+        out.append("The supervised run's own classifier (encoder + its trained linear layer), evaluated as trained: no probe.")
+    else:
+        out += _finetune_md(t) if t.get("finetunes_encoder") else _linear_md(t)
     out.append("")
     header = ["attack", "norm", "eps", "steps", "accuracy", "examples", "seed"]
     out += _md_table(header, [_record_row(r) for r in [p["clean"], *p["attacks"]]])

@@ -121,13 +121,18 @@ def pgd_accuracy(
     seed: int = 0,
     batch_size: int = 500,
     name: str | None = None,
+    restarts: int = 1,
 ) -> AttackResult:
     """Accuracy under PGD maximizing the cross-entropy (the shared engine, eval mode, fp32).
 
     x: float [N, C, H, W] in [0, 1]; y: int64 [N]. The random start is drawn from a generator
     seeded with `seed`, so a call repeats exactly. With eps=0 the inputs are not moved and the
     flags equal clean_accuracy's. `name` labels the record (default "pgd{steps}").
+    restarts: independent random starts per example; an example survives only if it survives
+    every one (the per-example worst case, ACS's PGD-50 with 10 restarts).
     """
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     _check_inputs(x, y)
     device = model_device(model)
     cfg = PGDConfig(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start)
@@ -137,11 +142,16 @@ def pgd_accuracy(
     with model_mode(model, "eval"):
         for s in _batches(x.shape[0], batch_size):
             xb, yb = x[s].to(device).float(), y[s].to(device)
-            x_adv = pgd(model, xb, summed_ce(model, yb), cfg, mode="eval", generator=gen)
-            with torch.no_grad():
-                flags.append((model(x_adv).argmax(1) == yb).cpu())
+            survived = torch.ones_like(yb, dtype=torch.bool)
+            for _ in range(restarts):
+                x_adv = pgd(model, xb, summed_ce(model, yb), cfg, mode="eval", generator=gen)
+                with torch.no_grad():
+                    survived &= model(x_adv).argmax(1) == yb
+            flags.append(survived.cpu())
     result = torch.cat(flags) if flags else torch.empty(0, dtype=torch.bool)
-    extra = {"alpha": alpha, "random_start": random_start}
+    extra: dict[str, Any] = {"alpha": alpha, "random_start": random_start}
+    if restarts > 1:
+        extra["restarts"] = restarts
     return AttackResult(name or f"pgd{steps}", norm, eps, steps, seed, result, time.perf_counter() - t0, extra)
 
 

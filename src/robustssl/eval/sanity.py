@@ -48,8 +48,16 @@ class SanityCheckWarning(UserWarning):
     """A robustness number failed a sanity check (a sign of gradient masking)."""
 
 
-def large_eps(eps: float) -> float:
-    """The radius of the large-eps check: 0.5, or 4*eps when that is larger (capped at 1)."""
+def large_eps(eps: float, norm: str = "linf", dim: int | None = None) -> float:
+    """The radius of the large-eps check: 0.5, or 4*eps when that is larger (capped at 1).
+
+    l_2 (`dim`: the input's number of values, C*H*W): 0.5 * sqrt(dim), the l_2 ball around the
+    l_inf ball of 0.5 (the l_inf check's radius), or 4*eps when larger, capped at sqrt(dim)
+    (the diameter of the image cube)."""
+    if norm == "l2":
+        if dim is None:
+            raise ValueError("the l2 large-eps radius needs the input dimension")
+        return min(dim**0.5, max(LARGE_EPS * dim**0.5, 4 * eps))
     return min(1.0, max(LARGE_EPS, 4 * eps))
 
 

@@ -5,10 +5,12 @@ import torch
 from torch.nn import functional as F
 
 from .. import dist
+from .precision import autocast_off
 
 POSITIVES = ("mean", "sum")
 
 
+@autocast_off
 def nt_xent(z: torch.Tensor, n_views: int, tau: float, weights: torch.Tensor | None = None,
             positives: str = "mean", groups: int = 1, gather_distributed: bool | None = None) -> torch.Tensor:
     """Contrastive loss over `n_views` views of N images.

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import dist
+from .precision import autocast_off
 
 
 def _at_least_fp32(z: torch.Tensor) -> torch.Tensor:
@@ -23,6 +24,7 @@ def _at_least_fp32(z: torch.Tensor) -> torch.Tensor:
     return z if z.dtype == torch.float64 else z.float()
 
 
+@autocast_off
 def total_coding_rate(z: torch.Tensor, eps: float = 0.2, weights: torch.Tensor | None = None) -> torch.Tensor:
     """R(Z) of each batch in z [..., B, d] (rows are embeddings, used as given) -> [...].
 
@@ -45,6 +47,7 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2, weights: torch.Tensor |
     return torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
+@autocast_off
 def emp_ssl_loss(z: torch.Tensor, n_crops: int, *, eps: float = 0.2, inv_weight: float = 200.0, tcr_weight: float = 1.0,
                  weights: torch.Tensor | None = None, groups: int = 1,
                  gather_distributed: bool | None = None) -> tuple[torch.Tensor, dict[str, float]]:

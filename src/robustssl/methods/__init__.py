@@ -16,11 +16,12 @@ from .dynacl import DynACL
 from .emp import EMPSSL, RobustEMPSSL
 from .rocl import RoCL
 from .simclr import SimCLR
+from .supervised import PGDAT, TRADES, FastAT
 
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL, EMPSSL, RobustEMPSSL, CFAMC)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL, EMPSSL, RobustEMPSSL, CFAMC, PGDAT, TRADES, FastAT)}
 
 
 def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
@@ -39,4 +40,4 @@ def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
                                     epochs=cfg.train.epochs)
 
 
-__all__ = ["ACL", "CFAMC", "EMPSSL", "METHODS", "DynACL", "Method", "NonFiniteLoss", "RoCL", "RobustEMPSSL", "SimCLR", "Views", "build_method"]
+__all__ = ["ACL", "CFAMC", "EMPSSL", "METHODS", "PGDAT", "TRADES", "DynACL", "FastAT", "Method", "NonFiniteLoss", "RoCL", "RobustEMPSSL", "SimCLR", "Views", "build_method"]

@@ -12,6 +12,7 @@ dataclass for its own `method.<name>.*` keys, `check_config` for rules on the wh
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,11 +40,13 @@ class Views:
     """natural: the augmented views, each [B, C, H, W] in [0,1]; adversarial: their attacked copies (or empty).
 
     groups: the batch's independent groups (`Batch.groups`); losses keep negatives within a group.
+    labels: the batch's class ids (supervised methods), or None.
     """
 
     natural: list[torch.Tensor]
     adversarial: list[torch.Tensor] = field(default_factory=list)
     groups: int = 1
+    labels: torch.Tensor | None = None  # int64 [B]: the batch's labels, for supervised methods
 
 
 @dataclass
@@ -75,7 +78,11 @@ class Method:
     # attack and loss honour Batch.groups (stacked independent batches, each its own loss):
     # coreset selection then scores several candidate batches per forward.
     supports_groups: ClassVar[bool] = False
+    supervised: ClassVar[bool] = False  # trains on labels; its export holds the classifier layer
     n_views: int = 2
+    # bf16 training (train.bf16, set by train.accelerate): the attack and the loss forwards run
+    # under autocast in this dtype; None (the default) runs them in fp32 without any context.
+    amp_dtype: torch.dtype | None = None
 
     def __init__(self, settings: Any, augment: ContrastiveAugment, attack: PGDConfig, *, epochs: int | None = None) -> None:
         if not isinstance(settings, self.Settings):
@@ -98,7 +105,7 @@ class Method:
 
     def make_views(self, batch: Batch) -> Views:
         """batch.images [B, C, H, W] in [0,1] -> `n_views` independent augmentations."""
-        return Views([self.augment(batch.images) for _ in range(self.n_views)], groups=batch.groups)
+        return Views([self.augment(batch.images) for _ in range(self.n_views)], groups=batch.groups, labels=batch.labels)
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         """Add adversarial views made with `attack` (clean methods return `views` unchanged)."""
@@ -110,6 +117,12 @@ class Method:
         weights: float [B] per-image loss weights (a weighted coreset) or None.
         """
         raise NotImplementedError  # abstract: every method defines its loss
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """Autocast on `device` in `amp_dtype` around forwards (attack, loss); a no-op context when it is None."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
 
     # --- what the trainer and the selectors call --------------------------------------------
     def training_loss(self, model: nn.Module, batch: Batch, attack: PGDConfig | None = None,
@@ -126,20 +139,22 @@ class Method:
         timer = timer or PhaseTimer()
         with timer.phase("augment"):
             views = self.make_views(batch)
-        with timer.phase("attack"):
+        with timer.phase("attack"), self.autocast(batch.images.device):
             views = self.attack(model, views, attack or self.attack_cfg)
-        return self.loss(model, views, batch.weights)[0]
+        with self.autocast(batch.images.device):
+            return self.loss(model, views, batch.weights)[0]
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, batch: Batch,
              timer: PhaseTimer) -> dict[str, float]:
         """One batch: views, attack, then `updates_per_batch` updates. Returns logged values (loss first)."""
         with timer.phase("augment"):
             views = self.make_views(batch)
-        with timer.phase("attack"):
+        with timer.phase("attack"), self.autocast(batch.images.device):
             views = self.attack(model, views, self.attack_cfg)
         with timer.phase("update"):
             model.train()
-            loss, parts = self.loss(model, views, batch.weights)
+            with self.autocast(batch.images.device):
+                loss, parts = self.loss(model, views, batch.weights)
             self.update(optimizer, scheduler, loss)
         return {"loss": float(loss.detach()), **parts}
 

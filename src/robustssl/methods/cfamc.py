@@ -62,7 +62,8 @@ class CFAMC(RobustEMPSSL):
             model.train()
             for _ in range(self.updates_per_batch):
                 x_adv, delta = self.free.perturb(x)
-                loss, parts = self.emp_loss(model, x_adv, batch.weights)
+                with self.autocast(x.device):
+                    loss, parts = self.emp_loss(model, x_adv, batch.weights)
                 self.update(optimizer, scheduler, loss)  # its backward also leaves delta.grad
                 self.free.ascend(x, delta)
         return {"loss": float(loss.detach()), **parts}

@@ -46,6 +46,7 @@ class SSLModel(nn.Module):
         self.backbone = backbone
         self.projector = projector
         self.feature_dim: int = backbone.feature_dim  # type: ignore[assignment]
+        self.head_trained = False  # a loaded export holds a trained classifier layer (supervised runs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.normalize(x))

@@ -1,6 +1,7 @@
 """Export an encoder to safetensors and load it back into the same architecture.
 
-An export is one safetensors file: the encoder's tensors (normalize + backbone, fp32 as
+An export is one safetensors file: the encoder's tensors (normalize + backbone; for supervised
+runs also the trained classifier layer, `projector.*`; fp32 as
 trained, on the CPU) and, in the file's string metadata,
 
     robustssl_model_spec        JSON of the `ModelSpec` (rebuilds the architecture)
@@ -58,18 +59,22 @@ def _check_branches(trained_branches: Sequence[str]) -> list[str]:
 
 
 def export_encoder(
-    model: SSLModel, spec: ModelSpec, path: str | Path, trained_branches: Sequence[str] | None = None
+    model: SSLModel, spec: ModelSpec, path: str | Path, trained_branches: Sequence[str] | None = None,
+    with_head: bool = False,
 ) -> Path:
     """Write the encoder weights (normalize + backbone) and the architecture spec to `path`, atomically.
 
     trained_branches: the dual-BN branches training updated ("normal", "pgd"); stored in the
     metadata so evaluation can pick a trained branch. None records nothing (unknown).
+    with_head: also write the projector, which for supervised methods is the trained
+    classifier layer (`load_encoder` then marks the model `head_trained`).
     """
     path = Path(path)
     metadata = {SPEC_KEY: json.dumps(asdict(spec))}
     if trained_branches is not None:
         metadata[BRANCHES_KEY] = json.dumps(_check_branches(trained_branches))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.encoder_state_dict().items()}
+    state = model.state_dict() if with_head else model.encoder_state_dict()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     blob = save_bytes(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(blob))
     return path
@@ -158,7 +163,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_encoder(path: str | Path, device: str = "cpu") -> tuple[SSLModel, ModelSpec]:
-    """Rebuild the model from an export; the projector is freshly initialised (not exported).
+    """Rebuild the model from an export; the projector is freshly initialised unless the export holds it
+    (a supervised run's classifier layer: the model is then marked `head_trained`).
 
     The trained BN branches are not part of the return value; read them with
     `read_export_metadata(path)["trained_branches"]`. Raises FileNotFoundError for a missing
@@ -175,7 +181,9 @@ def load_encoder(path: str | Path, device: str = "cpu") -> tuple[SSLModel, Model
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:  # tensor shapes that do not fit the architecture
         raise RunError(f"{path} does not match its architecture ({str(e).splitlines()[0]}); {_fix()}") from None
+    head_missing = [k for k in missing if k.startswith("projector.")]
     missing = [k for k in missing if not k.startswith("projector.")]
     if missing or unexpected:
         raise RunError(f"{path} does not match its architecture: missing {missing[:5]}, unexpected {unexpected[:5]}; {_fix()}")
+    model.head_trained = not head_missing and any(k.startswith("projector.") for k in tensors)
     return model.to(device), spec

@@ -22,12 +22,13 @@ from tqdm import tqdm
 from .. import dist
 from ..config import RunConfig, to_dict
 from ..coreset.schedule import CoresetSchedule
-from ..data import DeviceLoader, dataset_stats, load_dataset
-from ..data.dataset import ImageDataset
+from ..data import DeviceLoader, StreamingLoader, dataset_stats, load_dataset, open_stream
+from ..data.dataset import ImageDataset, ImageSource
 from ..errors import RunError
 from ..io import atomic_write_text
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
+from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import prepare_model, rank_seed, replicate
 from .metrics import MetricsLog
@@ -78,6 +79,18 @@ def load_train_set(cfg: RunConfig) -> ImageDataset:
     return data
 
 
+def load_train_source(cfg: RunConfig, device: torch.device) -> ImageSource:
+    """The training split (`data.train_subset` applied) on `device`, or, with data.stream, streamed to it per batch."""
+    if not cfg.data.stream:
+        return load_train_set(cfg).to(device)
+    data = open_stream(cfg.data.name, "train", device, **data_options(cfg))
+    n = cfg.data.train_subset
+    if n is not None and n < len(data):  # the same seeded subset as load_train_set
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
+    return data
+
+
 def data_options(cfg: RunConfig) -> dict[str, Any]:
     """load_dataset's keyword arguments from the config's data section (shared by train and test splits)."""
     d = cfg.data
@@ -87,7 +100,7 @@ def data_options(cfg: RunConfig) -> dict[str, Any]:
     return options
 
 
-def model_spec(cfg: RunConfig, data: ImageDataset) -> ModelSpec:
+def model_spec(cfg: RunConfig, data: ImageSource) -> ModelSpec:
     """The architecture: the config's model section plus what the data decides (channels, normalization)."""
     mean, std = dataset_stats(cfg.data.name, data.num_channels)
     return ModelSpec.from_config(cfg.model, data.num_channels, mean, std)
@@ -173,11 +186,12 @@ class TrainState:
                 "phase_seconds", "config")
 
 
-def build_state(cfg: RunConfig, data: ImageDataset, device: torch.device) -> TrainState:
+def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> TrainState:
     """Model, method, coreset schedule, optimizer and lr schedule of a fresh run."""
     model: SSLModel = build_model(model_spec(cfg, data)).to(device)
     prepare_model(model, device, cfg.train.sync_bn)  # torchrun + train.sync_bn: synchronized BatchNorm
     method = build_method(cfg, data.image_size, data.num_channels)
+    accelerate(model, method, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
     if method.needs_dual_bn and not cfg.model.dual_bn and dist.is_main():
         print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
     untrained = [b for b in BRANCHES if b not in method.trained_branches]
@@ -193,7 +207,7 @@ def build_state(cfg: RunConfig, data: ImageDataset, device: torch.device) -> Tra
     k = method.updates_per_batch
     scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
     replicate(model, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
-    return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device))
+    return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -203,7 +217,7 @@ class RunContext:
 
     cfg: RunConfig
     out: Path
-    data: ImageDataset
+    data: ImageSource
     loader: DeviceLoader
     metrics: MetricsLog
     bar: Any
@@ -325,7 +339,7 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
         dist.on_main(lambda: claim_new_run(out, cfg))
     dist.on_main(lambda: clear_orphans(out))
     torch.manual_seed(cfg.train.seed)
-    data = load_train_set(cfg).to(device)
+    data = load_train_source(cfg, device)
     state = build_state(cfg, data, device)
     if dist.rank() > 0:  # each rank its own augmentations and attack starts; rank 0 keeps the run's stream
         torch.manual_seed(rank_seed(cfg.train.seed, dist.rank()))
@@ -344,7 +358,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
     tty = sys.stderr.isatty()
     bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not (cfg.train.progress and dist.is_main()),
                unit="step", dynamic_ncols=True, mininterval=0.1 if tty else 60.0, maxinterval=10.0 if tty else 600.0)
-    loader = DeviceLoader(data, cfg.optim.batch_size, cfg.train.seed, rank=dist.rank(), world_size=world)
+    bs, seed, rank = cfg.optim.batch_size, cfg.train.seed, dist.rank()
+    loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
+              if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
     run = RunContext(cfg, out, data, loader, metrics, bar)
     while state.epoch < cfg.train.epochs:
         train_epoch(state, run)
@@ -359,7 +375,8 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
     result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
     if not dist.is_main():
         return result
-    export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained)
+    export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained,
+                   with_head=state.method.supervised)
     summary: dict[str, Any] = {
         "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
         "trained_branches": trained, "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,

@@ -1,0 +1,138 @@
+"""Supervised adversarial training on full data vs on coresets (ACS: GradMatch, CRAIG; RCS; random),
+for TRADES and l_inf PGD-AT: training wall-clock ratio (with the selection share) and clean /
+PGD-20 / AutoAttack accuracy of the trained classifier (`direct`), over seeds, side by side in one
+process.
+
+Every run trains from `<method>_fmnist_cpu` (same model, data, attack, optimizer). Full AT trains
+E epochs on all data. A coreset arm follows ACS's warm start with kappa and c = f: round(c kappa E)
+full epochs, then (1 - kappa) E epochs on a coreset of fraction f re-selected every R epochs, so it
+trains round(c kappa E) + (1 - kappa) E epochs. Its speed-up bound, selections free, is
+E / (round(c kappa E) + (1 - kappa) E f); measured ratios above it are measurement problems.
+Arms run in a rotated order per seed (shared-machine drift does not always hit the same arm).
+
+    cd benchmarks && python acs_speed_quality.py --runs runs/acs --json results/acs_speed_quality_cpu.json
+
+Ends with one line per method and selector:
+RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b>
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustssl import api
+from robustssl.config import load_config
+from timing import accuracies, machine, mean_sd, protocol_numbers
+
+SELECTORS = ("gradmatch", "craig", "rcs", "random")
+
+
+def schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
+    """(full warm-start epochs, coreset epochs) of ACS's warm start with c = f."""
+    return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="trades,pgd_at")
+    p.add_argument("--selectors", default=",".join(SELECTORS))
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--fraction", type=float, default=0.3)
+    p.add_argument("--kappa", type=float, default=0.5)
+    p.add_argument("--every", type=int, default=3, help="re-selection every R epochs")
+    p.add_argument("--extra", default="", help="comma-separated overrides for every training run")
+    p.add_argument("--eval-extra", default="eval.eps_curve=[]", help="comma-separated overrides for every evaluation")
+    p.add_argument("--runs", required=True)
+    p.add_argument("--json")
+    p.add_argument("--reuse", action="store_true",
+                   help="a finished run folder is evaluated again, not retrained; an interrupted one is resumed")
+    p.add_argument("--from-json", help="print the tables of an earlier --json (a partial run included) and stop")
+    args = p.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    arms = ["full"] + [s for s in args.selectors.split(",") if s]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = [e for e in args.extra.split(",") if e]
+    eval_extra = [e for e in args.eval_extra.split(",") if e]
+    runs = Path(args.runs)
+    where = machine(torch.device("cpu"))
+    rows: list[dict[str, Any]] = []
+    bounds: dict[str, float] = {}
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": where, "settings": vars(args), "threads": torch.get_num_threads(),
+                                                   "bounds": bounds, "rows": rows}, indent=2))
+
+    if args.from_json:
+        done = json.loads(Path(args.from_json).read_text())
+        rows, bounds, where = done["rows"], done["bounds"], done["machine"]
+        extra = done["settings"]["extra"].split(",") if done["settings"]["extra"] else []
+        seeds = sorted({r["seed"] for r in rows})
+        methods = [m for m in methods if any(r["method"] == m for r in rows)]
+        arms = [a for a in arms if any(r["arm"] == a for r in rows)]
+    for seed in [] if args.from_json else seeds:
+        for method in methods:
+            recipe = f"{method}_fmnist_cpu"
+            epochs = load_config(recipe, extra).train.epochs
+            warm, core = schedule(epochs, args.kappa, args.fraction)
+            bounds[method] = epochs / (warm + core * args.fraction)
+            shift = (seed + methods.index(method)) % len(arms)
+            for arm in arms[shift:] + arms[:shift]:
+                out = runs / f"{method}-{arm}-{seed}"
+                over = extra + [f"train.seed={seed}"]
+                if arm != "full":
+                    over += [f"coreset.method={arm}", "coreset.unit=sample", f"coreset.fraction={args.fraction}",
+                             f"coreset.warmup_epochs={warm}", f"coreset.every={args.every}", f"train.epochs={warm + core}"]
+                started = time.perf_counter()
+                if not (args.reuse and (out / "encoder.safetensors").is_file()):
+                    resumed = args.reuse and (out / "checkpoint.pt").is_file()  # elapsed time carries over
+                    api.pretrain(None if resumed else recipe, out, overrides=None if resumed else over, resume=resumed)
+                report = api.evaluate(out, overrides=eval_extra)
+                summary = json.loads((out / "run.json").read_text())
+                sel_s = summary["coreset"].get("selection_seconds", 0.0)
+                rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": summary["seconds"],
+                             "selection_s": sel_s, "steps": summary["steps"], "phase_seconds": summary["phase_seconds"],
+                             "total_s": time.perf_counter() - started, "protocols": protocol_numbers(report)})
+                d = rows[-1]["protocols"]["direct"]
+                print(f"seed {seed} {method} {arm:9s}: train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); clean "
+                      f"{d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)
+                save()
+
+    print(f"\nmachine: {where}; seeds {seeds}; f={args.fraction} "
+          f"kappa={args.kappa} R={args.every}; extra {extra or 'none'}")
+    print("| method | selector | speed-up (median, min-max) | bound | selection share | clean % | PGD-20 % | AutoAttack % |")
+    print("|---|---|---|---|---|---|---|---|")
+    results = []
+    for method in methods:
+        mine = [r for r in rows if r["method"] == method]
+        full = {r["seed"]: r for r in mine if r["arm"] == "full"}
+        if not full:
+            continue
+        full_pgd = statistics.mean(r["protocols"]["direct"]["pgd20"] for r in full.values())
+        for arm in arms:
+            rs = [r for r in mine if r["arm"] == arm and r["seed"] in full]
+            if not rs:
+                continue
+            ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
+            share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
+            vals = accuracies([r["protocols"]["direct"] for r in rs])
+            flag = " (ABOVE BOUND: measurement problem)" if arm != "full" and max(ratios) > bounds[method] else ""
+            print(f"| {method} | {arm} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}){flag} | "
+                  f"{bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | "
+                  f"{mean_sd(vals['autoattack'])} |")
+            if arm != "full":
+                results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(ratios):.2f}x "
+                               f"pgd20={100 * statistics.mean(vals['pgd20']):.2f}% full_pgd20={100 * full_pgd:.2f}%")
+    if not args.from_json:
+        save()
+    print("\n".join(results))
+
+
+if __name__ == "__main__":
+    main()
