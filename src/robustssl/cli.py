@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import api
+from . import api, dist
 from .config import recipe_dir
 from .data import DatasetError
 from .errors import ConfigError, RobustSSLError
@@ -21,6 +21,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise ConfigError("pretrain needs --config FILE (or a bundled recipe: "
                           + ", ".join(sorted(p.stem for p in recipe_dir().glob("*.yaml"))) + ")")
     result = api.pretrain(args.config, args.out, overrides=args.overrides, resume=args.resume)
+    if dist.launched_rank() > 0:  # under torchrun rank 0 reports
+        return 0
     times = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.phase_seconds.items()))
     print(f"done: {result.steps} steps in {result.seconds:.1f}s ({times}); encoder at {Path(args.out) / 'encoder.safetensors'}")
     return 0

@@ -136,6 +136,7 @@ class TrainConfig:
     channels_last: bool = False  # the model and every 4-D input it gets in channels_last memory format
     compile: bool = False  # torch.compile the model's forward in place (state_dict keys unchanged)
     timing: str = one_of("auto", TIMING_MODES)  # phase timing on CUDA: events (auto) or sync; CPU: perf_counter
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
 
 
 @dataclass

@@ -7,10 +7,12 @@ Never the mean over output units: for a softmax/CE head that mean is identically
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from .. import dist
 from ..attacks import PGDConfig
 from ..data.batch import Batch, make_batch
 from ..data.dataset import ImageSource
@@ -55,7 +57,7 @@ def _layer_dim(layer: torch.nn.Linear) -> int:
 
 def candidate_gradients(
     model: torch.nn.Module, method: Any, data: ImageSource, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
-    attack: PGDConfig | None = None, timer: PhaseTimer | None = None, per_forward: int = 1,
+    attack: PGDConfig | None = None, timer: PhaseTimer | None = None, per_forward: int = 1, distributed: bool | None = None,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
 
@@ -69,27 +71,53 @@ def candidate_gradients(
     chunk's summed-loss gradient. attack: the attack the method's loss uses (None: its training
     attack). Runs in the model's current mode (the selector uses eval) on the branches the
     method's loss picks; only the differentiated layers get gradients.
+
+    distributed (None: when several processes train together): every rank must call this with
+    the same units; the forwards (stacked batches, or sample chunks) are split into contiguous
+    shares, each rank computes its share, and the rows are all-gathered, so every rank returns
+    the whole G in the same order, each row computed exactly as in one process (randomness in
+    the candidates' views and attack starts comes from the computing rank's RNG).
     """
     with only_head_trainable(model, view):
+        jobs: list[tuple[int, Callable[[], torch.Tensor]]] = []  # (rows, compute) per forward
         if unit == "batch":
             step = per_forward if getattr(method, "supports_groups", False) else 1
-            rows = []
             for s in range(0, len(units), step):
                 group = units[s : s + step]
                 b = len(group[0])
                 if any(len(u) != b for u in group):
                     raise ValueError("candidate batches stacked into one forward must have equal sizes")
-                owner = torch.arange(len(group) * b) // b
-                batch = make_batch(data, torch.cat(group), groups=len(group))
-                rows.append(_shares(model, method, batch, view, attack, timer, owner, len(group)))
-            return torch.cat(rows)
-        flat = torch.stack(units)
-        out = []
-        for s in range(0, flat.numel(), chunk):
-            batch = make_batch(data, flat[s : s + chunk])
-            # The mean loss times b is the summed loss: a row is one image's share of it.
-            out.append(_shares(model, method, batch, view, attack, timer, torch.arange(len(batch)), len(batch), scale=len(batch)))
-        return torch.cat(out)
+
+                def stacked(group: list[torch.Tensor] = group, b: int = b) -> torch.Tensor:
+                    batch = make_batch(data, torch.cat(group), groups=len(group))
+                    return _shares(model, method, batch, view, attack, timer, torch.arange(len(group) * b) // b, len(group))
+
+                jobs.append((len(group), stacked))
+        else:
+            flat = torch.stack(units)
+            for s in range(0, flat.numel(), chunk):
+
+                def chunked(positions: torch.Tensor = flat[s : s + chunk]) -> torch.Tensor:
+                    # The mean loss times b is the summed loss: a row is one image's share of it.
+                    n = len(positions)
+                    return _shares(model, method, make_batch(data, positions), view, attack, timer, torch.arange(n), n, scale=n)
+
+                jobs.append((len(flat[s : s + chunk]), chunked))
+        return _run_sharded(jobs, view, distributed)
+
+
+def _run_sharded(jobs: list[tuple[int, Callable[[], torch.Tensor]]], view: HeadView, distributed: bool | None) -> torch.Tensor:
+    """The jobs' rows, concatenated in job order: all computed here, or (distributed) each rank
+    computing a contiguous share of the jobs and every rank receiving all rows."""
+    world = dist.world_size() if distributed is not False else 1
+    if world == 1:
+        return torch.cat([compute() for _, compute in jobs])
+    shares = [dist.shard_bounds(len(jobs), world, r) for r in range(world)]
+    lo, hi = shares[dist.rank()]
+    p = view.params[0]
+    mine = [compute() for _, compute in jobs[lo:hi]]
+    local = torch.cat(mine) if mine else torch.zeros(0, view.dim, dtype=p.dtype, device=p.device)
+    return dist.gather_rows(local, [sum(rows for rows, _ in jobs[a:b]) for a, b in shares])
 
 
 def gaussian_sketch(dim: int, sketch_dim: int, seed: int, device: torch.device | str) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .. import dist
 from ..config import CoresetConfig
 from ..data.dataset import ImageSource
 from .registry import build_selector
@@ -82,7 +83,10 @@ class CoresetSchedule:
         if sel.weights is not None and sel.weights.shape != sel.positions.shape:
             raise ValueError(f"{type(self.selector).__name__} returned {sel.weights.numel()} weights for {sel.positions.numel()} positions")
         weights = None if sel.weights is None else sel.weights.detach().float().cpu()
-        self.current, self.weights, self.selected_at = sel.positions.cpu(), weights, epoch
+        # Under torchrun every rank selects (sharing the candidates' work, see coreset/embeddings.py)
+        # and trains on rank 0's coreset: identical on every rank by construction.
+        positions, weights = dist.broadcast_object((sel.positions.cpu(), weights))
+        self.current, self.weights, self.selected_at = positions, weights, epoch
         record: dict[str, Any] = {"epoch": epoch, "seconds": seconds, "size": int(sel.positions.numel())}
         if sel.phases is not None:
             record["phases"] = sel.phases

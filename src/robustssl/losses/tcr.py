@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .. import dist
 from .precision import autocast_off
 
 
@@ -48,7 +49,8 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2, weights: torch.Tensor |
 
 @autocast_off
 def emp_ssl_loss(z: torch.Tensor, n_crops: int, *, eps: float = 0.2, inv_weight: float = 200.0, tcr_weight: float = 1.0,
-                 weights: torch.Tensor | None = None, groups: int = 1) -> tuple[torch.Tensor, dict[str, float]]:
+                 weights: torch.Tensor | None = None, groups: int = 1,
+                 gather_distributed: bool | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The EMP-SSL loss of n crops of N images, and its parts for logging.
 
     z: [n_crops * N, d] projector outputs, crop-major (rows i*N .. i*N+N-1 are crop i); L2-normalized here.
@@ -57,6 +59,10 @@ def emp_ssl_loss(z: torch.Tensor, n_crops: int, *, eps: float = 0.2, inv_weight:
     groups: the N images are `groups` independent batches of N / groups (stacked coreset candidates):
         each has its own coding rate and invariance mean, and the result is the SUM of the groups'
         losses, so each group's rows get exactly the gradient of their own loss.
+    gather_distributed: under torchrun, z holds this rank's shard of a global batch: the coding
+        rate is that of the global batch (every rank's embeddings gathered with gradients; the
+        same value on every rank) and the invariance term the mean over this rank's images, so
+        the ranks' mean is the one-process loss. None: gather inside `dist.global_batch()` only.
     Returns (loss scalar, {"loss_inv": L_inv, "loss_tcr": L_TCR}) (parts summed over groups).
     """
     if z.dim() != 2 or z.shape[0] % n_crops:
@@ -64,6 +70,9 @@ def emp_ssl_loss(z: torch.Tensor, n_crops: int, *, eps: float = 0.2, inv_weight:
     n_images = z.shape[0] // n_crops
     if groups < 1 or n_images % groups:
         raise ValueError(f"{n_images} images do not split into {groups} equal groups")
+    gathered = dist.gathers(gather_distributed)
+    if gathered and groups != 1:
+        raise ValueError("a loss gathered across ranks takes one group (groups=1)")
     b = n_images // groups
     zs = F.normalize(_at_least_fp32(z), dim=1).view(n_crops, groups, b, -1)  # [n, g, b, d]
     w = None if weights is None else weights.to(zs.dtype).view(groups, b)
@@ -71,6 +80,12 @@ def emp_ssl_loss(z: torch.Tensor, n_crops: int, *, eps: float = 0.2, inv_weight:
     cos = F.cosine_similarity(zs, z_bar, dim=-1)  # [n, g, b]
     per_image = cos.mean(0)  # [g, b]: mean over crops
     inv = -(per_image if w is None else per_image * w).mean(-1).sum()
+    if gathered:
+        # [world, n, 1, b, d] -> [n, 1, world * b, d]: each crop's global batch in rank order.
+        zs = dist.gather_with_grad(zs).permute(1, 2, 0, 3, 4).reshape(n_crops, 1, -1, zs.shape[-1])
+        if w is not None:
+            w = dist.gather_with_grad(w.detach()).reshape(1, -1)
+        b = zs.shape[2]
     tcr = -total_coding_rate(zs, eps, None if w is None else w.expand(n_crops, groups, b)).mean(0).sum()
     loss = inv_weight * inv + tcr_weight * tcr
     return loss, {"loss_inv": float(inv.detach()), "loss_tcr": float(tcr.detach())}

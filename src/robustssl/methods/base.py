@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from .. import dist
 from ..attacks import PGDConfig
 from ..data.augment import ContrastiveAugment
 from ..data.batch import Batch
@@ -177,6 +178,7 @@ class Method:
 
 
 def check_finite(loss: torch.Tensor) -> None:
-    value = float(loss.detach())
+    """Raise NonFiniteLoss on a NaN/inf loss; under torchrun on the ranks' mean, so every rank stops together."""
+    value = dist.mean_scalar(float(loss.detach()))
     if not math.isfinite(value):
         raise NonFiniteLoss(f"loss is {value}")

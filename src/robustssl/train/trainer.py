@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import torch
 from tqdm import tqdm
 
+from .. import dist
 from ..config import RunConfig, to_dict
 from ..coreset.schedule import CoresetSchedule
 from ..data import DeviceLoader, StreamingLoader, dataset_stats, load_dataset, open_stream
@@ -29,6 +30,7 @@ from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
 from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .distributed import prepare_model, rank_seed, replicate
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
 from .run_dir import (
@@ -147,6 +149,11 @@ class TrainState:
             "step": self.step, "elapsed": self.seconds(), "phase_seconds": self.phase_totals(), "config": to_dict(cfg),
         }
 
+    def rank_states(self) -> list[dict[str, Any]] | None:
+        """Every rank's own state (its RNG, and the method's state, e.g. a free-AT perturbation of
+        its shard), gathered on rank 0 (None on other ranks). A collective: every rank calls it."""
+        return dist.gather_objects({"rng": rng_state(), "method": self.method.state_dict()})
+
     def load_state_dict(self, ck: dict[str, Any], path: Path) -> None:
         missing = [k for k in self.state_dict_keys() if k not in ck]
         if missing or ck.get("format") != CHECKPOINT_FORMAT:
@@ -154,13 +161,19 @@ class TrainState:
                 f"{path} is not a checkpoint this version can resume (format {ck.get('format')!r}, expected "
                 f"{CHECKPOINT_FORMAT}; missing {', '.join(missing) or 'nothing'}); start a new run in another --out"
             )
+        saved_world, world = int(ck.get("world_size", 1)), dist.world_size()
+        if saved_world != world:
+            raise TrainingError(f"{path} was saved by {saved_world} process(es), this is {world}; resume with as many "
+                                f"(torchrun --nproc-per-node/--nnodes giving {saved_world} processes), which the "
+                                "per-rank RNG and data shards need")
+        own = ck["ranks"][dist.rank()] if world > 1 else {"rng": ck["rng"], "method": ck["method"]}
         try:
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
-            self.method.load_state_dict(ck["method"])
+            self.method.load_state_dict(own["method"])
             self.schedule.load_state_dict(ck["coreset"])
-            set_rng_state(ck["rng"])
+            set_rng_state(own["rng"])
         except (KeyError, ValueError, RuntimeError, TypeError) as e:
             raise TrainingError(f"{path} does not match this run's model or settings ({e}); "
                                 "resume with the run's own config.yaml, or start a new run") from None
@@ -176,12 +189,13 @@ class TrainState:
 def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> TrainState:
     """Model, method, coreset schedule, optimizer and lr schedule of a fresh run."""
     model: SSLModel = build_model(model_spec(cfg, data)).to(device)
+    prepare_model(model, device, cfg.train.sync_bn)  # torchrun + train.sync_bn: synchronized BatchNorm
     method = build_method(cfg, data.image_size, data.num_channels)
     accelerate(model, method, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
-    if method.needs_dual_bn and not cfg.model.dual_bn:
+    if method.needs_dual_bn and not cfg.model.dual_bn and dist.is_main():
         print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
     untrained = [b for b in BRANCHES if b not in method.trained_branches]
-    if has_dual_bn(model) and untrained:
+    if has_dual_bn(model) and untrained and dist.is_main():
         print(f"note: {method.name} never trains the {', '.join(untrained)} BN branch of this dual-BN model; the export "
               f"records the trained branch and evaluation uses it (model.dual_bn=false avoids the unused branch)")
     schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
@@ -192,6 +206,7 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     # The lr schedule counts optimizer updates: a method may make several per batch.
     k = method.updates_per_batch
     scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
+    replicate(model, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
     return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
 
 
@@ -220,13 +235,15 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
     n_images = 0
     for batch in run.loader.epoch(positions, epoch, state.batch, weights):
         try:
-            logs = state.method.step(state.model, state.optimizer, state.scheduler, batch, state.timer)
+            with dist.global_batch():  # under torchrun the ranks' batches are one global batch
+                logs = state.method.step(state.model, state.optimizer, state.scheduler, batch, state.timer)
         except NonFiniteLoss as e:
             stop_non_finite(state, run, str(e))
+        logs = dist.mean_values(logs)  # the global batch's loss (each rank's is its shard's share)
         state.step += 1
         state.batch += 1
         losses.append(logs["loss"])
-        n_images += len(batch)
+        n_images += len(batch) * dist.world_size()
         rate = n_images / max(1e-9, time.perf_counter() - epoch_start)
         run.bar.update(1)
         # refresh=False: the bar redraws on its own interval, not on every step (a log file stays small)
@@ -248,14 +265,24 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
 
 
 def save_checkpoint(state: TrainState, run: RunContext) -> None:
-    """Atomic checkpoint of a finite model; a NaN or inf weight or buffer stops the run instead."""
+    """Atomic checkpoint of a finite model; a NaN or inf weight or buffer stops the run instead.
+
+    Under torchrun every rank calls it: the replicas are equal, so rank 0 writes the model,
+    optimizer and coreset, plus each rank's RNG and method state (`ranks`) and the world size."""
     require_finite(state, run)
-    save_atomic(state.state_dict(run.cfg), run.out / CHECKPOINT)
+    ck = state.state_dict(run.cfg)
+    if dist.is_distributed():
+        ranks = state.rank_states()  # a collective: before rank 0's write
+        ck.update(world_size=dist.world_size(), ranks=ranks)
+    if dist.is_main():
+        save_atomic(ck, run.out / CHECKPOINT)
 
 
 def require_finite(state: TrainState, run: RunContext) -> None:
     """Stop the run if any parameter or buffer holds NaN or inf (checked before every checkpoint and export)."""
     bad = non_finite_tensors(state.model)
+    if dist.any_rank(bool(bad)) and not bad:
+        bad = ["a tensor on another rank"]
     if bad:
         stop_non_finite(state, run, f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
 
@@ -273,21 +300,50 @@ def stop_non_finite(state: TrainState, run: RunContext, what: str) -> NoReturn:
 
 
 # --- the run ------------------------------------------------------------------------------------
+class _RankMetrics(MetricsLog):
+    """The metrics log of a rank other than 0: rank 0 alone writes metrics.jsonl."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+
 def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunResult:
     """Train an encoder with `cfg.method`; writes checkpoint, metrics, encoder export and a summary to out_dir.
 
     resume=True continues the run in out_dir, whose own config `cfg` must be (read it with
     `run_dir.resume_config`); otherwise out_dir must hold no run files yet.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the process group (NCCL
+    on CUDA with the GPU LOCAL_RANK, gloo on CPU), trains its shard of each global batch of
+    optim.batch_size images, and rank 0 alone writes the run folder.
     """
-    out = Path(out_dir)
+    device, created = dist.init_from_env(resolve_device(cfg.train.device))
+    try:
+        result = _pretrain(cfg, Path(out_dir), resume, device)
+    except BaseException:
+        dist.shutdown(created, clean=False)
+        raise
+    dist.shutdown(created)
+    return result
+
+
+def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> RunResult:
+    world = dist.world_size()
+    if cfg.optim.batch_size % world:
+        raise TrainingError(f"optim.batch_size={cfg.optim.batch_size} is the global batch and must split evenly over "
+                            f"{world} processes; use a multiple of {world}")
     if not resume:
-        claim_new_run(out, cfg)
-    clear_orphans(out)
-    device = resolve_device(cfg.train.device)
+        dist.on_main(lambda: claim_new_run(out, cfg))
+    dist.on_main(lambda: clear_orphans(out))
     torch.manual_seed(cfg.train.seed)
     data = load_train_source(cfg, device)
     state = build_state(cfg, data, device)
-    metrics = MetricsLog(out / METRICS)
+    if dist.rank() > 0:  # each rank its own augmentations and attack starts; rank 0 keeps the run's stream
+        torch.manual_seed(rank_seed(cfg.train.seed, dist.rank()))
+    metrics = MetricsLog(out / METRICS) if dist.is_main() else _RankMetrics(out / METRICS)
     if resume:
         ck = load_checkpoint(out / CHECKPOINT)
         differ = config_differences(with_defaults(ck.get("config", {})), to_dict(cfg))
@@ -300,10 +356,11 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     # In a log file (no terminal) the bar redraws once a minute at most (tqdm's monitor would
     # otherwise force a redraw every 10 s): a 3-day run writes about 4,000 lines, not 100,000.
     tty = sys.stderr.isatty()
-    bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not cfg.train.progress, unit="step",
-               dynamic_ncols=True, mininterval=0.1 if tty else 60.0, maxinterval=10.0 if tty else 600.0)
-    bs, seed = cfg.optim.batch_size, cfg.train.seed
-    loader = StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches) if cfg.data.stream else DeviceLoader(data, bs, seed)
+    bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not (cfg.train.progress and dist.is_main()),
+               unit="step", dynamic_ncols=True, mininterval=0.1 if tty else 60.0, maxinterval=10.0 if tty else 600.0)
+    bs, seed, rank = cfg.optim.batch_size, cfg.train.seed, dist.rank()
+    loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
+              if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
     run = RunContext(cfg, out, data, loader, metrics, bar)
     while state.epoch < cfg.train.epochs:
         train_epoch(state, run)
@@ -312,14 +369,20 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
 
 
 def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResult:
-    """Export the encoder (with the BN branches the method trained) and write run.json."""
+    """Export the encoder (with the BN branches the method trained) and write run.json (rank 0 only)."""
     require_finite(state, run)
     trained = list(state.method.trained_branches) if has_dual_bn(state.model) else None
+    result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
+    if not dist.is_main():
+        return result
     export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained,
                    with_head=state.method.supervised)
-    result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
-    atomic_write_text(run.out / SUMMARY, json.dumps({
+    summary: dict[str, Any] = {
         "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
         "trained_branches": trained, "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
-    }, indent=2))
+    }
+    if dist.is_distributed():
+        summary.update(world_size=dist.world_size(), sync_bn=run.cfg.train.sync_bn,
+                       batch_per_process=run.cfg.optim.batch_size // dist.world_size())
+    atomic_write_text(run.out / SUMMARY, json.dumps(summary, indent=2))
     return result
