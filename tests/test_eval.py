@@ -382,15 +382,18 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     from robustssl.eval.multicrop import train_alf_mc, train_slf_mc
     from robustssl.eval.registry import ATTACKS, PROTOCOLS
 
+    from robustssl.eval.direct import train_direct
+
     assert {n: p.train for n, p in PROTOCOLS.items()} == {
         "slf": train_slf, "alf": train_alf, "aff": train_aff, "slf-mc": train_slf_mc, "alf-mc": train_alf_mc,
+        "direct": train_direct,
     }
-    assert ATTACKS == ("pgd20", "autoattack")
+    assert ATTACKS == ("pgd20", "autoattack", "pgd50x10")
     assert [n for n, p in PROTOCOLS.items() if p.finetunes_encoder] == ["aff"]
     assert [n for n, p in PROTOCOLS.items() if p.multicrop] == ["slf-mc", "alf-mc"]
     assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
     assert not hasattr(evaluate_module, "TRAINERS")
-    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc; valid attacks: pgd20, autoattack"):
+    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct; valid attacks: pgd20, autoattack, pgd50x10"):
         evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["cw"]), "cpu")
     code = "import sys, robustssl.eval.registry; print([m for m in sys.modules if 'autoattack' in m or 'matplotlib' in m])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
