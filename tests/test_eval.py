@@ -379,10 +379,9 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     import robustssl.eval.evaluate as evaluate_module
     from robustssl.errors import ConfigError
     from robustssl.eval import train_aff
+    from robustssl.eval.direct import train_direct
     from robustssl.eval.multicrop import train_alf_mc, train_slf_mc
     from robustssl.eval.registry import ATTACKS, PROTOCOLS
-
-    from robustssl.eval.direct import train_direct
 
     assert {n: p.train for n, p in PROTOCOLS.items()} == {
         "slf": train_slf, "alf": train_alf, "aff": train_aff, "slf-mc": train_slf_mc, "alf-mc": train_alf_mc,
