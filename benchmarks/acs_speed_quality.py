@@ -6,14 +6,17 @@ process.
 Every run trains from `<method>_fmnist_cpu` (same model, data, attack, optimizer). Full AT trains
 E epochs on all data. A coreset arm follows ACS's warm start with kappa and c = f: round(c kappa E)
 full epochs, then (1 - kappa) E epochs on a coreset of fraction f re-selected every R epochs, so it
-trains round(c kappa E) + (1 - kappa) E epochs. Its speed-up bound, selections free, is
-E / (round(c kappa E) + (1 - kappa) E f); measured ratios above it are measurement problems.
+trains round(c kappa E) + (1 - kappa) E epochs. Its speed-up bound, selections free, is the ratio of
+training steps, about E / (round(c kappa E) + (1 - kappa) E f) (whole batches); measured ratios above
+it are measurement problems.
 Arms run in a rotated order per seed (shared-machine drift does not always hit the same arm).
 
     cd benchmarks && python acs_speed_quality.py --runs runs/acs --json results/acs_speed_quality_cpu.json
 
 Ends with one line per method and selector:
-RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b>
+RESULT method=<m> selector=<s> speedup=<x.xx>x step_normalized=<y.yy>x pgd20=<a> full_pgd20=<b>
+(speedup: the median wall-clock ratio; step_normalized: full AT's training steps over the arm's
+steps plus its selection time converted into its own steps, which cancels drift between runs.)
 """
 from __future__ import annotations
 
@@ -36,6 +39,17 @@ SELECTORS = ("gradmatch", "craig", "rcs", "random")
 def schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
     """(full warm-start epochs, coreset epochs) of ACS's warm start with c = f."""
     return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
+
+
+def step_bound(cfg: Any, warm: int, core: int, fraction: float) -> float:
+    """Full AT's training steps over a coreset arm's (whole batches: a coreset of round(f N) images
+    makes round(f N) // B steps), i.e. the speed-up with free selections."""
+    n = cfg.data.train_subset
+    if n is None:
+        raise SystemExit("the bound needs data.train_subset (the pool size) in the recipe or --extra")
+    b = cfg.optim.batch_size
+    full, coreset = n // b, round(fraction * n) // b
+    return cfg.train.epochs * full / (warm * full + core * coreset)
 
 
 def main() -> None:
@@ -75,13 +89,17 @@ def main() -> None:
         extra = done["settings"]["extra"].split(",") if done["settings"]["extra"] else []
         seeds = sorted({r["seed"] for r in rows})
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
+        for m in methods:  # recomputed: runs before the step bound existed stored an epoch-based one
+            cfg = load_config(f"{m}_fmnist_cpu", extra)
+            bounds[m] = step_bound(cfg, *schedule(cfg.train.epochs, args.kappa, args.fraction), args.fraction)
         arms = [a for a in arms if any(r["arm"] == a for r in rows)]
     for seed in [] if args.from_json else seeds:
         for method in methods:
             recipe = f"{method}_fmnist_cpu"
-            epochs = load_config(recipe, extra).train.epochs
+            cfg = load_config(recipe, extra)
+            epochs = cfg.train.epochs
             warm, core = schedule(epochs, args.kappa, args.fraction)
-            bounds[method] = epochs / (warm + core * args.fraction)
+            bounds[method] = step_bound(cfg, warm, core, args.fraction)
             shift = (seed + methods.index(method)) % len(arms)
             for arm in arms[shift:] + arms[:shift]:
                 out = runs / f"{method}-{arm}-{seed}"
@@ -106,8 +124,9 @@ def main() -> None:
 
     print(f"\nmachine: {where}; seeds {seeds}; f={args.fraction} "
           f"kappa={args.kappa} R={args.every}; extra {extra or 'none'}")
-    print("| method | selector | speed-up (median, min-max) | bound | selection share | clean % | PGD-20 % | AutoAttack % |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| method | selector | wall-clock speed-up (median, min-max) | step-normalized | bound | selection share | clean % | "
+          "PGD-20 % | AutoAttack % |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
@@ -120,14 +139,20 @@ def main() -> None:
             if not rs:
                 continue
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
+            # Step-normalized: each run's selection seconds converted into its own training steps, so drift
+            # between runs (minutes apart on a shared machine) cancels: full steps / (steps + selection in steps).
+            normalized = [full[r["seed"]]["steps"] / (r["steps"] * r["train_s"] / max(1e-9, r["train_s"] - r["selection_s"]))
+                          for r in rs]
             share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
             vals = accuracies([r["protocols"]["direct"] for r in rs])
             flag = " (ABOVE BOUND: measurement problem)" if arm != "full" and max(ratios) > bounds[method] else ""
             print(f"| {method} | {arm} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}){flag} | "
+                  f"{statistics.median(normalized):.2f}x ({min(normalized):.2f}-{max(normalized):.2f}) | "
                   f"{bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | "
                   f"{mean_sd(vals['autoattack'])} |")
             if arm != "full":
                 results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(ratios):.2f}x "
+                               f"step_normalized={statistics.median(normalized):.2f}x "
                                f"pgd20={100 * statistics.mean(vals['pgd20']):.2f}% full_pgd20={100 * full_pgd:.2f}%")
     if not args.from_json:
         save()
