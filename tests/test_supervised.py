@@ -258,3 +258,11 @@ def test_l2_evaluation_attacks_in_the_l2_ball_with_its_own_large_radius():
     assert linf["attacks"][0]["norm"] == "linf"
     checks = {c["name"]: c["passed"] for c in out["sanity"]}
     assert checks["eps_zero"] and checks["large_eps"]
+
+
+def test_a_classifier_narrower_than_the_labels_is_refused_before_any_step(tmp_path):
+    root = write_fashion_mnist(tmp_path / "fm", n_train=64, n_test=16)
+    run = tmp_path / "run"
+    with pytest.raises(ConfigError, match="set model.proj_out to the number of classes"):
+        api.pretrain("pgd_at_fmnist_cpu", run, overrides=TINY + [f"data.root={root}", "train.epochs=1", "model.proj_out=5"])
+    assert not (run / "checkpoint.pt").exists()

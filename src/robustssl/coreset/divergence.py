@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from ..attacks import PGDConfig, pgd
+from ..losses.ce import summed_ce
 from ..models import bn_branch, model_mode
 from .head import HeadView
 
@@ -60,7 +61,25 @@ def representational_divergence(model: torch.nn.Module, x: torch.Tensor, x_adv: 
     return rd_from_projections(z_nat, z_adv)
 
 
-class ValidationRD:
+class ValidationObjective:
+    """The validation objective of RCS's greedy loop as a function of the differentiated head
+    parameters w [dim]: `value(w)` (a scalar), its `gradient(w)`, and `refresh(w)`, the greedy
+    loop's g_val callback (the gradient; subclasses may re-attack first)."""
+
+    def value(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # abstract: RD (self-supervised) or CE (supervised)
+
+    def gradient(self, w: torch.Tensor) -> torch.Tensor:
+        """d value(w) / d w, [dim]."""
+        w = w.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(self.value(w), w)
+        return g.detach()
+
+    def refresh(self, w: torch.Tensor) -> torch.Tensor:
+        return self.gradient(w)
+
+
+class ValidationRD(ValidationObjective):
     """RD on the validation split as a function of the differentiated parameters w only.
 
     The tail inputs (`HeadView`) of the natural images (eval, `normal`) and of their virtual
@@ -97,12 +116,6 @@ class ValidationRD:
         z_adv = self.view.project(self.h_adv, w, ADVERSARIAL_BRANCH)
         return rd_from_projections(z_nat, z_adv)
 
-    def gradient(self, w: torch.Tensor) -> torch.Tensor:
-        """d RD(V; w) / d w, [dim], at the current x_adv."""
-        w = w.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(self.value(w), w)
-        return g.detach()
-
     def refresh(self, w: torch.Tensor) -> torch.Tensor:
         """The greedy loop's g_val callback [dim]: gradient(w), re-attacking first on every
         reattack_every-th call after the first (the first call is at W0, already attacked)."""
@@ -112,11 +125,10 @@ class ValidationRD:
         return self.gradient(w)
 
 
-class ValidationCE:
+class ValidationCE(ValidationObjective):
     """RCS for supervised adversarial training: the validation objective is the cross-entropy at
     PGD examples (RCS's SAT variant: one step, `coreset.rd_*`) of the labelled validation split,
-    as a function of the differentiated classifier parameters w. Same interface as ValidationRD
-    (`value`, `gradient`, `refresh`); the gradient is the full flattened one (the RCS code's
+    as a function of the differentiated classifier parameters w; the gradient is the full flattened one (the RCS code's
     mean over the outputs is identically zero for a softmax head). Eval mode throughout.
     """
 
@@ -124,7 +136,7 @@ class ValidationCE:
                  cfg: PGDConfig) -> None:
         self.model, self.view, self.y_val = model, view, y_val
         with model_mode(model, "eval"):
-            x_adv = pgd(model, x_val, lambda xa: F.cross_entropy(model(xa), y_val, reduction="sum"), cfg, mode="eval")
+            x_adv = pgd(model, x_val, summed_ce(model, y_val), cfg, mode="eval")
             with torch.no_grad(), view.capture_inputs() as seen:
                 model(x_adv)
         self.h_adv = seen[0]
@@ -132,11 +144,3 @@ class ValidationCE:
     def value(self, w: torch.Tensor) -> torch.Tensor:
         """Mean CE(V_adv; w), a scalar."""
         return F.cross_entropy(self.view.project(self.h_adv, w, None), self.y_val)
-
-    def gradient(self, w: torch.Tensor) -> torch.Tensor:
-        w = w.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(self.value(w), w)
-        return g.detach()
-
-    def refresh(self, w: torch.Tensor) -> torch.Tensor:
-        return self.gradient(w)

@@ -21,7 +21,7 @@ from ..attacks import PGDConfig
 from ..data.dataset import ImageSource
 from ..models import model_mode
 from ..train.timer import PhaseTimer
-from .divergence import ValidationCE, ValidationRD
+from .divergence import ValidationCE, ValidationObjective, ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select
 from .head import HeadView
@@ -81,7 +81,7 @@ class RCSSelector(Selector):
         with model_mode(model, "eval"):
             with timer.phase("validation_rd"):
                 x_val = data.gather(val).float().div_(255)
-                rd: ValidationRD | ValidationCE
+                rd: ValidationObjective
                 if getattr(method, "supervised", False):  # SAT-RCS: CE at PGD examples of the labelled split
                     if data.labels is None:
                         raise ValueError("RCS for a supervised method needs labelled validation data")

@@ -35,8 +35,8 @@ from torch.nn import functional as F
 from ..attacks.pgd import PGDConfig, pgd
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
+from ..losses.ce import summed_ce
 from .classifier import LinearEvalModel
-from .robust import summed_ce
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 2e-4

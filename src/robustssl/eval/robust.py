@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..attacks.pgd import PGDConfig, pgd
+from ..losses.ce import summed_ce
 from ..models.dual_bn import model_mode
 from .classifier import model_device
 
@@ -81,13 +81,6 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise TypeError(f"x must be float images in [0, 1], got {x.dtype} (divide uint8 images by 255)")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
-
-
-@torch.no_grad()
-def summed_ce(model: nn.Module, y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The loss PGD maximizes against a classifier: summed (not averaged) cross-entropy on labels y.
-    The sign step is the same as with the mean, and per-example gradients do not shrink with the batch."""
-    return lambda xa: F.cross_entropy(model(xa), y, reduction="sum")
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .. import dist
 from ..attacks import PGDConfig
 from ..data.augment import ContrastiveAugment
 from ..data.batch import Batch
+from ..data.dataset import ImageSource
 from ..settings import positive
 from ..train.timer import PhaseTimer
 
@@ -97,6 +98,10 @@ class Method:
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         """Rules this method puts on the whole config; raise ConfigError. Run at load time, before any work."""
+
+    def check_data(self, data: ImageSource, model: nn.Module) -> None:
+        """Rules this method puts on the training data and the built model, checked once when the run
+        is set up (before any step); raise ConfigError. Self-supervised methods accept any data."""
 
     # --- the three phases ------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:

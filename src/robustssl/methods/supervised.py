@@ -27,8 +27,9 @@ from ..attacks import PGDConfig, pgd, trades_adversarial
 from ..coreset.last_layer import ce_gradients, trades_gradients
 from ..data.batch import Batch
 from ..data.crop_flip import random_crop_flip
+from ..data.dataset import ImageSource
 from ..errors import ConfigError
-from ..losses import trades_loss
+from ..losses import summed_ce, trades_loss
 from ..models.dual_bn import model_mode
 from ..settings import non_negative
 from .base import Method, Views
@@ -74,6 +75,15 @@ class SupervisedMethod(Method):
         if cfg.attack.steps == 0 or cfg.attack.eps == 0:
             raise ConfigError(f"method {cls.name} is adversarial training: it needs attack.steps >= 1 and attack.eps > 0")
 
+    def check_data(self, data: ImageSource, model: nn.Module) -> None:
+        """Labelled data whose class ids the classifier's outputs cover (model.proj_out)."""
+        if data.labels is None:
+            raise ConfigError(f"method {self.name} is supervised and needs labelled training data")
+        outputs = classifier_layer(model).out_features
+        if len(data.labels) and int(data.labels.max()) >= outputs:
+            raise ConfigError(f"labels go up to {int(data.labels.max())} but the classifier has {outputs} outputs; "
+                              "set model.proj_out to the number of classes")
+
     def make_views(self, batch: Batch) -> Views:
         """The one view trained on: batch.images [B, C, H, W] in [0,1], randomly cropped and flipped."""
         if batch.labels is None:
@@ -84,26 +94,18 @@ class SupervisedMethod(Method):
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGDConfig) -> torch.Tensor:
         """x_adv for images x [B, ...] in [0,1] with labels y, in eval mode: PGD on the summed CE."""
-        return pgd(model, x, lambda xa: F.cross_entropy(model(xa), y, reduction="sum"), attack, mode="eval")
+        return pgd(model, x, summed_ce(model, y), attack, mode="eval")
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         assert views.labels is not None
         return Views(views.natural, [self.adversarial(model, views.natural[0], views.labels, attack)], views.groups,
                      views.labels)
 
-    @staticmethod
-    def _checked_logits(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
-        if int(y.max()) >= logits.shape[1]:
-            raise ConfigError(f"labels go up to {int(y.max())} but the classifier has {logits.shape[1]} outputs; "
-                              "set model.proj_out to the number of classes")
-        return logits
-
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted mean CE at the adversarial view (model in train mode)."""
         assert views.labels is not None
         y = views.labels
-        ce = F.cross_entropy(self._checked_logits(model, views.adversarial[0], y).float(), y, reduction="none")
+        ce = F.cross_entropy(model(views.adversarial[0]).float(), y, reduction="none")
         loss = ce.mean() if weights is None else (ce * weights).mean()
         return loss, {"ce": float(ce.detach().mean())}
 
@@ -153,8 +155,7 @@ class TRADES(SupervisedMethod):
         """CE on the natural view + beta KL to the adversarial one, both forwards in train mode."""
         assert views.labels is not None
         y = views.labels
-        logits_nat = self._checked_logits(model, views.natural[0], y)
-        return trades_loss(logits_nat, model(views.adversarial[0]), y, self.settings.beta, weights)
+        return trades_loss(model(views.natural[0]), model(views.adversarial[0]), y, self.settings.beta, weights)
 
     def objective_gradients(self, model: nn.Module, head: nn.Linear, x: torch.Tensor, x_adv: torch.Tensor,
                             y: torch.Tensor) -> torch.Tensor:

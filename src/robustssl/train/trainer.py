@@ -191,6 +191,7 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     model: SSLModel = build_model(model_spec(cfg, data)).to(device)
     prepare_model(model, device, cfg.train.sync_bn)  # torchrun + train.sync_bn: synchronized BatchNorm
     method = build_method(cfg, data.image_size, data.num_channels)
+    method.check_data(data, model)  # e.g. a supervised method's labels against its classifier's outputs
     accelerate(model, method, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
     if method.needs_dual_bn and not cfg.model.dual_bn and dist.is_main():
         print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
