@@ -131,6 +131,9 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
     print(gpu_note)
+    for row in rows:
+        print(f"RESULT processes={row['processes']} images_per_s={row['median']:.1f} "
+              f"speedup={row['speedup_vs_first']:.2f}x efficiency={row['efficiency']:.2f} device={args.device}")
 
 
 if __name__ == "__main__":

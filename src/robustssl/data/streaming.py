@@ -75,7 +75,8 @@ class HostSource:
         return self.read(positions).to(self._device, non_blocking=self.pin)
 
     def _fill(self, rows: torch.Tensor, out: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Write the images of `rows` (int64 [b], 0..N-1) into `out` (uint8 [b, C, H, W], host)."""
+        raise NotImplementedError  # abstract: each source reads its own storage (files, host tensor)
 
 
 class StreamingImageFolder(HostSource):
