@@ -15,6 +15,7 @@ import torch
 
 from robustssl import dist
 from robustssl.config import load_config
+from robustssl.coreset.acs import pool_head_gradients
 from robustssl.coreset.embeddings import candidate_gradients
 from robustssl.coreset.head import HeadView
 from robustssl.coreset.schedule import CoresetSchedule
@@ -118,6 +119,14 @@ def selection() -> dict[str, Any]:
     units = [torch.arange(i * 6, (i + 1) * 6) for i in range(7)]  # 7 candidates: the shares are uneven
     with model_mode(model, "eval"):
         out["grads"] = candidate_gradients(model, method, data, units, "batch", view, chunk=6, per_forward=2)
+    # ACS (supervised PGD-AT, attack without random start): the pool's closed-form gradients, batches shared over ranks
+    cfg, model, method, _, _ = setup("pgd_at_fmnist_cpu", ["attack.steps=1", "coreset.method=gradmatch",
+                                                           "coreset.fraction=0.3"], False)
+    labelled = ImageDataset(data.images, torch.arange(60) % 10, data.indices, "toy", "train")
+    out["acs_grads"] = pool_head_gradients(model, method, labelled, torch.arange(60), 7)[0]  # 9 batches, uneven shares
+    schedule = CoresetSchedule(cfg.coreset, 4, len(labelled), 7, 0)
+    schedule.select(0, model, method, labelled)
+    out["gradmatch"] = schedule.current
     return out
 
 

@@ -100,6 +100,9 @@ def test_distributed_selection_equals_single_process_selection(two_ranks, one_ra
         assert torch.allclose(got["grads"], ref["grads"], rtol=1e-5, atol=1e-7), r
         assert torch.equal(got["rcs"], ref["rcs"]), (r, got["rcs"], ref["rcs"])
         assert torch.equal(got["random"], ref["random"]), r
+        # ACS: the pool's head gradients (9 batches shared 5 + 4) are the one-process rows, and the coreset the same.
+        assert torch.allclose(got["acs_grads"], ref["acs_grads"], rtol=1e-5, atol=1e-7), r
+        assert torch.equal(got["gradmatch"], ref["gradmatch"]), r
 
 
 def test_loader_shards_each_global_batch_in_the_one_process_order():

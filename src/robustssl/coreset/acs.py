@@ -17,6 +17,7 @@ every coreset epoch has the planned number of steps.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +27,7 @@ from ..data.dataset import ImageSource
 from ..errors import ConfigError
 from ..models import model_mode
 from .craig import craig_per_class
+from .embeddings import layer_dim, run_sharded
 from .gradmatch import gradmatch_select, normalize_weights
 from .selectors import Selection, Selector
 
@@ -35,15 +37,22 @@ if TYPE_CHECKING:
 
 def pool_head_gradients(model: torch.nn.Module, method: Any, data: ImageSource, pool: torch.Tensor,
                         batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradients [len(pool), dim], labels [len(pool)]) of every pool example, batch by batch, eval mode."""
-    rows, labels = [], []
+    """(gradients [len(pool), dim], labels [len(pool)]) of every pool example, batch by batch, eval mode.
+    Under torchrun each rank computes a contiguous share of the batches and all rows are gathered."""
+    if data.labels is None:
+        raise ValueError("ACS selection needs labelled training data")
+
+    jobs: list[tuple[int, Callable[[], torch.Tensor]]] = []
+    for start in range(0, len(pool), batch_size):
+
+        def rows(positions: torch.Tensor = pool[start:start + batch_size]) -> torch.Tensor:
+            return method.head_gradients(model, make_batch(data, positions)).float()
+
+        jobs.append((min(batch_size, len(pool) - start), rows))
+    head = model.head()  # type: ignore[operator]
     with model_mode(model, "eval"):
-        for start in range(0, len(pool), batch_size):
-            batch = make_batch(data, pool[start:start + batch_size])
-            rows.append(method.head_gradients(model, batch).float())
-            assert batch.labels is not None
-            labels.append(batch.labels)
-    return torch.cat(rows), torch.cat(labels)
+        grads = run_sharded(jobs, torch.zeros(0, layer_dim(head), device=head.weight.device))
+    return grads, data.labels[pool.to(data.labels.device)]
 
 
 class ACSSelector(Selector):

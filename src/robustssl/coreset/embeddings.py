@@ -36,7 +36,7 @@ def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, a
         loss = method.training_loss(model, batch, attack, timer) * scale
     calls = [c for c in calls if c[2].requires_grad]  # forwards under no_grad (TRADES's fixed f(x)) carry no gradient
     deltas = torch.autograd.grad(loss, [out for _, _, out in calls], allow_unused=True)
-    per = [torch.zeros(n_owners, _layer_dim(layer), device=dev) for layer in view.layers]
+    per = [torch.zeros(n_owners, layer_dim(layer), device=dev) for layer in view.layers]
     owner = owner.to(dev)
     for (i, h, out), delta in zip(calls, deltas):
         if delta is None:  # forwards the loss does not depend on (the attack's)
@@ -51,7 +51,8 @@ def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, a
     return torch.cat(per, dim=1)
 
 
-def _layer_dim(layer: torch.nn.Linear) -> int:
+def layer_dim(layer: torch.nn.Linear) -> int:
+    """Values in a Linear's flattened gradient row: weight, plus bias when it has one."""
     return layer.weight.numel() + (layer.bias.numel() if layer.bias is not None else 0)
 
 
@@ -102,21 +103,24 @@ def candidate_gradients(
                     n = len(positions)
                     return _shares(model, method, make_batch(data, positions), view, attack, timer, torch.arange(n), n, scale=n)
 
-                jobs.append((len(flat[s : s + chunk]), chunked))
-        return _run_sharded(jobs, view, distributed)
+                jobs.append((min(chunk, flat.numel() - s), chunked))
+        p = view.params[0]
+        return run_sharded(jobs, torch.zeros(0, view.dim, dtype=p.dtype, device=p.device), distributed)
 
 
-def _run_sharded(jobs: list[tuple[int, Callable[[], torch.Tensor]]], view: HeadView, distributed: bool | None) -> torch.Tensor:
-    """The jobs' rows, concatenated in job order: all computed here, or (distributed) each rank
-    computing a contiguous share of the jobs and every rank receiving all rows."""
+def run_sharded(jobs: list[tuple[int, Callable[[], torch.Tensor]]], empty: torch.Tensor,
+                distributed: bool | None = None) -> torch.Tensor:
+    """The jobs' rows (job: (its number of rows, compute -> [rows, dim])), concatenated in job
+    order: all computed here, or (distributed; None: when several processes train together)
+    each rank computing a contiguous share of the jobs and every rank receiving all rows.
+    empty: a [0, dim] tensor, what a rank without jobs contributes."""
     world = dist.world_size() if distributed is not False else 1
     if world == 1:
         return torch.cat([compute() for _, compute in jobs])
     shares = [dist.shard_bounds(len(jobs), world, r) for r in range(world)]
     lo, hi = shares[dist.rank()]
-    p = view.params[0]
     mine = [compute() for _, compute in jobs[lo:hi]]
-    local = torch.cat(mine) if mine else torch.zeros(0, view.dim, dtype=p.dtype, device=p.device)
+    local = torch.cat(mine) if mine else empty
     return dist.gather_rows(local, [sum(rows for rows, _ in jobs[a:b]) for a, b in shares])
 
 
