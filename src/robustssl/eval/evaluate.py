@@ -229,6 +229,7 @@ def evaluate_encoder(
         protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)
 
+    big = large_eps(cfg.eps, cfg.norm, x[0].numel())  # the large-eps check's radius, as evaluate_classifier uses it
     n_train = len(train) if cfg.train_examples is None else min(cfg.train_examples, len(train))
     subset = x.shape[0] < len(test)
     return {
@@ -259,8 +260,7 @@ def evaluate_encoder(
                 "pgd_slack_examples": fgsm_slack(int(x.shape[0])),
             },
             "large_eps": {
-                "eps": large_eps(cfg.eps, cfg.norm, x[0].numel()),
-                "alpha": large_eps_alpha(large_eps(cfg.eps, cfg.norm, x[0].numel()), PGD_STEPS), "steps": PGD_STEPS,
+                "eps": big, "alpha": large_eps_alpha(big, PGD_STEPS), "steps": PGD_STEPS,
                 "max_accuracy": LARGE_EPS_MAX_ACCURACY,
             },
             "above_chance": {"min_clean_accuracy": chance_threshold(n_classes), "margin": CHANCE_MARGIN},
