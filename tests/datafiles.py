@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import gzip
-import struct
 from pathlib import Path
 
 import numpy as np
 
-
-def _idx(array: np.ndarray, magic: int) -> bytes:
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.astype(np.uint8).tobytes()
+from robustssl.data.synthetic import CIFAR10_NAMES, idx_bytes, py2_pickle, write_cifar_batch
 
 
 def structured_images(n: int, seed: int, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
@@ -28,59 +25,12 @@ def write_fashion_mnist(root: Path, n_train: int = 256, n_test: int = 64, seed: 
     root.mkdir(parents=True, exist_ok=True)
     for prefix, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
         images, labels = structured_images(n, s)
-        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx(images, 2051)))
-        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx(labels, 2049)))
+        (root / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images, 2051)))
+        (root / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels, 2049)))
     return root
 
 
 # ---------------------------------------------------------------- CIFAR (Python 2 pickles, as officially shipped)
-
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
-
-def _py2_str(data: bytes) -> bytes:
-    # Python 2 str: SHORT_BINSTRING / BINSTRING; read back as bytes with encoding="bytes"
-    if len(data) < 256:
-        return b"U" + bytes([len(data)]) + data
-    return b"T" + struct.pack("<i", len(data)) + data
-
-
-def _py2_int(value: int) -> bytes:
-    return b"K" + bytes([value]) if 0 <= value < 256 else b"J" + struct.pack("<i", value)
-
-
-def _py2_tuple(items: list[bytes]) -> bytes:
-    return b"(" + b"".join(items) + b"t"
-
-
-def _py2_array(array: np.ndarray) -> bytes:
-    """numpy 1.x's own pickling of a uint8 ndarray: _reconstruct, then __setstate__ with the raw bytes."""
-    dtype = b"cnumpy\ndtype\n" + _py2_tuple([_py2_str(b"u1"), _py2_int(0), _py2_int(1)]) + b"R"
-    dtype += _py2_tuple([_py2_int(3), _py2_str(b"|"), b"N", b"N", b"N", _py2_int(-1), _py2_int(-1), _py2_int(0)]) + b"b"
-    new = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_tuple([_py2_int(0)]) + _py2_str(b"b")
-    shape = _py2_tuple([_py2_int(d) for d in array.shape])
-    state = _py2_tuple([_py2_int(1), shape, dtype, b"\x89", _py2_str(np.ascontiguousarray(array, np.uint8).tobytes())])
-    return new + b"\x87R" + state + b"b"
-
-
-def _py2(obj) -> bytes:
-    if isinstance(obj, np.ndarray):
-        return _py2_array(obj)
-    if isinstance(obj, (bytes, str)):
-        return _py2_str(obj.encode() if isinstance(obj, str) else obj)
-    if isinstance(obj, int):
-        return _py2_int(obj)
-    if isinstance(obj, list):
-        return b"]" + (b"(" + b"".join(_py2(x) for x in obj) + b"e" if obj else b"")
-    if isinstance(obj, dict):
-        return b"}" + (b"(" + b"".join(_py2(k) + _py2(v) for k, v in obj.items()) + b"u" if obj else b"")
-    raise TypeError(f"py2_pickle cannot write {type(obj).__name__}")
-
-
-def py2_pickle(obj) -> bytes:
-    """`obj` as Python 2's cPickle (protocol 2) wrote the official CIFAR files: str as byte strings and
-    numpy arrays via numpy.core.multiarray._reconstruct. Holds dicts, lists, str/bytes, ints, uint8 arrays."""
-    return b"\x80\x02" + _py2(obj) + b"."
 
 
 def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
@@ -100,13 +50,6 @@ def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4, seed: int = 0
     meta = {"num_cases_per_batch": per_batch, "label_names": CIFAR10_NAMES, "num_vis": 3072}
     (folder / "batches.meta").write_bytes(py2_pickle(meta))
     return arrays
-
-
-def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], batch_label: str = "batch") -> None:
-    """One official-layout CIFAR-10 batch file: data uint8 [N, 3072], labels, batch_label, filenames."""
-    batch = {"batch_label": batch_label, "labels": labels, "data": data,
-             "filenames": [f"image_{i}.png" for i in range(len(labels))]}
-    path.write_bytes(py2_pickle(batch))
 
 
 def colour_images(n: int, seed: int, size: int = 32, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:

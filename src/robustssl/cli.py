@@ -1,4 +1,4 @@
-"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart."""
+"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart | doctor."""
 from __future__ import annotations
 
 import argparse
@@ -93,6 +93,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    record = run_doctor(args.device, args.out, tiny=args.tiny, recipes=_split(args.recipes), kinds=_split(args.checks),
+                        procs=args.procs)
+    return 0 if record["passed"] == record["checks_total"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .coreset.registry import SELECTORS
     from .data import DATASET_NAMES
@@ -147,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--force", action="store_true", help="replace run folders in --out that are not a finished quickstart")
     qs.add_argument("overrides", nargs="*", help="section.key=value overrides applied to both runs")
     qs.set_defaults(func=cmd_quickstart)
+
+    from .doctor import KINDS
+
+    dr = sub.add_parser("doctor", help="a short run of every bundled recipe on a device (minutes): pretrain, selection, "
+                        "resume, export, evaluation, speed switches, torchrun, streaming; exit 1 if a check fails")
+    dr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when visible")
+    dr.add_argument("--out", default="runs/doctor", help="folder for the runs, tracebacks and doctor.json (default: runs/doctor)")
+    dr.add_argument("--tiny", action="store_true", help="tiny models and data (cnn width 4, batches of 8): the CPU test's sizes")
+    dr.add_argument("--recipes", help="comma-separated recipe names or YAML paths (default: every bundled recipe)")
+    dr.add_argument("--checks", help=f"comma-separated kinds (default: all): {','.join(KINDS)}")
+    dr.add_argument("--procs", type=int, help="torchrun's processes (default: the visible GPUs, at most 2; 1 on the CPU)")
+    dr.set_defaults(func=cmd_doctor)
     return p
 
 

@@ -311,7 +311,7 @@ class _RankMetrics(MetricsLog):
         pass
 
 
-def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunResult:
+def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False, stop_epoch: int | None = None) -> RunResult:
     """Train an encoder with `cfg.method`; writes checkpoint, metrics, encoder export and a summary to out_dir.
 
     resume=True continues the run in out_dir, whose own config `cfg` must be (read it with
@@ -320,10 +320,13 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the process group (NCCL
     on CUDA with the GPU LOCAL_RANK, gloo on CPU), trains its shard of each global batch of
     optim.batch_size images, and rank 0 alone writes the run folder.
+
+    stop_epoch: end this session once the run has finished `stop_epoch` epochs (< train.epochs),
+    with a checkpoint there and no export, as an interrupted run; `resume=True` continues it.
     """
     device, created = dist.init_from_env(resolve_device(cfg.train.device))
     try:
-        result = _pretrain(cfg, Path(out_dir), resume, device)
+        result = _pretrain(cfg, Path(out_dir), resume, device, stop_epoch)
     except BaseException:
         dist.shutdown(created, clean=False)
         raise
@@ -331,7 +334,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     return result
 
 
-def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> RunResult:
+def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device, stop_epoch: int | None = None) -> RunResult:
     world = dist.world_size()
     if cfg.optim.batch_size % world:
         raise TrainingError(f"optim.batch_size={cfg.optim.batch_size} is the global batch and must split evenly over "
@@ -363,9 +366,13 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
     run = RunContext(cfg, out, data, loader, metrics, bar)
-    while state.epoch < cfg.train.epochs:
+    end = cfg.train.epochs if stop_epoch is None else min(stop_epoch, cfg.train.epochs)
+    while state.epoch < end:
         train_epoch(state, run)
     bar.close()
+    if state.epoch < cfg.train.epochs:  # stopped early: checkpointed, to be resumed
+        save_checkpoint(state, run)
+        return RunResult(out, state.step, state.seconds(), state.phase_totals())
     return finish(state, run, device)
 
 
