@@ -350,17 +350,17 @@ class Doctor:
         cfg = load_config(r.path, r.overrides + [f"train.{key}=true", "train.epochs=1"])
         graphs = ""
         if key == "compile":
-            import torch._dynamo
+            import torch._dynamo as dynamo  # binds `dynamo` only: `torch` stays the module-level name here
             from torch._dynamo.utils import counters
 
-            torch._dynamo.reset()
+            dynamo.reset()
             counters.clear()
         result = train(cfg, out)
         if key == "compile":
             n = int(counters["stats"]["unique_graphs"])
             if n == 0:
                 raise RunError("train.compile=true compiled no graph: the model ran eagerly")
-            graphs = f", {n} graphs compiled"
+            graphs = f", {n} graph{'s' if n != 1 else ''} compiled"
         ck = load_checkpoint(out / CHECKPOINT)["model"]
         odd = [k for k, v in ck.items() if "_orig_mod" in k or (v.is_floating_point() and v.dtype != torch.float32)]
         if odd:
