@@ -256,11 +256,18 @@ def test_evaluate_and_postprocess_refuse_overrides_of_other_sections(base, tmp_p
 
 
 # --- 7. YAML: bounded aliases and nesting, no duplicate keys, no huge repr ------------------------
-BILLION_LAUGHS = "\n".join(
-    ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
-    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
-    + ["eval: {eps_curve: *i}"]
-)
+# Nine nested lists of ten aliases: 10^9 values once expanded, in 600 bytes. The anchors sit in the
+# method section (read last), the expansion in a number key read first, whose error would repr() it.
+_LISTS = ["&a [" + ", ".join(["1"] * 10) + "]"] + [
+    f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]" for i in range(8)]
+BILLION_LAUGHS = "method: {name: acl, anchors: [" + ", ".join(_LISTS) + "]}\neval: {eps: *i}\n"
+
+
+def _limit_memory() -> None:
+    """At most 4 GiB of address space: a loader that expands the aliases fails instead of filling the machine."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
 
 
 def test_yaml_billion_laughs_is_refused_fast(tmp_path):
@@ -270,7 +277,8 @@ def test_yaml_billion_laughs_is_refused_fast(tmp_path):
     code = f"from robustssl.config import load_config; load_config({str(path)!r})"
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                              preexec_fn=_limit_memory)
     except subprocess.TimeoutExpired:
         pytest.fail("a 1 kB YAML with nested aliases did not load (nor fail) in 60 s")
     assert time.perf_counter() - start < 60

@@ -83,7 +83,7 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
         train = load_train_set(cfg)
         test = load_dataset(cfg.data.name, "test", **data_options(cfg))
         recorded = (training or {}).get("classes")
-        if isinstance(recorded, list):
+        if isinstance(recorded, list) and cfg.data.name == "imagefolder":  # its classes are folders, which can change
             check_same_classes(recorded, train.classes, f"the run's training classes ({run_dir / SUMMARY})",
                                f"the {cfg.data.name} train split it reads now",
                                "The training data changed since pretraining; point data.root at the data the run was trained on.")

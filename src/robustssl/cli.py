@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from . import api, dist
 from .config import recipe_dir
 from .errors import ConfigError, RobustSSLError
@@ -162,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (RobustSSLError, OSError) as e:  # what a user can fix; anything else is a bug and keeps its traceback
         print(f"robustssl {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"robustssl {args.command}: error: out of memory ({one_line(e)[:200]}); lower optim.batch_size (or "
+              "eval.batch_size), data.image_size or the model size, or pass data.stream=true", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustssl {args.command}: interrupted; {after_interrupt(args)}", file=sys.stderr)
