@@ -75,14 +75,16 @@ class _Taps:
 
 
 def self_layers(model: nn.Module) -> tuple[list[nn.Module], Callable[[torch.Tensor], torch.Tensor]]:
-    """The modules whose outputs are the LPIPS layers of a robustssl model (`SSLModel`), and the function
+    """The modules whose outputs are the LPIPS layers of a robustssl model (an `SSLModel`, or a classifier
+    wrapping one: its first backbone), and the function
     applied to each output: the CNN's five BatchNorms followed by ReLU (the conv layers' activations),
     or ResNet-18's four stages (outputs of blocks 2, 4, 6, 8, already after ReLU)."""
     from ..models.cnn import SmallCNN
     from ..models.heads import PreFeature
     from ..models.resnet import ResNet18
 
-    backbone = getattr(model, "backbone", None)
+    # the first backbone inside the model: an SSLModel, or an evaluation classifier wrapping one
+    backbone = next((m for m in model.modules() if isinstance(m, (SmallCNN, ResNet18, PreFeature))), None)
     if isinstance(backbone, PreFeature):
         backbone = backbone.trunk
     if isinstance(backbone, SmallCNN):
@@ -124,8 +126,10 @@ class LPIPS:
         """(phi(x) [B, D], network(x)) from one forward of the network. x: [B, C, H, W] in [0, 1]."""
         with self._taps as taps:
             out = self.network(x)
-        if len(taps.outputs) != self.n_layers:
-            raise RuntimeError(f"LPIPS expected {self.n_layers} layer outputs, the forward gave {len(taps.outputs)}")
+        if len(taps.outputs) != self.n_layers or any(a.shape[0] != x.shape[0] for a in taps.outputs):
+            raise ConfigError(f"{self.name} LPIPS: one forward of {x.shape[0]} images should give each of its {self.n_layers} "
+                              f"layers once for those images, got {[tuple(a.shape) for a in taps.outputs]} (a multi-crop "
+                              "classifier runs its layers on crops); give an LPIPS network file instead (lpips_model=PATH)")
         return normalized_flat(taps.outputs, self.weights), out
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
