@@ -8,7 +8,7 @@
   evaluation settings (40 steps, kappa 1, Newton projection; LPA 5 rounds). Their threat model is the
   LPIPS ball, named "LPIPS (self-bound) eps 0.5" (or "LPIPS (network alex.pt)"), never l_inf. The
   self-bound LPIPS of an evaluated classifier is measured with the classifier's own encoder layers.
-  Each adds its own sanity checks to its record (`extra["sanity"]`): at bound 0 the flags equal the
+  Each adds its own sanity checks to the protocol's checks (`extra["checks"]`): at bound 0 the flags equal the
   clean ones; at a large bound (4 x bound, at least 2) the accuracy is at most 0.1. Ranks: LPA is
   ranked above PPGD (PAT's paper finds LPA the stronger one), so the attack-order check asks LPA <=
   PPGD on the same examples; a failure there is reported like every other check, with its numbers.
@@ -104,7 +104,7 @@ def perceptual_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name
                 worst = max(worst, float(lp.distance(xb, xa).max()))
     result = torch.cat(flags) if flags else torch.empty(0, dtype=torch.bool)
     extra: dict[str, Any] = {"lpips_network": lp.name, "max_lpips": worst, "kappa": s.kappa, "projection": s.projection,
-                             "h": s.h, **({"cg_steps": s.cg_steps} if isinstance(s, PPGDSettings) else {}),
+                             "h": getattr(s, "h", None), **({"cg_steps": s.cg_steps} if isinstance(s, PPGDSettings) else {}),
                              **({"rounds": s.rounds} if isinstance(s, LPASettings) else {})}
     return AttackResult(name, "lpips", s.bound, s.steps, seed, result, time.perf_counter() - t0, extra)
 
@@ -130,7 +130,7 @@ def perceptual_sanity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: 
 
 
 class _Perceptual(EvalAttack):
-    Settings: Any = PerceptualSettings
+    """PPGD and LPA: their own settings (eval.<name>.*), the LPIPS threat model, their own checks."""
 
     def threat_model(self, cfg: EvalConfig) -> ThreatModel:
         s = cfg.component(self.name)
@@ -153,7 +153,7 @@ class _Perceptual(EvalAttack):
         s = cfg.component(self.name)
         result = perceptual_accuracy(model, x, y, self.name, s, seed=cfg.seed, batch_size=cfg.batch_size)
         if s.sanity:
-            result.extra["sanity"] = perceptual_sanity(model, x, y, self.name, s, cfg.seed, cfg.batch_size)
+            result.extra["checks"] = perceptual_sanity(model, x, y, self.name, s, cfg.seed, cfg.batch_size)
         return result
 
 

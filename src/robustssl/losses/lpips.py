@@ -84,7 +84,7 @@ def self_layers(model: nn.Module) -> tuple[list[nn.Module], Callable[[torch.Tens
     from ..models.resnet import ResNet18
 
     # the first backbone inside the model: an SSLModel, or an evaluation classifier wrapping one
-    backbone = next((m for m in model.modules() if isinstance(m, (SmallCNN, ResNet18, PreFeature))), None)
+    backbone: nn.Module | None = next((m for m in model.modules() if isinstance(m, (SmallCNN, ResNet18, PreFeature))), None)
     if isinstance(backbone, PreFeature):
         backbone = backbone.trunk
     if isinstance(backbone, SmallCNN):
