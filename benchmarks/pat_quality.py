@@ -35,8 +35,8 @@ from robustssl.config import load_config
 from timing import machine, mean_sd
 
 COLUMNS = ("clean", "pgd20", "pgd20_l2", "ppgd", "lpa", "union")
-EVAL_EXTRA = ("eval.attacks=[pgd20,ppgd,lpa,union],eval.eps_curve=[],eval.n_examples=500,eval.ppgd.steps=10,"
-              "eval.ppgd.n_examples=200,eval.lpa.steps=10,eval.lpa.rounds=3,eval.lpa.n_examples=200,eval.union.l2_eps=1.0")
+EVAL_EXTRA = ("eval.attacks=[pgd20,ppgd,lpa,union] eval.eps_curve=[] eval.n_examples=500 eval.ppgd.steps=10 "
+              "eval.ppgd.n_examples=200 eval.lpa.steps=10 eval.lpa.rounds=3 eval.lpa.n_examples=200 eval.union.l2_eps=1.0")
 
 
 def schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
@@ -64,8 +64,8 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.3)
     p.add_argument("--kappa", type=float, default=0.5)
     p.add_argument("--every", type=int, default=3, help="re-selection every R epochs")
-    p.add_argument("--extra", default="", help="comma-separated overrides for every training run")
-    p.add_argument("--eval-extra", default=EVAL_EXTRA, help="comma-separated overrides for every evaluation")
+    p.add_argument("--extra", default="", help="space-separated overrides for every training run")
+    p.add_argument("--eval-extra", default=EVAL_EXTRA, help="space-separated overrides for every evaluation (lists hold commas)")
     p.add_argument("--runs", required=True)
     p.add_argument("--json")
     p.add_argument("--reuse", action="store_true",
@@ -75,8 +75,8 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     selectors = [s for s in args.selectors.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",")]
-    extra = [e for e in args.extra.split(",") if e]
-    eval_extra = [e for e in args.eval_extra.split(",") if e]
+    extra = args.extra.split()
+    eval_extra = args.eval_extra.split()
     runs = Path(args.runs)
     where = machine(torch.device("cpu"))
     rows: list[dict[str, Any]] = []
@@ -147,7 +147,9 @@ def main() -> None:
                 continue
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
             normalized = [full[r["seed"]]["steps"] / (r["steps"] * r["train_s"] / max(1e-9, r["train_s"] - r["selection_s"]))
-                          for r in rs]
+                          for r in rs if r["steps"] > 0]
+            if not normalized:
+                raise SystemExit(f"PAT on {arm} made no training step: the coreset is smaller than one batch")
             print(f"| {arm} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
                   f"{statistics.median(normalized):.2f}x | " + " | ".join(mean_sd(values(rs, c)) for c in COLUMNS) + " |")
             if arm != "full":
