@@ -128,7 +128,7 @@ def _postprocess(cfg: RunConfig, run_dir: Path, out: Path, source_summary: dict[
         "trained_branches": trained,
         "notes": [note] if note else [],
         "settings": dataclasses.asdict(cfg.postprocess),
-        "threat_model": {"norm": "linf", "eps": cfg.eval.eps, "alpha": cfg.eval.pgd_alpha},
+        "threat_model": {"norm": cfg.eval.norm, "eps": cfg.eval.eps, "alpha": cfg.eval.pgd_alpha},
         **stages,
         "seconds": round(seconds, 3),
         "device": str(device),
