@@ -235,7 +235,7 @@ def test_compare_escapes_forged_names_and_methods(base, tmp_path, capsys):
     table = [line for line in md.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 2  # header, separator, one row per run
     unescaped_pipes = {len([i for i, ch in enumerate(line) if ch == "|" and line[i - 1] != "\\"]) for line in table}
-    assert unescaped_pipes == {13}  # 12 columns in every line
+    assert len(unescaped_pipes) == 1  # every row has the header's columns
     assert "<script>" not in md and "&lt;script&gt;" in md
     for name in ("robustness_vs_eps.png", "loss_curves.png", "time_breakdown.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
