@@ -95,7 +95,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .coreset.registry import SELECTORS
-    from .data import DATASET_NAMES
+    from .data.catalog import dataset_names
     from .eval.registry import ATTACKS, PROTOCOLS
     from .models import BRANCHES
 
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", help=f"comma-separated: {','.join(ATTACKS)}")
     ev.add_argument("--n-examples", type=int, help="evaluate on the first N test images (default: the full test set)")
     ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
-    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(DATASET_NAMES)}); "
+    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(dataset_names())}); "
                     "images are converted to the encoder's channels and size; the report goes to RUN/transfer/NAME/")
     ev.add_argument("--data-root", help="with --data: the folder holding that dataset's files (default: the usual places)")
     ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .data.catalog import DATASET_NAMES
+from .data.catalog import dataset_names
 from .errors import ConfigError
 from .models.encoder import ModelConfig
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
@@ -55,7 +55,7 @@ def attack_names() -> list[str]:
 
 @dataclass
 class DataConfig:
-    name: str = one_of("fashion-mnist", DATASET_NAMES)
+    name: str = one_of("fashion-mnist", dataset_names)  # a registered dataset (data/catalog.py DATASETS)
     root: str | None = None  # given: the data are searched there only
     download: bool = False
     train_subset: int | None = positive(None)  # a seeded random subset of the training split (None: all)
