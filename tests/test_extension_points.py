@@ -44,7 +44,7 @@ def write_npy_digits(root: Path, n_train: int = 64, n_test: int = 24) -> Path:
 
 def read_npy_digits(spec: DatasetSpec, split: str, root: str | None, download: bool) -> ImageDataset:
     """The toy reader: the split's two .npy files in `root`; DatasetError naming them when missing."""
-    folder = Path(root or ".")
+    folder = catalog.data_folder(root)  # data.root, else $ROBUSTSSL_DATA, else ~/.cache/robustssl
     images, labels = folder / f"{split}_images.npy", folder / f"{split}_labels.npy"
     if not images.is_file() or not labels.is_file():
         raise DatasetError(f"{spec.name} {split}: no {images.name} / {labels.name} in {folder}; pass data.root=<their folder>")

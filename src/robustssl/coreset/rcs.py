@@ -2,7 +2,7 @@
 
 One selection, all in eval mode (BatchNorm uses, and never updates, running statistics):
   1. RD on the validation split: virtual-adversarial PGD on RD itself (natural forwards on the
-     `normal` BN branch, adversarial ones on `pgd`), tail inputs cached (`coreset.head`: the
+     `normal` BN branch, adversarial ones on `pgd`), tail inputs cached (`coreset.rcs.head`: the
      last projector Linear, or the whole projector).
   2. Candidate gradients: d(method.training_loss)/d(head) per candidate (batch or sample).
   3. Greedy: pick argmax <g_b, g_val>, one simulated head step, refresh g_val (re-attacking
