@@ -310,7 +310,7 @@ def test_pat_weighted_loss_and_acs_head_gradients_at_its_own_examples():
         gw, gb = torch.autograd.grad(loss, [head.weight, head.bias])
         assert torch.allclose(rows[i], torch.cat([gw.flatten(), gb]), atol=1e-5), i
     # a weighted GradMatch coreset selected on those gradients; its weights reach PAT's loss per example
-    sel = GradMatchSelector(CoresetConfig(method="gradmatch", unit="sample", fraction=0.25), seed=0)
+    sel = GradMatchSelector(CoresetConfig(selector="gradmatch", unit="sample", fraction=0.25), seed=0)
     result = sel.select(model, method, data, torch.arange(40), torch.arange(0), 12, 16)
     assert result.weights is not None and float(result.weights.mean()) == pytest.approx(1.0)
     views = method.attack(model, method.make_views(make_batch(data, result.positions)), UNUSED_PGD)
@@ -325,10 +325,10 @@ def test_pat_config_rules():
     cfg = load_config("pat_fmnist_cpu")
     assert cfg.method.name == "pat" and cfg.method.params.bound == 0.5
     with pytest.raises(ConfigError, match="candidate_attack_steps"):
-        load_config("pat_fmnist_cpu", ["coreset.method=rcs", "coreset.candidate_attack_steps=1"])
+        load_config("pat_fmnist_cpu", ["coreset.selector=rcs", "coreset.rcs.candidate_attack_steps=1"])
     with pytest.raises(ConfigError, match="proj_layers=1"):
         load_config("pat_fmnist_cpu", ["model.proj_layers=3"])
     published = load_config("pat_cifar10")
     e, kappa, f = 100, 0.5, published.coreset.fraction  # ACS's warm start (c = f), PAT's re-selection every 15
-    assert published.coreset.method == "gradmatch" and published.coreset.every == 15
+    assert published.coreset.selector == "gradmatch" and published.coreset.every == 15
     assert published.coreset.warmup_epochs == round(f * kappa * e) and published.train.epochs == 25 + round((1 - kappa) * e)
