@@ -71,7 +71,7 @@ def test_select_refuses_every_run_file_even_with_force(base, tmp_path, capsys):
     targets = [run / name for name in RUN_FILES] + [other / "checkpoint.pt", other / "metrics.jsonl"]
     for target in targets:
         for force in ([], ["--force"]):
-            err = _cli_error(capsys, ["select", "--run", str(run), "--method", "random", "--fraction", "0.5",
+            err = _cli_error(capsys, ["select", "--run", str(run), "--selector", "random", "--fraction", "0.5",
                                       "--output", str(target), *force])
             assert target.name in err and "choose another file name" in err
     assert _snapshot(run) == before and _snapshot(other) == other_before
@@ -79,7 +79,7 @@ def test_select_refuses_every_run_file_even_with_force(base, tmp_path, capsys):
 
 def test_a_second_select_does_not_replace_selection_json_without_force(base, tmp_path, capsys):
     run = _copy(base[1], tmp_path / "run")
-    argv = ["select", "--run", str(run), "--method", "random", "--fraction", "0.5"]
+    argv = ["select", "--run", str(run), "--selector", "random", "--fraction", "0.5"]
     assert main(argv) == 0
     first = (run / "selection.json").read_bytes()
     err = _cli_error(capsys, [*argv, "coreset.unit=sample"])
@@ -129,7 +129,7 @@ def test_a_coreset_smaller_than_a_batch_is_refused_before_any_step(base, tmp_pat
 
     root, _ = base
     out = tmp_path / "small"
-    overrides = TINY + [f"data.root={root}", f"coreset.method={selector}", "coreset.fraction=0.2", "coreset.unit=sample",
+    overrides = TINY + [f"data.root={root}", f"coreset.selector={selector}", "coreset.fraction=0.2", "coreset.unit=sample",
                         "coreset.warmup_epochs=0", "train.epochs=2", "model.proj_out=10"]
     with pytest.raises(TrainingError, match=r"less than one batch of optim.batch_size=32.*coreset.fraction=0\.2\d* or more"):
         api.pretrain("pgd_at_fmnist_cpu", out, overrides=overrides)
@@ -250,7 +250,7 @@ def test_evaluate_and_postprocess_refuse_overrides_of_other_sections(base, tmp_p
     out = tmp_path / "pp"
     err = _cli_error(capsys, ["postprocess", "--run", str(run), "--out", str(out), "method.name=simclr"])
     assert "'method.name=simclr'" in err and "postprocess.<key>" in err and not out.exists()
-    err = _cli_error(capsys, ["select", "--run", str(run), "--method", "random", "attack.eps=0.5"])
+    err = _cli_error(capsys, ["select", "--run", str(run), "--selector", "random", "attack.eps=0.5"])
     assert "'attack.eps=0.5'" in err and "coreset.<key>" in err
     assert _snapshot(run) == before
 
@@ -440,7 +440,7 @@ def test_out_under_proc_or_sys_is_refused(base, tmp_path, capsys, system):
     for argv in (["pretrain", "--config", "simclr_fmnist_cpu", "--out", target, f"data.root={root}", *TINY],
                  ["postprocess", "--run", str(run), "--out", target],
                  ["compare", str(run), "--out", target],
-                 ["select", "--run", str(run), "--method", "random", "--output", f"{target}/s.json"]):
+                 ["select", "--run", str(run), "--selector", "random", "--output", f"{target}/s.json"]):
         err = _cli_error(capsys, argv)
         assert f"is under {system}, a kernel interface" in err
 
@@ -462,7 +462,7 @@ def test_an_empty_out_is_refused(base, tmp_path, capsys, monkeypatch):
     for argv in (["pretrain", "--config", "simclr_fmnist_cpu", "--out", "", f"data.root={root}", *TINY],
                  ["postprocess", "--run", str(run), "--out", ""],
                  ["compare", str(run), "--out", ""],
-                 ["select", "--run", str(run), "--method", "random", "--output", ""],
+                 ["select", "--run", str(run), "--selector", "random", "--output", ""],
                  ["quickstart", "--out", ""]):
         err = _cli_error(capsys, argv)
         assert "is empty" in err

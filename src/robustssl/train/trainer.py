@@ -215,14 +215,16 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
 
 def check_coreset_batches(cfg: RunConfig, schedule: CoresetSchedule) -> None:
     """Refuse a coreset smaller than one batch (every selector): its epochs would train nothing."""
-    bs, pool = cfg.optim.batch_size, len(schedule.pool)
+    bs, pool, unit = cfg.optim.batch_size, len(schedule.pool), schedule.unit_size
     if not any(schedule.uses_coreset(e) for e in range(cfg.train.epochs)) or schedule.coreset_size() >= bs:
         return
-    smallest = math.ceil(1000 * (bs - 0.5) / pool) / 1000  # the budget is round(fraction * pool)
+    units = -(-bs // unit)  # picked units (images, or batches of `unit` images) that make one batch
+    smallest = math.ceil(1000 * (units - 0.5) / max(1, pool // unit)) / 1000  # the budget is round(fraction * units in pool)
+    other = ", or coreset.unit=batch" if cfg.coreset.unit == "sample" else ""
     raise TrainingError(
         f"coreset.fraction={cfg.coreset.fraction:g} of the {pool}-image training pool is {schedule.coreset_size()} "
         f"images, less than one batch of optim.batch_size={bs}: the coreset epochs would train nothing. Pass "
-        f"coreset.fraction={smallest:g} or more, a smaller optim.batch_size, or coreset.unit=batch")
+        f"coreset.fraction={smallest:g} or more, a smaller optim.batch_size{other}")
 
 
 # --- one epoch -----------------------------------------------------------------------------------
