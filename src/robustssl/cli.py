@@ -23,6 +23,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     result = api.pretrain(args.config, args.out, overrides=args.overrides, resume=args.resume)
     if dist.launched_rank() > 0:  # under torchrun rank 0 reports
         return 0
+    if result.nothing_left:
+        print(f"nothing left to do: {args.out} finished all its epochs ({result.steps} steps, {result.seconds:.1f}s of "
+              f"training); its checkpoint, encoder.safetensors and run.json are unchanged")
+        return 0
     times = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.phase_seconds.items()))
     print(f"done: {result.steps} steps in {result.seconds:.1f}s ({times}); encoder at {Path(args.out) / 'encoder.safetensors'}")
     return 0
