@@ -8,7 +8,7 @@ every forward call:
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -40,6 +40,22 @@ def make_bn(num_features: int, dual: bool, dims: int = 2) -> nn.Module:
 
 def has_dual_bn(model: nn.Module) -> bool:
     return any(isinstance(m, DualBatchNorm) for m in model.modules())
+
+
+def default_branch(model: nn.Module, trained_branches: Sequence[str] | None = None) -> str | None:
+    """The BN branch a dual-BN model is evaluated and used on by default (methods.md §7).
+
+    Single-BN models: None (no choice). Dual-BN models: "pgd" when it was trained or when
+    the trained branches are unknown (None: exports from before they were recorded); else
+    the first trained branch ("normal" for SimCLR with dual BN, which trains only that one).
+    `evaluate` and `load_encoder` both follow this rule, so a loaded encoder computes the
+    features its report measured.
+    """
+    if not has_dual_bn(model):
+        return None
+    if not trained_branches or "pgd" in trained_branches:  # None (unknown), none trained, or pgd trained
+        return "pgd"
+    return next(iter(trained_branches))
 
 
 def current_branch(model: nn.Module) -> str | None:
