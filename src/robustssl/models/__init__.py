@@ -1,6 +1,13 @@
 """Backbones, dual BatchNorm, projection heads, and encoder export."""
 from .dual_bn import (
-    BRANCHES, DualBatchNorm, bn_branch, current_branch, default_branch, has_dual_bn, model_mode, set_bn_branch,
+    BRANCHES,
+    DualBatchNorm,
+    bn_branch,
+    current_branch,
+    default_branch,
+    has_dual_bn,
+    model_mode,
+    set_bn_branch,
 )
 from .encoder import ARCHS, ModelConfig, ModelSpec, SSLModel, build_model
 from .export import export_encoder, load_encoder
