@@ -53,6 +53,7 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     from .eval import evaluate_encoder, write_report  # only evaluation needs the eval stack (AutoAttack, plots)
     from .eval.transfer import load_transfer_splits, transfer_folder_name
     from .models.export import read_export_metadata
+    from .postprocess.run import read_divergence_note
 
     run_dir = Path(run_dir)
     if data_root is not None and data is None:
@@ -73,6 +74,9 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained)
     if transfer is not None:
         report["transfer"] = transfer
+    diverged = read_divergence_note(run_dir)  # a post-processed run whose finetune diverged says so in its report
+    if diverged:
+        report["notes"] = [*report.get("notes", []), diverged]
     extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name if data is None else test.name}
     summary = run_dir / SUMMARY
     if summary.is_file():

@@ -58,7 +58,10 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     purity = "" if km["purity_vs_true_labels"] is None else f", purity vs the true labels {km['purity_vs_true_labels']:.3f}"
     print(f"k-means: {km['clusters']} clusters of {km['images']} images (sizes {km['cluster_sizes']}){purity}; "
           f"LP: {lp['epochs']} epochs, pseudo-label accuracy {lp['pseudo_label_accuracy']:.3f}; "
-          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}; {r['seconds']:.1f}s")
+          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}"
+          f"{' (DIVERGED)' if aft['divergence']['diverged'] else ''}; {r['seconds']:.1f}s")
+    for note in r["notes"]:
+        print(f"WARNING: {note}")
     print(f"new run folder: {args.out} (encoder.safetensors, postprocess.json); evaluate it with: "
           f"robustssl evaluate --run {args.out}")
     return 0
