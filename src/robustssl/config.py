@@ -15,7 +15,7 @@ import yaml
 
 from .data.catalog import DATASET_NAMES
 from .errors import ConfigError
-from .models.encoder import ModelConfig
+from .models.encoder import ModelConfig, check_model_config
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
 from .train.timer import TIMING_MODES
 
@@ -293,6 +293,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
     if cfg.postprocess.clusters < 2:
         raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
+    check_model_config(cfg.model)
     METHODS[cfg.method.name].check_config(cfg)
     SELECTORS[cfg.coreset.method].check_config(cfg)
 

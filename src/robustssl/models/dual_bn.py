@@ -8,17 +8,22 @@ every forward call:
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 BRANCHES = ("normal", "pgd")
 
 
 class DualBatchNorm(nn.Module):
     """Two BatchNorms of the same shape; `self.branch` picks which one a forward uses."""
+
+    normal: _BatchNorm
+    pgd: _BatchNorm
 
     def __init__(self, num_features: int, dims: int = 2) -> None:
         super().__init__()
@@ -29,6 +34,30 @@ class DualBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pgd(x) if self.branch == "pgd" else self.normal(x)
+
+    @classmethod
+    def of(cls, bn: _BatchNorm) -> DualBatchNorm:
+        """A dual BN whose `normal` branch is `bn` itself and whose `pgd` branch is a copy of it (any
+        BatchNorm class, e.g. a library's BatchNorm fused with its activation)."""
+        dual = cls.__new__(cls)
+        nn.Module.__init__(dual)
+        dual.normal = bn
+        dual.pgd = copy.deepcopy(bn)
+        dual.branch = "normal"
+        return dual
+
+
+def convert_dual_bn(model: nn.Module) -> nn.Module:
+    """Make every BatchNorm of `model` (any subclass of torch's _BatchNorm) a `DualBatchNorm`, in place;
+    for backbones built elsewhere (timm). Returns `model`."""
+    for name, child in model.named_children():
+        if isinstance(child, DualBatchNorm):
+            continue
+        if isinstance(child, _BatchNorm):
+            setattr(model, name, DualBatchNorm.of(child))
+        else:
+            convert_dual_bn(child)
+    return model
 
 
 def make_bn(num_features: int, dual: bool, dims: int = 2) -> nn.Module:
