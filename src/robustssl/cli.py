@@ -1,4 +1,4 @@
-"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart."""
+"""robustssl command line: pretrain | evaluate | postprocess | compare | export | select | quickstart."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +80,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    r = api.export(args.run, args.out, format=args.format, protocol=args.protocol)
+    print(f"exported the {r['protocol'].upper()} classifier ({r['why']}) to {r['out']}: "
+          + ", ".join(Path(f).name for f in r["files"]) + "; load it with: api.load(\"" + r["out"] + "\") (nothing uploaded)")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
@@ -140,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
     cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
     cp.set_defaults(func=cmd_compare)
+
+    ex = sub.add_parser("export", help="an evaluated classifier as a Hugging Face Hub-ready folder (nothing is uploaded)")
+    ex.add_argument("--run", required=True, help="a run folder that `robustssl evaluate` has been run on")
+    ex.add_argument("--format", default="hf", choices=["hf"], help="hf: config.json, model.safetensors, README.md (model card), "
+                    "model_info.json (RobustBench style)")
+    ex.add_argument("--protocol", help="whose classifier (default: the one with the highest accuracy under its strongest attack)")
+    ex.add_argument("--out", help="the folder to write (default: RUN/hf)")
+    ex.set_defaults(func=cmd_export)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")
