@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,13 +377,32 @@ def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return raw
 
 
+OVERRIDES_ENV = "ROBUSTSSL_OVERRIDES"
+_env_noted: set[str] = set()
+
+
+def env_overrides() -> list[str]:
+    """The key=value overrides of $ROBUSTSSL_OVERRIDES (whitespace-separated, shell quoting), applied
+    after every other override to every config robustssl builds: recipes, run folders, the API and
+    the CLI alike. For smoke runs of scripts and documentation (tests/test_readme.py runs README's
+    commands as written with tiny settings this way). Said once per process on stderr when set."""
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return []
+    if text not in _env_noted:
+        _env_noted.add(text)
+        print(f"note: ${OVERRIDES_ENV} applies to every config: {text}", file=sys.stderr)
+    return shlex.split(text)
+
+
 def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Validated RunConfig from a nested dict plus overrides; raises ConfigError before any work."""
+    """Validated RunConfig from a nested dict plus overrides (then those of $ROBUSTSSL_OVERRIDES, if
+    set: `env_overrides`); raises ConfigError before any work."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
-    raw = merge(raw, overrides or [])
+    raw = merge(raw, [*(overrides or []), *env_overrides()])
     method_raw, eval_raw = raw.pop("method", None), raw.pop("eval", None)
     cfg = build_settings(RunConfig, raw, "")
     cfg.method = _build_method(method_raw)
