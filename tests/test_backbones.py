@@ -95,7 +95,7 @@ def test_acl_with_the_new_backbones_trains_at_tiny_width(tmp_path, recipe, arch)
     tiny = {"resnet50": ["model.width=2"], "wrn": ["model.depth=10", "model.widen=1"]}[arch]
     api.pretrain(recipe, tmp_path / "run", overrides=[
         "data.name=fashion-mnist", f"data.root={root}", "data.image_size=null", "data.channels=null", "data.stream=false",
-        "coreset.method=full", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=16", "attack.steps=1",
+        "coreset.selector=full", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=16", "attack.steps=1",
         "train.epochs=1", "train.device=cpu", "train.progress=false", *tiny])
     assert load_encoder(tmp_path / "run" / "encoder.safetensors")[1].arch == arch
 

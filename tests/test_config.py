@@ -54,4 +54,4 @@ def test_every_bundled_recipe_validates(recipe):
     assert cfg.method.name in METHODS
     assert recipe.startswith(cfg.method.name + "_") or acs_names.get(recipe) == cfg.method.name, "a recipe is named after its method"
     if "rcs" in recipe:  # the RCS paper's fractions: 0.2 (CIFAR), 0.05 (ImageNet-32), 0.1 (ImageNet-1K SAT)
-        assert cfg.coreset.method == "rcs" and cfg.coreset.fraction in (0.05, 0.1, 0.2)
+        assert cfg.coreset.selector == "rcs" and cfg.coreset.fraction in (0.05, 0.1, 0.2)

@@ -41,6 +41,7 @@ from .direct import direct_markdown, train_direct
 from .finetune import finetune_markdown, train_aff
 from .linear import linear_markdown, train_alf, train_slf
 from .multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
+from .perceptual import LPAAttack, PPGDAttack, UnionAttack
 from .robust import AutoAttackStandard, PGD50x10Attack, PGDAttack
 from .threat import EvalAttack, NoSettings
 
@@ -95,7 +96,7 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
-ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack())}
+ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack(), PPGDAttack(), LPAAttack(), UnionAttack())}
 
 
 def component_settings_class(name: str) -> type:
