@@ -261,10 +261,10 @@ def test_resume_accepts_a_run_saved_before_new_config_keys_existed(run):
     """A key added to the config since the run was saved (here two real ones, dropped from the
     checkpoint's copy and from config.yaml) takes its default; the run resumes."""
     ck = load_checkpoint(run / "checkpoint.pt")
-    del ck["config"]["coreset"]["candidates_per_forward"], ck["config"]["eval"]["aff_beta"]
+    del ck["config"]["train"]["timing"], ck["config"]["eval"]["aff_beta"]
     save_atomic(ck, run / "checkpoint.pt")
     raw = yaml.safe_load((run / "config.yaml").read_text())
-    del raw["coreset"]["candidates_per_forward"]
+    del raw["train"]["timing"]
     (run / "config.yaml").write_text(yaml.safe_dump(raw))
     api.pretrain(None, run, resume=True)
     ck["config"]["optim"]["lr"] = 0.123  # a real difference is still refused
