@@ -45,7 +45,7 @@ def test_every_bundled_recipe_pretrains_selects_resumes_and_exports(tmp_path, ca
     for name in bundled:
         cfg = load_config(name)
         assert {f"{name} {k}" for k in ("pretrain", "resume", "export")} <= names
-        assert (f"{name} select" in names) == SELECTORS[cfg.coreset.method].trains_on_subset, name
+        assert (f"{name} select" in names) == SELECTORS[cfg.coreset.selector].trains_on_subset, name
     assert {f"data {d}" for d in ("cifar10", "fashion-mnist", "svhn")} <= names
     lines = _lines(text)
     assert len(lines) == len(record["checks"]) == record["checks_total"] == record["passed"]

@@ -55,7 +55,7 @@ from .config import RunConfig, load_config, recipe_dir, resolve_recipe
 from .coreset.registry import SELECTORS
 from .data import load_dataset, open_stream
 from .data.catalog import image_shape
-from .data.synthetic import SYNTHETIC_DATASETS, write_synthetic
+from .data.synthetic import SYNTHETIC_DATASETS, synthetic_classes, write_synthetic
 from .errors import ConfigError, RunError
 from .io import atomic_write_text
 from .methods import METHODS
@@ -64,6 +64,7 @@ from .models.export import read_export_metadata
 from .train.checkpoint import load_checkpoint
 from .train.metrics import read_metrics
 from .train.run_dir import CHECKPOINT, ENCODER, METRICS, SUMMARY, check_folder
+from .train.trainer import data_options
 from .train.trainer import pretrain as train
 
 MARKER = "doctor.json"  # the JSON result; its presence marks a folder the doctor may clear and reuse
@@ -137,7 +138,7 @@ class Recipe:
 
     @property
     def has_coreset(self) -> bool:
-        return self.cfg is not None and SELECTORS[self.cfg.coreset.method].trains_on_subset
+        return self.cfg is not None and SELECTORS[self.cfg.coreset.selector].trains_on_subset
 
 
 def device_name(device: torch.device) -> str:
@@ -189,13 +190,19 @@ class Doctor:
         """Overrides that cut `cfg` (a recipe as published) to the doctor's sizes, on the doctor's device."""
         s = self.sizes
         n = self.train_images(cfg)
-        out = [f"data.root={self.data_root(cfg.data.name)}", "data.download=false", f"data.train_subset={n}",
+        out = [f"data.root={self.data_root(data_key(cfg))}", "data.download=false", f"data.train_subset={n}",
                f"optim.batch_size={self.batch_size(cfg)}", f"train.device={self.device.type}", f"train.epochs={EPOCHS}",
                "train.progress=false", "train.log_every_steps=1", "train.checkpoint_every_epochs=1",
                f"eval.n_examples={s.n_examples}", f"eval.autoattack_examples={s.autoattack_examples}",
                f"eval.train_examples={min(n, s.train_examples)}", f"eval.linear_epochs={s.linear_epochs}"]
-        if SELECTORS[cfg.coreset.method].trains_on_subset:  # epoch 0 warm-up, select at 1, reuse it at 2
+        if SELECTORS[cfg.coreset.selector].trains_on_subset:  # epoch 0 warm-up, select at 1, reuse it at 2
             out += ["coreset.warmup_epochs=1", "coreset.every=2"]
+            atoms = getattr(cfg.coreset.params, "batch_size", None)  # ACS's minibatch atoms: at most a cut batch
+            if atoms is not None and atoms > self.batch_size(cfg):
+                out.append(f"coreset.{cfg.coreset.selector}.batch_size={self.batch_size(cfg)}")
+        classes = synthetic_classes(cfg.data.name)
+        if METHODS[cfg.method.name].supervised and cfg.model.proj_out != classes:  # the classifier of the classes written
+            out.append(f"model.proj_out={classes}")
         if s.tiny:
             m = cfg.model
             out += ["model.arch=cnn", "model.width=4"]
@@ -225,13 +232,14 @@ class Doctor:
         datasets: dict[str, int] = {}
         for r in loaded.values():
             assert r.cfg is not None
-            datasets[r.cfg.data.name] = max(datasets.get(r.cfg.data.name, 0), self.train_images(r.cfg))
+            key = data_key(r.cfg)
+            datasets[key] = max(datasets.get(key, 0), self.train_images(r.cfg))
         checks = [Check(f"data {name}", _bind(self.write_data, name, n)) for name, n in sorted(datasets.items())]
         checks += [Check(f"{r.name} config", _bind(_raise, r.error)) for r in recipes if r.cfg is None]
         for kind in (k for k in RUN_ORDER if k in wanted):
             for r in self.recipes_for(kind, loaded):
                 assert r.cfg is not None
-                needs = (f"data {r.cfg.data.name}",) + ((f"{r.name} {NEEDS[kind]}",) if kind in NEEDS else ())
+                needs = (f"data {data_key(r.cfg)}",) + ((f"{r.name} {NEEDS[kind]}",) if kind in NEEDS else ())
                 run = _bind(self.switch, r, kind) if kind in SWITCHES else _bind(getattr(self, kind), r)
                 checks.append(Check(f"{r.name} {kind}", run, needs))
         return checks
@@ -247,13 +255,19 @@ class Doctor:
         return [r for r in loaded.values() if kind != "select" or r.has_coreset]
 
     # --- the checks ------------------------------------------------------------------------------------
-    def write_data(self, name: str, n_train: int) -> str:
+    def write_data(self, key: str, n_train: int) -> str:
+        name, shape_text = ("imagefolder", key.split("-", 1)[1]) if key.startswith("imagefolder-") else (key, "")
         if name not in SYNTHETIC_DATASETS:
             raise ConfigError(f"the doctor has no synthetic {name} data (it writes {', '.join(SYNTHETIC_DATASETS)})")
-        root = self.data_root(name)
+        root = self.data_root(key)
         shutil.rmtree(root, ignore_errors=True)
-        write_synthetic(name, root, n_train + 16, self.sizes.n_test)
-        train, test = (load_dataset(name, split, root=str(root)) for split in ("train", "test"))
+        options: dict[str, Any] = {}
+        if shape_text:
+            channels, size = (int(v) for v in shape_text.split("x"))
+            options = {"image_size": size, "channels": channels}
+        shape = (options["channels"], options["image_size"], options["image_size"]) if options else None
+        write_synthetic(name, root, n_train + 16, self.sizes.n_test, shape=shape)
+        train, test = (load_dataset(name, split, root=str(root), **options) for split in ("train", "test"))
         if (len(train), len(test)) != (n_train + 16, self.sizes.n_test):
             raise RunError(f"{name}: read back {len(train)} / {len(test)} images, wrote {n_train + 16} / {self.sizes.n_test}")
         return f"{len(train)} train / {len(test)} test images {tuple(train.images.shape[1:])} read back"
@@ -284,7 +298,7 @@ class Doctor:
         c = result["coreset"]
         if len(result["sample_ids"]) != c["coreset_size"]:
             raise RunError(f"selected {len(result['sample_ids'])} images, the budget is {c['coreset_size']}")
-        return f"{len(result['sample_ids'])} of {c['pool_size']} images with {c['method']} in {result['seconds']:.2f}s"
+        return f"{len(result['sample_ids'])} of {c['pool_size']} images with {c['selector']} in {result['seconds']:.2f}s"
 
     def resume(self, r: Recipe) -> str:
         out = self.run_dir(r)
@@ -314,7 +328,8 @@ class Doctor:
         expected = list(METHODS[r.cfg.method.name].trained_branches) if has_dual_bn(model) else None
         if trained != expected:
             raise RunError(f"the export records trained branches {trained}, the method trains {expected}")
-        shape = image_shape(r.cfg.data.name) or (spec.in_channels, 32, 32)
+        size = r.cfg.data.image_size or 32
+        shape = image_shape(r.cfg.data.name) or (spec.in_channels, size, size)
         x = torch.rand(4, *shape, device=self.device)  # images in [0, 1] of the recipe's dataset
         with torch.no_grad():
             model.eval()
@@ -388,13 +403,13 @@ class Doctor:
     def stream(self, r: Recipe) -> str:
         assert r.cfg is not None
         cfg = load_config(r.path, r.overrides + ["data.stream=true", "data.prefetch_batches=2"])
-        source = open_stream(cfg.data.name, "train", self.device, root=cfg.data.root)
+        source = open_stream(cfg.data.name, "train", self.device, **data_options(cfg))
         positions = torch.arange(8)
         staged = source.read(positions)
         if staged.is_pinned() != (self.device.type == "cuda"):
             raise RunError(f"the staging tensor is {'' if staged.is_pinned() else 'not '}pinned on {self.device.type}")
         images = source.gather(positions)
-        reference = load_dataset(cfg.data.name, "train", root=cfg.data.root).images[:8]
+        reference = load_dataset(cfg.data.name, "train", **data_options(cfg)).images[:8]
         if images.device.type != self.device.type or not torch.equal(images.cpu(), reference):
             raise RunError("the streamed images differ from the in-memory ones")
         out = self.run_dir(r, "stream")
@@ -403,6 +418,13 @@ class Doctor:
         pinned = "pinned" if staged.is_pinned() else "not pinned"
         return (f"staging {pinned}, pixels equal; {result.steps} steps with {summary['coreset'].get('n_selections', 0)} "
                 f"selection(s), {result.seconds:.1f}s")
+
+
+def data_key(cfg: RunConfig) -> str:
+    """The synthetic data a run reads: the dataset's name, or for an image folder its channels and size."""
+    if cfg.data.name == "imagefolder":
+        return f"imagefolder-{cfg.data.channels or 3}x{cfg.data.image_size or 32}"
+    return cfg.data.name
 
 
 def _bind(fn: Callable[..., str], *args: Any) -> Callable[[], str]:

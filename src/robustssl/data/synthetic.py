@@ -1,6 +1,6 @@
 """Small synthetic datasets written in the official on-disk formats, so a check reads them through
 the real readers: CIFAR-10/100 as the Python 2 pickles the archives hold, (Fashion-)MNIST as
-gzipped idx files, SVHN as MATLAB v5 .mat files. Used by `robustssl doctor` and the tests.
+gzipped idx files, SVHN as MATLAB v5 .mat files, an image folder as PNGs. Used by `robustssl doctor` and the tests.
 
     root = write_synthetic("cifar10", Path("data"), n_train=2048, n_test=256)
     load_dataset("cifar10", "train", root=str(root))       # root/cifar-10-batches-py/, read as usual
@@ -20,12 +20,12 @@ import numpy as np
 from .catalog import canonical_name, image_shape
 
 __all__ = [
-    "CIFAR10_NAMES", "SYNTHETIC_DATASETS", "class_images", "idx_bytes", "py2_pickle", "write_cifar_batch",
-    "write_synthetic",
+    "CIFAR10_NAMES", "SYNTHETIC_DATASETS", "class_images", "idx_bytes", "py2_pickle", "synthetic_classes",
+    "write_cifar_batch", "write_synthetic",
 ]
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SYNTHETIC_DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "svhn")
+SYNTHETIC_DATASETS = ("cifar10", "cifar100", "fashion-mnist", "mnist", "svhn", "imagefolder")
 
 
 # ---------------------------------------------------------------- formats
@@ -142,15 +142,37 @@ def _write_svhn(folder: Path, train: Split, test: Split) -> None:
         scipy_io.savemat(folder / f"{split}_32x32.mat", {"X": x.transpose(2, 3, 1, 0), "y": digits}, do_compression=True)
 
 
-def write_synthetic(name: str, root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+def _write_image_folder(root: Path, train: Split, test: Split) -> None:
+    from PIL import Image  # reading an image folder needs Pillow too
+
+    for split, (x, y) in (("train", train), ("test", test)):
+        y = y.copy()
+        y[: min(len(y), 10)] = np.arange(min(len(y), 10))  # every class folder holds an image
+        for i, (img, label) in enumerate(zip(x, y)):
+            folder = root / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pixels = img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0))
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def synthetic_classes(name: str) -> int:
+    """The number of classes `write_synthetic` writes for `name` (100 for CIFAR-100, else 10)."""
+    return 100 if canonical_name(name) == "cifar100" else 10
+
+
+def write_synthetic(name: str, root: Path, n_train: int, n_test: int, seed: int = 0,
+                    shape: tuple[int, int, int] | None = None) -> Path:
     """Write a synthetic `name` dataset (one of SYNTHETIC_DATASETS) with n_train / n_test images in
-    its official file layout under `root`; returns `root`, the folder to pass as data.root."""
+    its official file layout under `root`; returns `root`, the folder to pass as data.root.
+    shape: (C, H, W) of an image folder's PNGs (root/{train,test}/class_<k>/<i>.png); other
+    datasets have their own."""
     key = canonical_name(name)
     if key not in SYNTHETIC_DATASETS:
         raise ValueError(f"no synthetic writer for dataset {key!r}; available: {', '.join(SYNTHETIC_DATASETS)}")
-    shape = image_shape(key)
-    assert shape is not None  # every fixed-format dataset has one
-    n_classes = 100 if key == "cifar100" else 10
+    shape = image_shape(key) if key != "imagefolder" else shape
+    if shape is None:
+        raise ValueError("a synthetic image folder needs shape=(channels, height, width)")
+    n_classes = synthetic_classes(key)
     train, test = class_images(n_train, seed, shape, n_classes), class_images(n_test, seed + 1, shape, n_classes)
     root = Path(root)
     if key == "cifar10":
@@ -159,6 +181,8 @@ def write_synthetic(name: str, root: Path, n_train: int, n_test: int, seed: int 
         _write_cifar100(root, train, test)
     elif key == "svhn":
         _write_svhn(root, train, test)
+    elif key == "imagefolder":
+        _write_image_folder(root, train, test)
     else:
         _write_idx(root, train, test)
     return root
