@@ -10,14 +10,12 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, to_dict
@@ -28,11 +26,13 @@ from ..errors import RunError
 from ..io import atomic_write_text
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
+from ..progress import progress_bar
 from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import prepare_model, rank_seed, replicate
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
+from .probe import OnlineProbe
 from .run_dir import (
     CHECKPOINT,
     CONFIG,
@@ -44,6 +44,7 @@ from .run_dir import (
     config_differences,
     with_defaults,
 )
+from .tensorboard import tensorboard_metrics
 from .timer import PhaseTimer
 
 CHECKPOINT_FORMAT = 2
@@ -222,6 +223,7 @@ class RunContext:
     loader: DeviceLoader
     metrics: MetricsLog
     bar: Any
+    probe: OnlineProbe | None = None  # train.probe_every: the online robust probe (train/probe.py)
 
 
 def train_epoch(state: TrainState, run: RunContext) -> None:
@@ -260,6 +262,8 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
         "images_per_s": n_images / max(1e-9, seconds), "lr": state.scheduler.get_last_lr()[0],
         "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
     })
+    if run.probe is not None:  # before the checkpoint: a resumed run keeps exactly the probes it checkpointed
+        run.probe.after_epoch(epoch, state, run.metrics)
     state.epoch, state.batch = epoch + 1, 0
     if (cfg.checkpoint_every_epochs and state.epoch % cfg.checkpoint_every_epochs == 0) or state.epoch == cfg.epochs:
         save_checkpoint(state, run)
@@ -353,16 +357,15 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
                                 f"{', '.join(differ[:5])}; restore config.yaml (the checkpoint's 'config' entry holds it)")
         state.load_state_dict(ck, out / CHECKPOINT)
         metrics.truncate_after(state.step)
+    metrics = tensorboard_metrics(metrics, cfg.train.tensorboard, out, state.step if resume else None)
+    probe = OnlineProbe.start(cfg, state, data, device, out / METRICS)
 
-    # In a log file (no terminal) the bar redraws once a minute at most (tqdm's monitor would
-    # otherwise force a redraw every 10 s): a 3-day run writes about 4,000 lines, not 100,000.
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not (cfg.train.progress and dist.is_main()),
-               unit="step", dynamic_ncols=True, mininterval=0.1 if tty else 60.0, maxinterval=10.0 if tty else 600.0)
+    # In a log file (no terminal) the bar redraws once a minute at most: a 3-day run writes about 4,000 lines, not 100,000.
+    bar = progress_bar(state.schedule.total_steps(), initial=state.step, enabled=cfg.train.progress and dist.is_main())
     bs, seed, rank = cfg.optim.batch_size, cfg.train.seed, dist.rank()
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
-    run = RunContext(cfg, out, data, loader, metrics, bar)
+    run = RunContext(cfg, out, data, loader, metrics, bar, probe)
     while state.epoch < cfg.train.epochs:
         train_epoch(state, run)
     bar.close()
