@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from . import progress
 from .config import RunConfig, from_dict, load_config, to_dict
 from .coreset.registry import SELECTORS
 from .coreset.schedule import CoresetSchedule
@@ -70,7 +71,8 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     else:
         train, test, transfer = load_transfer_splits(cfg, spec.in_channels, data, data_root, cfg.data.download)
     torch.manual_seed(cfg.eval.seed)
-    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained)
+    with progress.showing("evaluate", enabled=cfg.train.progress):  # which protocol and attack runs, examples done, ETA
+        report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained)
     if transfer is not None:
         report["transfer"] = transfer
     extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name if data is None else test.name}
@@ -94,12 +96,19 @@ def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
     return postprocess_run(run_dir, out, list(overrides or []) + extra)
 
 
-def compare(run_dirs: list[str | Path], out: str | Path = "compare") -> dict[str, Any]:
+def compare(run_dirs: list[str | Path], out: str | Path = "compare", target: float | None = None) -> dict[str, Any]:
     """Compare evaluated run folders: compare.md, compare.json and the robustness, loss and time
-    figures in `out` (see eval/compare.py). Every folder is checked before anything is written."""
+    figures in `out` (see eval/compare.py), and for runs trained with the online probe the
+    robustness-vs-time and -epoch curves (eval/curves.py). target: the robust accuracy in (0, 1]
+    of the "time to reach" column (None: 90% of the best run's final probe value). Every folder
+    is checked before anything is written."""
     from .eval.compare import compare_runs
 
-    return compare_runs(run_dirs, out)
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"target must be a robust accuracy in (0, 1], got {target}")
+    with progress.showing("compare"):
+        progress.stage(f"{len(run_dirs)} run(s): tables and figures", len(run_dirs), unit="run")
+        return compare_runs(run_dirs, out, target)
 
 
 def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None) -> dict[str, Any]:

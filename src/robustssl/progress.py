@@ -40,22 +40,27 @@ class Progress:
     """One bar reused for a sequence of stages; each stage resets its count, total and ETA."""
 
     def __init__(self, title: str, enabled: bool = True) -> None:
-        self.title = title
+        self.title, self.enabled = title, enabled
         self.prefix: list[str] = []
-        self.bar = progress_bar(enabled=enabled, unit="img")
+        self.bar: Any = None  # created by the first stage
 
     def start(self, name: str, total: int, unit: str = "img") -> None:
         """A new stage: `name` (shown after the title and sections), `total` units of `unit` to do."""
+        desc = " | ".join([self.title + (" " + " ".join(self.prefix) if self.prefix else ""), name])
+        if self.bar is None:
+            self.bar = progress_bar(total, enabled=self.enabled, unit=unit, desc=desc)
+            return
         self.bar.unit = unit
-        self.bar.set_description(" | ".join([self.title + (" " + " ".join(self.prefix) if self.prefix else ""), name]),
-                                 refresh=False)
+        self.bar.set_description(desc, refresh=False)
         self.bar.reset(total=total)  # redraws once: one line per stage in a log file
 
     def advance(self, n: int) -> None:
-        self.bar.update(n)
+        if self.bar is not None:
+            self.bar.update(n)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 _ACTIVE: ContextVar[Progress | None] = ContextVar("robustssl_progress", default=None)

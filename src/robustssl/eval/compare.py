@@ -34,6 +34,7 @@ from ..errors import RunError
 from ..io import atomic_write_text
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config
+from .curves import probe_curves
 from .report import REPORT_FILE, agg_figure, fmt_eps, plot_pgd_curves, save_axes
 from .report import SCHEMA as REPORT_SCHEMA
 
@@ -259,7 +260,7 @@ def plot_times(runs: list[RunRecord], path: Path) -> Path:
     return path
 
 
-def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare") -> dict[str, Any]:
+def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare", target: float | None = None) -> dict[str, Any]:
     """Compare evaluated runs; writes FILES into `out` (created if needed) and returns the compare.json content.
 
     Every folder is read and checked first; nothing is written when one of them is not an
@@ -298,6 +299,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare") -> dic
         "notes": notes,
         "figures": figures,
     }
+    result["probe_curves"] = curves = probe_curves(runs, out, target)  # eval/curves.py: robustness vs training time and epoch
     atomic_write_text(out / FILES["json"], json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures) + "\n")
+    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures) + "\n" + curves["markdown"])
     return result

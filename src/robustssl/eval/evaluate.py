@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import progress
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
 from ..errors import ConfigError
@@ -225,8 +226,9 @@ def evaluate_encoder(
             frozen = frozen if frozen is not None else copy.deepcopy(model).to(device)
             encoder = frozen
         clf = protocol.classifier(encoder, n_classes, used_branch, cfg).to(device)
-        training = protocol.train(clf, train, cfg, device)
-        protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
+        with progress.section(name.upper()):  # the active progress display names the protocol
+            training = protocol.train(clf, train, cfg, device)
+            protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)
 
     big = large_eps(cfg.eps, cfg.norm, x[0].numel())  # the large-eps check's radius, as evaluate_classifier uses it

@@ -187,7 +187,8 @@ class _FollowAutoAttack(logging.Filter):
         elif message.startswith("running "):
             name = message[len("running "):]
             k = self.attacks.index(name) + 1 if name in self.attacks else 0
-            progress.stage(f"autoattack {name} ({k}/{len(self.attacks)})", self.remaining)
+            if self.remaining > 0:  # AutoAttack announces a sub-attack before it finds nothing left to attack
+                progress.stage(f"autoattack {name} ({k}/{len(self.attacks)})", self.remaining)
         elif m := self.PERTURBED.match(message):
             progress.advance(int(m.group(2)))
             self.remaining -= int(m.group(1))

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from .. import progress
 from ..errors import RunError
 from ..eval.classifier import choose_branch
 from ..io import atomic_write_text
@@ -92,7 +93,8 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
     cluster_branch = _cluster_branch(model, cfg.postprocess.cluster_branch, trained)
     train = load_train_set(cfg)
     torch.manual_seed(cfg.postprocess.seed)
-    encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
+    with progress.showing("postprocess", enabled=cfg.train.progress):  # which stage runs, images done, ETA
+        encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
 
     seconds = time.perf_counter() - t0
     summary_path = run_dir / SUMMARY
