@@ -57,7 +57,7 @@ def test_probe_records_and_bit_identical_weights(tmp_path, data_root):
     base = TINY + [f"data.root={data_root}", "train.epochs=3", "train.seed=1"]
     with_probe, without = tmp_path / "probe", tmp_path / "plain"
     api.pretrain("acl_fmnist_cpu", with_probe, overrides=base + PROBE[1:] + ["train.probe_every=2"])
-    api.pretrain("acl_fmnist_cpu", without, overrides=base)
+    api.pretrain("acl_fmnist_cpu", without, overrides=base + ["train.probe_every=0"])  # the CPU recipes probe by default
     _same_weights(with_probe, without)  # the probe never touches the model or the training RNG stream
     probes = _probes(with_probe)
     assert [p["epoch"] for p in probes] == [1, 2]  # every 2nd epoch and the last
@@ -81,12 +81,15 @@ def test_supervised_probe_uses_its_classifier_on_held_out_images(tmp_path, data_
     assert slices.head is None and slices.x.shape[0] == 40
     assert not set(slices.ids.tolist()) & set(data.indices.tolist())  # never trained on
     assert torch.equal(slices.y, full.labels[slices.ids])
-    with pytest.raises(ConfigError, match="leaves 50"):
-        draw_slices(load_config("pgd_at_fmnist_cpu", sup + ["train.probe_every=1", "train.probe_test_examples=60"]),
-                    data, torch.arange(len(data)), True, torch.device("cpu"))
+    smaller = draw_slices(load_config("pgd_at_fmnist_cpu", sup + ["train.probe_every=1", "train.probe_test_examples=60"]),
+                          data, torch.arange(len(data)), True, torch.device("cpu"))
+    assert smaller.x.shape[0] == 50 and not set(smaller.ids.tolist()) & set(data.indices.tolist())  # all 50 held out
+    whole = load_config("pgd_at_fmnist_cpu", sup + ["train.probe_every=1", "data.train_subset=200"])
+    with pytest.raises(ConfigError, match="leaves none"):
+        draw_slices(whole, load_train_set(whole), torch.arange(200), True, torch.device("cpu"))
     a, b = tmp_path / "probe", tmp_path / "plain"
     api.pretrain("pgd_at_fmnist_cpu", a, overrides=sup + ["train.probe_every=1", "train.probe_test_examples=40"])
-    api.pretrain("pgd_at_fmnist_cpu", b, overrides=sup)
+    api.pretrain("pgd_at_fmnist_cpu", b, overrides=sup + ["train.probe_every=0"])
     _same_weights(a, b)
     probes = _probes(a)
     assert [p["head"] for p in probes] == ["direct", "direct"] and probes[0]["n"] == 40

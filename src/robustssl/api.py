@@ -106,8 +106,7 @@ def compare(run_dirs: list[str | Path], out: str | Path = "compare", target: flo
 
     if target is not None and not 0 < target <= 1:
         raise ConfigError(f"target must be a robust accuracy in (0, 1], got {target}")
-    with progress.showing("compare"):
-        progress.stage(f"{len(run_dirs)} run(s): tables and figures", len(run_dirs), unit="run")
+    with progress.showing("compare"):  # once every folder is read: the probe curves per run
         return compare_runs(run_dirs, out, target)
 
 

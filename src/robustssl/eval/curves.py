@@ -87,6 +87,7 @@ def probe_curves(runs: list[RunRecord], out: Path, target: float | None = None) 
     if target is not None and not 0 < target <= 1:
         raise ConfigError(f"--target is a robust accuracy in percent, 0 < X <= 100; got {100 * target:g}")
     curves = {}
+    progress.stage("probe curves", len(runs), unit="run")
     for r in runs:
         curves[r.label] = probe_curve(r.path)
         progress.advance(1)

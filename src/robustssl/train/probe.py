@@ -124,24 +124,29 @@ def _held_out(cfg: RunConfig, data: ImageSource, device: torch.device) -> tuple[
 
 def draw_slices(cfg: RunConfig, data: ImageSource, pool: torch.Tensor, supervised: bool,
                 device: torch.device) -> ProbeSlices:
-    """The probe's images: held-out images when there are enough, else (self-supervised only) the training pool."""
+    """The probe's images: held-out images when there are enough (a supervised run: always), else the
+    training pool. When even those are fewer than asked for, both slices shrink in proportion (a note says so)."""
     t = cfg.train
-    n_head = 0 if supervised else t.probe_train_examples
-    need = n_head + t.probe_test_examples
+    n_head, n_test = (0 if supervised else t.probe_train_examples), t.probe_test_examples
     held = _held_out(cfg, data, device)
-    if held is not None and len(held[1]) >= need:
+    if held is not None and (len(held[1]) >= n_head + n_test or supervised):
         source, candidates = held
         where = f"{len(held[1])} training-split images left out by data.train_subset"
     elif supervised:
-        have = 0 if held is None else len(held[1])
-        raise ProbeError(f"the probe of a supervised run needs {need} images it never trains on, and data.train_subset "
-                         f"leaves {have}; lower data.train_subset or train.probe_test_examples")
+        raise ProbeError(f"the probe of a supervised run needs images it never trains on, and data.train_subset="
+                         f"{cfg.data.train_subset} leaves none of the {len(data)} training images; lower data.train_subset")
     else:
         source, candidates = data, pool.cpu()
         where = "the training pool (labels unused by training; the coreset's validation split left out)"
-        if len(candidates) < need:
-            raise ProbeError(f"the probe needs {need} images (train.probe_train_examples + train.probe_test_examples) "
-                             f"and the training pool has {len(candidates)}; lower them")
+    if len(candidates) < n_head + n_test:
+        if len(candidates) < (1 if supervised else 2):
+            raise ProbeError(f"the probe has {len(candidates)} images to use ({where}); set train.probe_every=0")
+        asked = n_head + n_test
+        n_test = max(1, round(len(candidates) * n_test / asked))
+        n_head = 0 if supervised else len(candidates) - n_test
+        print(f"note: the probe asked for {asked} images (train.probe_train_examples + train.probe_test_examples) and "
+              f"has {len(candidates)} ({where}): it fits on {n_head} and measures {n_test}")
+    need = n_head + n_test
     if source.labels is None:
         raise ProbeError(f"the probe needs labelled images and {source.name}/{source.split} has no labels; "
                          "set train.probe_every=0")
