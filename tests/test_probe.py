@@ -69,7 +69,7 @@ def test_probe_records_and_bit_identical_weights(tmp_path, data_root):
     assert not _probes(without)
 
 
-def test_supervised_probe_uses_its_classifier_on_held_out_images(tmp_path, data_root):
+def test_supervised_probe_uses_its_classifier_on_held_out_images(tmp_path, data_root, capsys):
     sup = ["model.width=4", "optim.batch_size=32", "train.progress=false", "train.log_every_steps=1", "attack.steps=1",
            f"data.root={data_root}", "train.epochs=2", "data.train_subset=150"]
     with pytest.raises(ConfigError, match="data.train_subset"):
@@ -87,6 +87,11 @@ def test_supervised_probe_uses_its_classifier_on_held_out_images(tmp_path, data_
     whole = load_config("pgd_at_fmnist_cpu", sup + ["train.probe_every=1", "data.train_subset=200"])
     with pytest.raises(ConfigError, match="leaves none"):
         draw_slices(whole, load_train_set(whole), torch.arange(200), True, torch.device("cpu"))
+    capsys.readouterr()
+    api.pretrain("pgd_at_fmnist_cpu", tmp_path / "no_held_out", overrides=sup + ["train.probe_every=1", "data.train_subset=200",
+                                                                               "train.epochs=1"])
+    assert "the online probe (train.probe_every) is off for this run" in capsys.readouterr().out  # the run goes on
+    assert not _probes(tmp_path / "no_held_out") and (tmp_path / "no_held_out" / "encoder.safetensors").is_file()
     a, b = tmp_path / "probe", tmp_path / "plain"
     api.pretrain("pgd_at_fmnist_cpu", a, overrides=sup + ["train.probe_every=1", "train.probe_test_examples=40"])
     api.pretrain("pgd_at_fmnist_cpu", b, overrides=sup + ["train.probe_every=0"])

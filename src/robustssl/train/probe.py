@@ -26,7 +26,9 @@ The probe's images are fixed, seeded slices of the training split the run never 
 the images `data.train_subset` leaves out. When there are not enough of them (no
 train_subset), a self-supervised run draws them from its training pool instead (training never
 uses their labels; the coreset's validation split is left out), and a supervised run, whose
-held-out slice must not be trained on, is refused at config time (set data.train_subset).
+held-out slice must not be trained on, is refused at config time without data.train_subset; when
+its data have no image left out (a dataset smaller than data.train_subset), or no labels, the run
+goes on without probes and says so.
 
 Resuming: the probe runs before the epoch's checkpoint, so a resumed run keeps the probe
 records up to its checkpoint (metrics.truncate_after) and redoes the others with the same
@@ -190,7 +192,11 @@ class OnlineProbe:
         method = state.method
         self.supervised = bool(method.supervised)
         with _rng_kept(device):
-            self.slices = draw_slices(cfg, data, state.schedule.pool, self.supervised, device)
+            try:
+                self.slices = draw_slices(cfg, data, state.schedule.pool, self.supervised, device)
+            except ProbeError as e:  # this run's data cannot feed it: the run goes on without it
+                print(f"note: the online probe (train.probe_every) is off for this run: {e}")
+                return
             encoder = build_model(model_spec(cfg, data)).to(device)
             trained = list(method.trained_branches) if has_dual_bn(encoder) else None
             if self.supervised:
@@ -210,7 +216,7 @@ class OnlineProbe:
         if not probe_due(epoch, t.probe_every, t.epochs):
             return None
         record = None
-        if self.main and epoch not in self.done:
+        if self.main and self.clf is not None and epoch not in self.done:
             train_seconds = state.seconds() - self.spent
             t0 = time.perf_counter()
             with _rng_kept(self.device):
@@ -220,7 +226,6 @@ class OnlineProbe:
             self.spent += seconds
             self.done.add(epoch)
             ev = self.cfg.eval
-            assert self.clf is not None
             record = {
                 "type": "probe", "epoch": epoch, "step": state.step, "train_seconds": train_seconds, "clean": clean,
                 "robust": robust, "eps": ev.eps, "n": int(self.slices.y.numel()), "probe_seconds": seconds,
