@@ -25,10 +25,9 @@ After every K-th epoch and after the last one, `OnlineProbe.after_epoch`:
 The probe's images are fixed, seeded slices of the training split the run never trains on:
 the images `data.train_subset` leaves out. When there are not enough of them (no
 train_subset), a self-supervised run draws them from its training pool instead (training never
-uses their labels; the coreset's validation split is left out), and a supervised run, whose
-held-out slice must not be trained on, is refused at config time without data.train_subset; when
-its data have no image left out (a dataset smaller than data.train_subset), or no labels, the run
-goes on without probes and says so.
+uses their labels; the coreset's validation split is left out). A supervised run is never probed
+on images it trains on: without images left out (no data.train_subset, or a dataset smaller than
+it) it goes on without probes and says so, as does a run whose data have no labels.
 
 Resuming: the probe runs before the epoch's checkpoint, so a resumed run keeps the probe
 records up to its checkpoint (metrics.truncate_after) and redoes the others with the same
@@ -76,8 +75,6 @@ def probe_due(epoch: int, every: int, epochs: int) -> bool:
 
 def check_probe_config(cfg: RunConfig) -> None:
     """Config rules of train.probe_* and train.tensorboard (run with the other cross-key rules, before any work)."""
-    from ..methods import METHODS
-
     t, ev = cfg.train, cfg.eval
     if t.tensorboard:
         from .tensorboard import require_tensorboard
@@ -88,10 +85,6 @@ def check_probe_config(cfg: RunConfig) -> None:
     if t.probe_attack_steps * ev.pgd_alpha < ev.eps - 1e-12:
         raise ConfigError(f"train.probe_attack_steps={t.probe_attack_steps} steps of eval.pgd_alpha={ev.pgd_alpha:g} "
                           f"cannot reach eval.eps={ev.eps:g}; raise train.probe_attack_steps or eval.pgd_alpha")
-    if METHODS[cfg.method.name].supervised and cfg.data.train_subset is None:
-        raise ConfigError(f"train.probe_every: method {cfg.method.name} trains on labels, so its probe needs images it never "
-                          "trains on; set data.train_subset below the training split's size (the rest is the probe's) "
-                          "or train.probe_every=0")
 
 
 @dataclass
