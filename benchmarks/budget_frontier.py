@@ -77,17 +77,17 @@ ARMS = {a.name: a for a in (
     Arm("simclr", "simclr_fmnist_cpu"),
     Arm("acl", "acl_fmnist_cpu"),
     Arm("acl+rcs", "acl_rcs_fmnist_cpu"),
-    Arm("acl+random", "acl_rcs_fmnist_cpu", ("coreset.method=random",)),
+    Arm("acl+random", "acl_rcs_fmnist_cpu", ("coreset.selector=random",)),
     Arm("dynacl", "dynacl_fmnist_cpu"),
     Arm("rocl", "rocl_fmnist_cpu"),
     Arm("robust_emp", "robust_emp_fmnist_cpu"),
     Arm("cfamc", "cfamc_fmnist_cpu"),
     Arm("pgd_at", "pgd_at_fmnist_cpu", supervised=True),
-    Arm("pgd_at+gradmatch", "pgd_at_fmnist_cpu", ("coreset.method=gradmatch", *SUP_CORESET), True),
-    Arm("pgd_at+random", "pgd_at_fmnist_cpu", ("coreset.method=random", *SUP_CORESET), True),
+    Arm("pgd_at+gradmatch", "pgd_at_fmnist_cpu", ("coreset.selector=gradmatch", *SUP_CORESET), True),
+    Arm("pgd_at+random", "pgd_at_fmnist_cpu", ("coreset.selector=random", *SUP_CORESET), True),
     Arm("trades", "trades_fmnist_cpu", supervised=True),
-    Arm("trades+gradmatch", "trades_fmnist_cpu", ("coreset.method=gradmatch", *SUP_CORESET), True),
-    Arm("trades+random", "trades_fmnist_cpu", ("coreset.method=random", *SUP_CORESET), True),
+    Arm("trades+gradmatch", "trades_fmnist_cpu", ("coreset.selector=gradmatch", *SUP_CORESET), True),
+    Arm("trades+random", "trades_fmnist_cpu", ("coreset.selector=random", *SUP_CORESET), True),
 )}
 SMOKE = ["data.train_subset=256", "model.width=4", "optim.batch_size=64", "train.probe_train_examples=64",
          "train.probe_test_examples=32", "attack.steps=1"]
@@ -172,7 +172,7 @@ def calibrate(out: Path) -> Costs:
     epochs = [r for r in records if r["type"] == "epoch"]
     probes = [r for r in records if r["type"] == "probe"]
     setup = max(0.0, float(probes[0]["train_seconds"]) - float(epochs[0]["seconds"]))
-    coreset = cfg.coreset.method not in ("full",)
+    coreset = cfg.coreset.selector != "full"
     warm = cfg.coreset.warmup_epochs if coreset else None
     full = [float(r["seconds"]) for r in epochs if warm is None or r["epoch"] < warm]
     core = [float(r["seconds"]) for r in epochs if warm is not None and r["epoch"] >= warm]
@@ -203,7 +203,7 @@ def frontier(args: argparse.Namespace) -> None:
     for arm in arms:
         cfg = load_config(arm.recipe, common(args) + list(arm.overrides))
         epochs = acl_epochs if arm is acl else args.calib_epochs
-        if cfg.coreset.method != "full":
+        if cfg.coreset.selector != "full":
             epochs = max(epochs, cfg.coreset.warmup_epochs + 2)
         costs[arm.name] = calibrate(train(arm, epochs, seeds[0], args))
         data["calibration"][arm.name] = {"epochs": epochs, **vars(costs[arm.name])}
