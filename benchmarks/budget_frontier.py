@@ -111,10 +111,10 @@ class Costs:
         warm = min(epochs, self.warmup)
         return self.setup + warm * self.full + (epochs - warm) * self.core
 
-    def epochs_within(self, seconds: float) -> int:
-        """The most epochs whose predicted cost fits `seconds` (at least 1)."""
+    def epochs_within(self, seconds: float, most: int) -> int:
+        """The most epochs (1 to `most`) whose predicted cost fits `seconds`."""
         e = 1
-        while self.cost(e + 1) <= seconds:
+        while e < most and self.cost(e + 1) <= seconds * (1 + 1e-9):
             e += 1
         return e
 
@@ -166,7 +166,9 @@ def train_seconds(out: Path) -> float:
 
 
 def calibrate(out: Path) -> Costs:
-    """Set-up, full-data epoch and coreset epoch seconds of a calibration run (from its metrics)."""
+    """Set-up, full-data epoch and coreset epoch seconds of a calibration run (from its metrics). The epoch
+    records' seconds are scaled so that they add up, with the set-up, to the run's train_seconds (what
+    happens between epochs, checkpoints, is shared out): the calibration run's own length is predicted exactly."""
     cfg = api.run_config(out)
     records = read_metrics(out / "metrics.jsonl")
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -174,8 +176,9 @@ def calibrate(out: Path) -> Costs:
     setup = max(0.0, float(probes[0]["train_seconds"]) - float(epochs[0]["seconds"]))
     coreset = cfg.coreset.selector != "full"
     warm = cfg.coreset.warmup_epochs if coreset else None
-    full = [float(r["seconds"]) for r in epochs if warm is None or r["epoch"] < warm]
-    core = [float(r["seconds"]) for r in epochs if warm is not None and r["epoch"] >= warm]
+    scale = (float(probes[-1]["train_seconds"]) - setup) / max(1e-9, sum(float(r["seconds"]) for r in epochs))
+    full = [scale * float(r["seconds"]) for r in epochs if warm is None or r["epoch"] < warm]
+    core = [scale * float(r["seconds"]) for r in epochs if warm is not None and r["epoch"] >= warm]
     return Costs(setup, statistics.mean(full) if full else statistics.mean(core), statistics.mean(core) if core else None,
                  warm, [float(r["seconds"]) for r in epochs])
 
@@ -213,7 +216,7 @@ def frontier(args: argparse.Namespace) -> None:
     for b in sorted(budgets, reverse=True):  # the 1x runs first: their curves are read at every budget
         for seed in seeds:
             for arm in arms:
-                epochs = costs[arm.name].epochs_within(float(b) * unit)
+                epochs = costs[arm.name].epochs_within(float(b) * unit, args.max_epochs)
                 out = train(arm, epochs, seed, args)
                 ev = evaluate(out, arm, args)
                 seconds = train_seconds(out)
@@ -246,7 +249,7 @@ def frontier(args: argparse.Namespace) -> None:
                                   "train_seconds": statistics.mean(r["train_seconds"] for r in rs), "pgd20": pgd,
                                   "probe_at_budget": probe, "seeds": len(rs), "ranked": ranked})
             print(f"| {b} | {arm.name} | {'yes' if arm.supervised else 'no'} | {rs[0]['epochs']} | "
-                  f"{statistics.mean(r['train_seconds'] for r in rs):.0f} | {100 * pgd:.2f} | "
+                  f"{statistics.mean(r['train_seconds'] for r in rs):.1f} | {100 * pgd:.2f} | "
                   f"{'-' if probe is None else f'{100 * probe:.2f}'} | {'yes' if ranked else 'no (over budget)'} |")
             if ranked and (best is None or pgd > best[0]):
                 best = (pgd, arm.name)
@@ -303,6 +306,7 @@ def main() -> None:
     p.add_argument("--budgets", default="1/4,1/2,1", help="fractions of full ACL's training time")
     p.add_argument("--calib-epochs", type=int, default=3, help="epochs of each arm's calibration run (coreset arms: "
                    "at least warm-up + 2)")
+    p.add_argument("--max-epochs", type=int, default=200, help="the most epochs a sized run gets")
     p.add_argument("--slack", type=float, default=0.15, help="a sized run above budget x (1 + slack) is not ranked")
     p.add_argument("--train-subset", type=int, default=10000, help="training images of every run")
     p.add_argument("--width", type=int, default=16, help="CNN width of every run")

@@ -210,7 +210,7 @@ class OnlineProbe:
             return None
         record = None
         if self.main and self.clf is not None and epoch not in self.done:
-            train_seconds = state.seconds() - self.spent
+            train_seconds = state.seconds() - self.spent - self.pending  # the set-up ran inside this session's clock
             t0 = time.perf_counter()
             with _rng_kept(self.device):
                 clean, robust = self.measure(state.model)
