@@ -89,13 +89,17 @@ def test_compare_draws_robustness_vs_time_and_epoch_with_the_columns(runs, tmp_p
     assert "--target" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def test_evaluate_shows_which_protocol_and_attack_runs(runs, capsys):
-    acl = runs[0]
-    api.evaluate(acl, overrides=EVAL_TINY + ["train.progress=true"])
+def test_evaluate_shows_which_protocol_and_attack_runs(runs, tmp_path, capsys):
+    shown = tmp_path / "shown"  # a run trained with train.progress=true (the recipes' default) shows its evaluation
+    root = runs[0].parent / "fm"
+    api.pretrain("acl_fmnist_cpu", shown, overrides=TINY[:4] + ["attack.steps=1", f"data.root={root}", "train.epochs=1",
+                                                                "train.probe_every=0", "train.progress=true"])
+    capsys.readouterr()
+    api.evaluate(shown, overrides=EVAL_TINY)
     err = capsys.readouterr().err
     for stage in ("evaluate SLF | features", "evaluate SLF | head", "evaluate SLF | clean", "evaluate SLF | pgd20 eps=0.1",
                   "evaluate SLF | fgsm"):
         assert stage in err, stage
     assert "16/16" in err  # examples done, out of the test images
-    api.evaluate(acl, overrides=EVAL_TINY)  # train.progress=false: nothing
+    api.evaluate(runs[0], overrides=EVAL_TINY)  # trained with train.progress=false: nothing
     assert "evaluate SLF" not in capsys.readouterr().err
