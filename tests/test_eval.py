@@ -380,12 +380,13 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     from robustssl.errors import ConfigError
     from robustssl.eval import train_aff
     from robustssl.eval.direct import train_direct
+    from robustssl.eval.knn import train_knn
     from robustssl.eval.multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
     from robustssl.eval.registry import ATTACKS, PROTOCOLS
 
     assert {n: p.train for n, p in PROTOCOLS.items()} == {
         "slf": train_slf, "alf": train_alf, "aff": train_aff, "slf-mc": train_slf_mc, "alf-mc": train_alf_mc,
-        "direct": train_direct,
+        "direct": train_direct, "knn": train_knn,
     }
     assert list(ATTACKS) == ["pgd20", "autoattack", "pgd50x10"]
     assert [a.label for a in ATTACKS.values()] == ["PGD-20", "AutoAttack", "PGD-50x10"]
@@ -394,7 +395,7 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     assert [n for n, p in PROTOCOLS.items() if p.build is multicrop_classifier] == ["slf-mc", "alf-mc"]
     assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
     assert not hasattr(evaluate_module, "TRAINERS")
-    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct; valid attacks: pgd20, autoattack, pgd50x10"):
+    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct, knn; valid attacks: pgd20, autoattack, pgd50x10"):
         evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["cw"]), "cpu")
     code = "import sys, robustssl.eval.registry; print([m for m in sys.modules if 'autoattack' in m or 'matplotlib' in m])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

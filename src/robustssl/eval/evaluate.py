@@ -205,12 +205,15 @@ def _versions() -> dict[str, str]:
 
 
 def _probe_notes(protocols: dict[str, Any]) -> list[str]:
-    """One note per protocol whose linear probe did not converge (see linear.probe_convergence)."""
+    """One note per protocol whose linear probe did not converge (see linear.probe_convergence); each is
+    also kept in its protocol's entry ("notes"), so it stays with the protocol when reports accumulate."""
     notes = []
     for name, p in protocols.items():
         conv = p["training"].get("convergence", {})
+        p["notes"] = []
         if conv and not conv["converged"]:
-            notes.append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            p["notes"].append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            notes.append(p["notes"][-1])
             log.warning(notes[-1])
             warnings.warn(notes[-1], ProbeNotConvergedWarning, stacklevel=3)
     return notes

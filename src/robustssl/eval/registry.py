@@ -10,7 +10,8 @@ choices from these tables:
                the whole model; "aff": encoder + head finetuned with TRADES; "slf-mc" /
                "alf-mc": SLF / ALF on the mean of the features of a fixed set of crops of
                the image, EMP-SSL's multi-patch aggregation, see multicrop.py; "direct": a
-               supervised run's own classifier)
+               supervised run's own classifier; "knn": weighted cosine kNN on the
+               frozen features, as solo-learn and lightly, see knn.py)
     ATTACKS    name -> EvalAttack (threat.py): how it runs, its settings, its threat model,
                its report label and its rank in the attack-order sanity check ("pgd20":
                PGD-20 with random start; "autoattack": the official AutoAttack, standard
@@ -39,6 +40,7 @@ from ..errors import ConfigError
 from .classifier import finetune_classifier, linear_classifier
 from .direct import direct_markdown, train_direct
 from .finetune import finetune_markdown, train_aff
+from .knn import KNNSettings, knn_classifier, knn_markdown, train_knn
 from .linear import linear_markdown, train_alf, train_slf
 from .multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
 from .robust import AutoAttackStandard, PGD50x10Attack, PGDAttack
@@ -92,6 +94,8 @@ PROTOCOLS: dict[str, Protocol] = {
                  build=multicrop_classifier),
         Protocol("direct", "a supervised run's own classifier, as trained (no probe)", False, train_direct,
                  render=direct_markdown),
+        Protocol("knn", "weighted cosine kNN on the frozen features (attacked through its soft scores)", False, train_knn,
+                 build=knn_classifier, render=knn_markdown, Settings=KNNSettings),
     )
 }
 
