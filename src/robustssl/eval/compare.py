@@ -37,7 +37,7 @@ from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_con
 from .accumulate import groups
 from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_curve_panels, save_axes, save_figure, threat_of
 from .report import SCHEMA as REPORT_SCHEMA
-from .seeds import SeedGroup, seed_groups, seeds_markdown
+from .seeds import SeedGroup, aggregated, seed_groups, seeds_markdown
 from .threat import LP_NORMS, fmt_eps
 
 SCHEMA = "robustssl.compare/1"
@@ -273,15 +273,14 @@ def plot_robustness(runs: list[RunRecord], path: Path, seed_groups: list[SeedGro
     labelled SUBSET. Runs of a seed group are drawn once, as the mean over seeds with +- 1 sd error bars."""
     panels: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
     marks: dict[str, list[float]] = {}
-    grouped = {id(r) for sg in seed_groups or [] for r in sg.runs}
     for r in runs:
+        done = aggregated(seed_groups or [], r)
         for i, g in enumerate(groups(r.report)):
             tm = threat_of(g["settings"])
             marks.setdefault(tm.norm, []).append(tm.eps)
-            if id(r) in grouped:
-                continue
             for name, p in g["protocols"].items():
-                panels.setdefault(tm.norm, []).append((_curve_label(r, g, name, i == 0), p["curve"]))
+                if (name, tm.norm, tm.eps, p["clean"]["n_examples"], g["test_subset"]["used"]) not in done:
+                    panels.setdefault(tm.norm, []).append((_curve_label(r, g, name, i == 0), p["curve"]))
     for sg in seed_groups or []:
         for agg in sg.rows:
             label = f"{sg.label} {agg['protocol']} (mean of {agg['n_runs']} seeds)" + (" (SUBSET)" if agg["subset"] else "")

@@ -15,7 +15,8 @@ choices from these tables:
     ATTACKS    name -> EvalAttack (threat.py): how it runs, its settings, its threat model,
                its report label and its rank in the attack-order sanity check ("pgd20":
                PGD-20 with random start; "autoattack": the official AutoAttack, standard
-               version; "pgd50x10": PGD-50 with 10 random restarts, ACS's protocol)
+               version; "pgd50x10": PGD-50 with 10 random restarts, ACS's protocol; "cw": PGD on
+               the Carlini-Wagner margin loss, see cw.py)
 
 A protocol declares whether it finetunes the encoder. `evaluate_encoder` gives a protocol
 that does its own deep copy of the encoder (so the caller's encoder, and every other
@@ -38,6 +39,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .classifier import finetune_classifier, linear_classifier
+from .cw import CWAttack
 from .direct import direct_markdown, train_direct
 from .finetune import finetune_markdown, train_aff
 from .knn import KNNSettings, knn_classifier, knn_markdown, train_knn
@@ -99,7 +101,7 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
-ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack())}
+ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack(), CWAttack())}
 
 
 def component_settings_class(name: str) -> type:

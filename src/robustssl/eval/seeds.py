@@ -92,13 +92,25 @@ def seed_groups(runs: list[RunRecord]) -> list[SeedGroup]:
         by_key.setdefault(seed_key(r), []).append(r)
     out = []
     for members in by_key.values():
-        if len(members) < 2:
-            continue
+        if len(members) < 2 or len({_seeds(r) for r in members}) < len(members):
+            continue  # a single run, or runs with the same seeds too (copies of one run, not seed replicates)
         per_run = [_entries(r) for r in members]
         keys = [k for k in per_run[0] if all(k in e for e in per_run[1:])]
-        rows = [_aggregate(k, [e[k] for e in per_run]) for k in keys]
-        out.append(SeedGroup(_label(members), members, [r.cfg.train.seed for r in members], rows))
+        if keys:
+            rows = [{**_aggregate(k, [e[k] for e in per_run]), "key": list(k)} for k in keys]
+            out.append(SeedGroup(_label(members), members, [r.cfg.train.seed for r in members], rows))
     return out
+
+
+def _seeds(run: RunRecord) -> tuple[Any, ...]:
+    """Every seed of the run's config, and the seed its latest evaluation used."""
+    flat = to_flat_dict(run.cfg)
+    return (*(flat[k] for k in sorted(flat) if k.endswith(".seed")), run.report["settings"].get("seed"))
+
+
+def aggregated(seed_groups: list[SeedGroup], run: RunRecord) -> set[tuple[Any, ...]]:
+    """The entry keys (protocol, norm, eps, test examples, subset) of `run` that a seed group aggregated."""
+    return {tuple(row["key"]) for sg in seed_groups if any(r is run for r in sg.runs) for row in sg.rows}
 
 
 def _pm(stats: dict[str, float] | None) -> str:
