@@ -54,4 +54,4 @@ def test_every_bundled_recipe_validates(recipe):
     assert cfg.method.name in METHODS
     assert recipe.startswith(cfg.method.name + "_") or acs_names.get(recipe) == cfg.method.name, "a recipe is named after its method"
     if "rcs" in recipe:
-        assert cfg.coreset.method == "rcs" and cfg.coreset.fraction == 0.2
+        assert cfg.coreset.selector == "rcs" and cfg.coreset.fraction == 0.2

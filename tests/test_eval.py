@@ -410,14 +410,15 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
         "slf": train_slf, "alf": train_alf, "aff": train_aff, "slf-mc": train_slf_mc, "alf-mc": train_alf_mc,
         "direct": train_direct, "knn": train_knn,
     }
-    assert list(ATTACKS) == ["pgd20", "autoattack", "pgd50x10", "cw"]
-    assert [a.label for a in ATTACKS.values()] == ["PGD-20", "AutoAttack", "PGD-50x10", "CW (margin PGD)"]
+    assert list(ATTACKS) == ["pgd20", "autoattack", "pgd50x10", "cw", "ppgd", "lpa", "union"]
+    assert [a.label for a in ATTACKS.values()] == ["PGD-20", "AutoAttack", "PGD-50x10", "CW (margin PGD)", "PPGD", "LPA", "Union"]
     assert ATTACKS["autoattack"].rank > ATTACKS["pgd50x10"].rank > ATTACKS["pgd20"].rank
     assert [n for n, p in PROTOCOLS.items() if p.finetunes_encoder] == ["aff"]
     assert [n for n, p in PROTOCOLS.items() if p.build is multicrop_classifier] == ["slf-mc", "alf-mc"]
     assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
     assert not hasattr(evaluate_module, "TRAINERS")
-    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct, knn; valid attacks: pgd20, autoattack, pgd50x10, cw"):
+    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct, knn; valid attacks: "
+                                          "pgd20, autoattack, pgd50x10, cw, ppgd, lpa, union"):
         evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["nope"]), "cpu")
     code = "import sys, robustssl.eval.registry; print([m for m in sys.modules if 'autoattack' in m or 'matplotlib' in m])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

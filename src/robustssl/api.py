@@ -111,12 +111,14 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
     """Run one coreset selection from a run's last checkpoint (its config's `coreset` section,
     plus overrides such as coreset.fraction=0.1); writes and returns indices, gains and time.
 
-    The selection uses the model as checkpointed and does not change the run.
+    The selection uses the model as checkpointed and does not change the run. A batch unit whose
+    whole batches make a coreset far from coreset.fraction warns (CoresetRoundingWarning).
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir, overrides)
-    if not SELECTORS[cfg.coreset.method].trains_on_subset:
-        raise ConfigError(f"coreset.method is '{cfg.coreset.method}' in this run's config: pass coreset.method=rcs (or random) to select")
+    if not SELECTORS[cfg.coreset.selector].trains_on_subset:
+        raise ConfigError(f"coreset.selector is '{cfg.coreset.selector}' in this run's config: pass coreset.selector=rcs "
+                          "(or random) to select")
     device = resolve_device(cfg.train.device)
     data = load_train_set(cfg).to(device)
     model = build_model(model_spec(cfg, data)).to(device)
@@ -125,6 +127,7 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
     method = build_method(cfg, data.image_size, data.num_channels)
     method.start_epoch(min(int(ck["epoch"]), cfg.train.epochs - 1))  # the epoch the run is in (or its last): DynACL's strength
     schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
+    schedule.warn_rounding()
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
     sel = schedule.select(0, model, method, data)

@@ -86,18 +86,18 @@ def cmd_select(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.fraction is not None:
         overrides.append(f"coreset.fraction={args.fraction}")
-    if args.method is not None:
-        overrides.append(f"coreset.method={args.method}")
+    if args.selector is not None:
+        overrides.append(f"coreset.selector={args.selector}")
     r = api.select(args.run, overrides=overrides, out=args.output)
     c = r["coreset"]
     print(f"selected {len(r['sample_ids'])} of {c['pool_size']} images ({100 * c['fraction_real']:.1f}%, unit {c['unit']}) "
-          f"with {c['method']} in {r['seconds']:.2f}s -> {r['path']}")
+          f"with {c['selector']} in {r['seconds']:.2f}s -> {r['path']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .coreset.registry import SELECTORS
-    from .data import DATASET_NAMES
+    from .data.catalog import dataset_names
     from .eval.registry import ATTACKS, PROTOCOLS
     from .models import BRANCHES
 
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", help=f"comma-separated: {','.join(ATTACKS)}")
     ev.add_argument("--n-examples", type=int, help="evaluate on the first N test images (default: the full test set)")
     ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
-    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(DATASET_NAMES)}); "
+    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(dataset_names())}); "
                     "images are converted to the encoder's channels and size; the report goes to RUN/transfer/NAME/")
     ev.add_argument("--data-root", help="with --data: the folder holding that dataset's files (default: the usual places)")
     ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
@@ -139,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")
     se.add_argument("--fraction", type=float, help="coreset fraction (default: the run's coreset.fraction)")
-    se.add_argument("--method", choices=selectors, help="selector (default: the run's coreset.method)")
+    se.add_argument("--selector", "--method", dest="selector", choices=selectors,
+                    help="selector (default: the run's coreset.selector; --method: its old name, deprecated)")
     se.add_argument("--output", help="where to write the selection JSON (default: RUN/selection.json)")
-    se.add_argument("overrides", nargs="*", help="coreset.key=value overrides")
+    se.add_argument("overrides", nargs="*", help="coreset.key=value (or coreset.<selector>.key=value) overrides")
     se.set_defaults(func=cmd_select)
 
     qs = sub.add_parser("quickstart", help="ACL vs SimCLR on Fashion-MNIST, evaluated with PGD-20 and AutoAttack (CPU, minutes)")

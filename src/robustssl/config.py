@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.catalog import DATASET_NAMES
+from .data.catalog import dataset_names
 from .errors import ConfigError
 from .models.encoder import ModelConfig
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
@@ -53,7 +55,7 @@ def attack_names() -> list[str]:
 
 @dataclass
 class DataConfig:
-    name: str = one_of("fashion-mnist", DATASET_NAMES)
+    name: str = one_of("fashion-mnist", dataset_names)  # a registered dataset (data/catalog.py DATASETS)
     root: str | None = None  # given: the data are searched there only
     download: bool = False
     train_subset: int | None = positive(None)  # a seeded random subset of the training split (None: all)
@@ -139,25 +141,51 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
 
 
+# Keys of the old flat CoresetConfig that are RCS's own now (`coreset.rcs.<key>`). Read as
+# aliases until the next release, with a deprecation note; `coreset.method` is `coreset.selector`.
+LEGACY_RCS_KEYS = (
+    "val_fraction", "rd_eps", "rd_alpha", "rd_steps", "eta", "refresh_every", "sketch_dim", "candidate_attack_steps",
+    "candidate_fraction", "head", "reattack_every", "candidates_per_forward",
+)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; write {new}", FutureWarning, stacklevel=4)
+
+
 @dataclass
 class CoresetConfig:
-    method: str = one_of("full", selector_names)
+    """The schedule's keys (which selector, budget, warm-up, frequency, unit) and `settings`, each
+    configured selector's own settings (a dataclass declared by the selector, written `coreset.<name>.<key>`)."""
+
+    selector: str = one_of("full", selector_names)
     fraction: float = unit_interval(0.2)
     warmup_epochs: int = non_negative(100)
     every: int = positive(20)
-    unit: str = one_of("batch", ("batch", "sample"))
-    val_fraction: float = unit_interval(0.01)
-    rd_eps: float = non_negative(8 / 255)
-    rd_alpha: float = non_negative(8 / 255 / 3)
-    rd_steps: int = non_negative(3)
-    eta: float = non_negative(0.01)  # the simulated head step of the greedy loop
-    refresh_every: int = positive(1)  # re-evaluate g_val every r picks (1: after every pick, as in the paper)
-    sketch_dim: int = non_negative(0)  # 0: score with the full flattened head gradient; k: a seeded random projection
-    candidate_attack_steps: int | None = non_negative(None)  # attack steps for candidate losses (None: the method's own)
-    candidate_fraction: float = unit_interval(1.0)  # score a seeded random share of the candidates (1.0: all)
-    head: str = one_of("last", ("last", "projector"))  # RCS differentiates the projector's last Linear, or all its Linears
-    reattack_every: int = non_negative(0)  # re-attack the validation split every k g_val refreshes (0: once, at W0)
-    candidates_per_forward: int = positive(1)  # candidate batches stacked into one (grouped, eval-mode) forward
+    unit: str = one_of("batch", ("batch", "sample"))  # a pick is a whole batch (the selector's batch size) or one image
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .coreset.registry import SELECTORS
+
+        if self.selector in SELECTORS and self.selector not in self.settings:  # the selected selector always has its settings
+            self.settings[self.selector] = SELECTORS[self.selector].Settings()
+
+    @property
+    def params(self) -> Any:
+        """The selected selector's settings (its defaults when none were configured)."""
+        if self.selector not in self.settings:
+            self.__post_init__()
+        return self.settings[self.selector]
+
+    @property
+    def method(self) -> str:
+        """Deprecated alias of `selector` (until the next release)."""
+        return self.selector
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self.selector = value
 
 
 @dataclass
@@ -279,6 +307,55 @@ def _build_method(raw: Any) -> MethodConfig:
     return cfg
 
 
+def _coreset_key(parts: list[str]) -> list[str]:
+    """An override's path with the deprecated coreset keys renamed (a note for each)."""
+    if len(parts) == 2 and parts[0] == "coreset":
+        if parts[1] == "method":
+            _deprecated("coreset.method", "coreset.selector")
+            return ["coreset", "selector"]
+        if parts[1] in LEGACY_RCS_KEYS:
+            _deprecated(f"coreset.{parts[1]}", f"coreset.rcs.{parts[1]}")
+            return ["coreset", "rcs", parts[1]]
+    return parts
+
+
+def _build_coreset(raw: Any) -> CoresetConfig:
+    """coreset: {selector: rcs, fraction: 0.2, rcs: {rd_steps: 3}, ...}: the schedule's keys, and each
+    `<selector>` mapping built with that selector's own settings class. The deprecated flat keys
+    (coreset.method, coreset.rd_steps, ...) are read into their new places, where those are unset."""
+    from .coreset.registry import SELECTORS
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"coreset: expected a mapping of keys to values, got {raw!r}")
+    raw = dict(raw)
+    if "method" in raw:
+        _deprecated("coreset.method", "coreset.selector")
+        old = raw.pop("method")
+        if raw.setdefault("selector", old) != old:
+            raise ConfigError(f"coreset.method={old!r} and coreset.selector={raw['selector']!r} disagree; keep coreset.selector only")
+    legacy = {k: raw.pop(k) for k in LEGACY_RCS_KEYS if k in raw}
+    if legacy:
+        _deprecated(", ".join(f"coreset.{k}" for k in legacy), "coreset.rcs.<key>")
+        rcs = raw.get("rcs") or {}
+        if not isinstance(rcs, dict):
+            raise ConfigError(f"coreset.rcs: expected a mapping of keys to values, got {rcs!r}")
+        raw["rcs"] = {**legacy, **rcs}
+    settings = {key: build_settings(SELECTORS[key].Settings, raw.pop(key), f"coreset.{key}.") for key in list(raw) if key in SELECTORS}
+    if "settings" in raw:
+        raw["coreset.settings"] = raw.pop("settings")  # not a key of its own: reported as unknown below
+    shared = [f.name for f in dataclasses.fields(CoresetConfig) if f.name != "settings"]
+    unknown = [k for k in raw if k not in shared]
+    if unknown:
+        valid = ", ".join([f"coreset.{k}" for k in shared] + [f"coreset.{s}.<key>" for s in SELECTORS])
+        raise ConfigError(f"unknown config key 'coreset.{unknown[0]}'; valid keys here: {valid}")
+    hints = typing.get_type_hints(CoresetConfig)
+    cfg = CoresetConfig(**{k: coerce(v, hints[k], f"coreset.{k}") for k, v in raw.items()}, settings=settings)
+    check_fields(cfg, "coreset.")
+    return cfg
+
+
 def _build_eval(raw: Any) -> EvalConfig:
     """eval: {protocols: [...], eps: ..., knn: {k: 20}, ...}: the flat keys build EvalConfig; each
     `<name>` mapping (an attack or protocol with settings of its own) is built with its Settings
@@ -327,14 +404,12 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"augment.jitter must be 4 non-negative numbers [brightness, contrast, saturation, hue], got {cfg.augment.jitter}")
     if not 0 < cfg.coreset.fraction <= 1:
         raise ConfigError(f"coreset.fraction must be in (0, 1], got {cfg.coreset.fraction}")
-    if cfg.coreset.val_fraction >= 1:
-        raise ConfigError(f"coreset.val_fraction must be < 1, got {cfg.coreset.val_fraction}")
     if cfg.data.name != "imagefolder" and (cfg.data.image_size is not None or cfg.data.channels is not None):
         raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
     if cfg.postprocess.clusters < 2:
         raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
     METHODS[cfg.method.name].check_config(cfg)
-    SELECTORS[cfg.coreset.method].check_config(cfg)
+    SELECTORS[cfg.coreset.selector].check_config(cfg)
     check_eval_config(cfg)
 
 
@@ -358,10 +433,12 @@ def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         if parts[0] not in SECTIONS:
             raise ConfigError(f"unknown config section '{parts[0]}' in {item!r}; valid sections: {', '.join(SECTIONS)}")
-        depth = 3 if parts[0] in ("method", "eval") and len(parts) == 3 else 2
+        parts = _coreset_key(parts)
+        depth = 3 if parts[0] in ("method", "coreset", "eval") and len(parts) == 3 else 2
         if len(parts) != depth:
             raise ConfigError(
-                f"override key {key!r} must be section.key (or method.<method>.key, eval.<attack or protocol>.key); "
+                f"override key {key!r} must be section.key (or method.<method>.key, coreset.<selector>.key, "
+                f"eval.<attack or protocol>.key); "
                 f"sections: {', '.join(SECTIONS)}"
             )
         node = raw
@@ -380,9 +457,10 @@ def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunCon
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
     raw = merge(raw, overrides or [])
-    method_raw, eval_raw = raw.pop("method", None), raw.pop("eval", None)
+    method_raw, coreset_raw, eval_raw = raw.pop("method", None), raw.pop("coreset", None), raw.pop("eval", None)
     cfg = build_settings(RunConfig, raw, "")
     cfg.method = _build_method(method_raw)
+    cfg.coreset = _build_coreset(coreset_raw)
     cfg.eval = _build_eval(eval_raw)
     _validate(cfg)
     return cfg
@@ -422,6 +500,9 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The nested plain-data form (what config.yaml holds); `from_dict(to_dict(cfg)) == cfg`."""
     out = dataclasses.asdict(cfg)
     out["method"] = {"name": cfg.method.name, **{k: dataclasses.asdict(v) for k, v in cfg.method.settings.items()}}
+    c = cfg.coreset
+    out["coreset"] = {**{f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "settings"},
+                      **{k: dataclasses.asdict(v) for k, v in c.settings.items()}}
     components = out["eval"].pop("components")
     out["eval"].update(components)
     return out

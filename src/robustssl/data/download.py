@@ -20,7 +20,6 @@ from pathlib import Path
 from robustssl.data.readers import DatasetError
 
 __all__ = [
-    "ARCHIVES",
     "Archive",
     "download_and_verify",
     "extract_archive",
@@ -36,7 +35,9 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Archive:
-    """An official archive: where to get it, its md5, and the folder it extracts to."""
+    """An official archive (or data file): where to get it, its md5, and the folder it extracts to
+    (for a file that is not an archive, the folder it is stored in). Each dataset's archives are
+    listed in its `DatasetSpec` (data/catalog.py)."""
 
     url: str
     md5: str
@@ -45,25 +46,6 @@ class Archive:
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
-
-
-ARCHIVES: dict[str, Archive] = {
-    "cifar10": Archive(
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
-        "cifar-10-batches-py",
-    ),
-    "cifar100": Archive(
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85",
-        "cifar-100-python",
-    ),
-    "stl10": Archive(
-        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-        "91f7769df0f17e558f3565bffb0c7dfb",
-        "stl10_binary",
-    ),
-}
 
 
 def file_md5(path: str | Path) -> str:

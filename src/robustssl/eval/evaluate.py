@@ -176,6 +176,7 @@ def evaluate_classifier(
                          name="pgd20")
     order = order_checks(clean, fgsm, {**results, "pgd20": pgd20}, cfg)
     sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large), check_above_chance(clean, n_classes)]
+    sanity += [c for r in results.values() for c in r.extra.pop("checks", [])]  # an attack's own checks (perceptual.py)
     for r in results.values():
         if r.n_examples < x.shape[0]:  # run on the first n: what the others measured on exactly those
             r.extra["pgd20_on_same_examples"] = pgd20.first(r.n_examples).accuracy

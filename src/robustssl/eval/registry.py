@@ -45,6 +45,7 @@ from .finetune import finetune_markdown, train_aff
 from .knn import KNNSettings, knn_classifier, knn_markdown, train_knn
 from .linear import linear_markdown, train_alf, train_slf
 from .multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
+from .perceptual import LPAAttack, PPGDAttack, UnionAttack
 from .robust import AutoAttackStandard, PGD50x10Attack, PGDAttack
 from .threat import EvalAttack, NoSettings
 
@@ -101,7 +102,9 @@ PROTOCOLS: dict[str, Protocol] = {
     )
 }
 
-ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack(), CWAttack())}
+ATTACKS: dict[str, EvalAttack] = {
+    a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack(), CWAttack(), PPGDAttack(), LPAAttack(), UnionAttack())
+}
 
 
 def component_settings_class(name: str) -> type:
