@@ -24,7 +24,7 @@ from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
 from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
-from .registry import ATTACKS, PROTOCOLS, check_names
+from .registry import ATTACKS, PROTOCOLS, check_names, components_with_settings
 from .report import SCHEMA, write_report
 from .robust import AttackResult, clean_accuracy, pgd_accuracy
 from .sanity import (
@@ -287,6 +287,9 @@ def evaluate_encoder(
         "test_subset": {"used": subset, "n_examples": int(x.shape[0]), "n_total": len(test)},
         "settings": {
             **dataclasses.asdict(cfg),
+            # the own settings every selected attack and protocol ran with (defaults included)
+            "components": {n: dataclasses.asdict(cfg.component(n)) for n in [*cfg.protocols, *attack_run_order(cfg.attacks)]
+                           if n in components_with_settings()},
             "device": str(device),
             "bn_branch": used_branch,
             "trained_branches": trained,
