@@ -48,14 +48,17 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
 
     Without `data`: on the run's own dataset; report.json, report.md and robustness_curve.png
     go into the run folder. report.json accumulates: a protocol, attack or threat model evaluated
-    before and not re-run here is kept; a re-run replaces only its own entry (eval/accumulate.py). With `data` (a dataset name, files under `data_root` or the usual
-    places): a transfer evaluation on that dataset, its images converted to the encoder's
+    before and not re-run here is kept; a re-run replaces only its own entry (eval/accumulate.py).
+    With `data` (a dataset name, files under `data_root` or the usual places): a transfer evaluation on that dataset, its images converted to the encoder's
     input channels and size (eval/transfer.py); the report goes into RUN/transfer/<name>/ and
     records the source, the target and the conversion."""
     from .eval import evaluate_encoder  # only evaluation needs the eval stack (AutoAttack, plots)
     from .eval.report import REPORT_FILE, read_report, save_report
+    from .eval.threat import ThreatModel
     from .eval.transfer import load_transfer_splits, transfer_folder_name
     from .models.export import read_export_metadata
+    from .models.hub import ClassifierSaver, EvaluationContext, classifier_path
+    from .postprocess.run import read_divergence_note
 
     run_dir = Path(run_dir)
     if data_root is not None and data is None:
@@ -74,17 +77,56 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     else:
         train, test, transfer = load_transfer_splits(cfg, spec.in_channels, data, data_root, cfg.data.download)
     torch.manual_seed(cfg.eval.seed)
-    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained)
+    saver = ClassifierSaver(EvaluationContext(
+        out=out, spec=spec, trained_branches=trained, threat_model=ThreatModel.lp(cfg.eval.norm, cfg.eval.eps).record(),
+        test={"name": test.name, "split": test.split, "n_total": len(test), "classes": list(test.classes),
+              "channels": int(test.images.shape[1]), "size": [int(s) for s in test.images.shape[2:]]},
+        train={"name": train.name, "split": train.split}, run=str(run_dir), method=cfg.method.name,
+    ))
+    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained,
+                              keep_classifier=saver)
     if transfer is not None:
         report["transfer"] = transfer
+    diverged = read_divergence_note(run_dir)  # a post-processed run whose finetune diverged says so in its report
+    if diverged:
+        report["notes"] = [*report.get("notes", []), diverged]
     extra: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name, "data": cfg.data.name if data is None else test.name}
     summary = run_dir / SUMMARY
     if summary.is_file():
         extra["training"] = json.loads(summary.read_text())
+    extra["classifiers"] = {name: classifier_path(out, name).name for name in saver.pending}
     _, changes = save_report(report, out, extra=extra)  # report.json accumulates (eval/accumulate.py)
+    saver.write()  # after the report: a classifier file always has its report entry
     report["out"] = str(out)
+    report["classifiers"] = extra["classifiers"]
     report["report_changes"] = changes
     return report
+
+
+def load(path: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """Load what robustssl wrote, in eval mode, in one line (models/hub.py):
+
+        model = api.load("runs/acl/hf")          # an HF export folder, or RUN/classifier_slf.safetensors
+        logits = model(images)                    # images [B, C, H, W] in [0, 1] -> [B, n_classes]
+
+        encoder = api.load("runs/acl")           # a run folder, or its encoder.safetensors
+        features = encoder.features(images)      # [B, feature_dim], on the BN branch its report used
+    """
+    from .models.hub import load as _load
+
+    return _load(path, device)
+
+
+def export(run_dir: str | Path, out: str | Path | None = None, format: str = "hf", protocol: str | None = None) -> dict[str, Any]:
+    """Export an evaluated classifier of `run_dir` (default: the one with the highest accuracy under its
+    strongest attack; `protocol` picks one) as a Hugging Face Hub-ready folder `out` (default
+    RUN/hf): model.safetensors, config.json, README.md (model card), model_info.json. Nothing is
+    uploaded. Returns {out, protocol, why, files}."""
+    from .models.hub import export_hf
+
+    if format != "hf":
+        raise ConfigError(f"export format {format!r} is not known; valid: hf")
+    return export_hf(run_dir, out, protocol)
 
 
 def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None,

@@ -1,4 +1,4 @@
-"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart."""
+"""robustssl command line: pretrain | evaluate | postprocess | compare | export | select | quickstart."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           + ", ".join(sorted(p.stem for p in recipe_dir().glob("*.yaml"))) + ")")
     result = api.pretrain(args.config, args.out, overrides=args.overrides, resume=args.resume)
     if dist.launched_rank() > 0:  # under torchrun rank 0 reports
+        return 0
+    if result.nothing_left:
+        print(f"nothing left to do: {args.out} finished all its epochs ({result.steps} steps, {result.seconds:.1f}s of "
+              f"training); its checkpoint, encoder.safetensors and run.json are unchanged")
         return 0
     times = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.phase_seconds.items()))
     print(f"done: {result.steps} steps in {result.seconds:.1f}s ({times}); encoder at {Path(args.out) / 'encoder.safetensors'}")
@@ -56,7 +60,10 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     purity = "" if km["purity_vs_true_labels"] is None else f", purity vs the true labels {km['purity_vs_true_labels']:.3f}"
     print(f"k-means: {km['clusters']} clusters of {km['images']} images (sizes {km['cluster_sizes']}){purity}; "
           f"LP: {lp['epochs']} epochs, pseudo-label accuracy {lp['pseudo_label_accuracy']:.3f}; "
-          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}; {r['seconds']:.1f}s")
+          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}"
+          f"{' (DIVERGED)' if aft['divergence']['diverged'] else ''}; {r['seconds']:.1f}s")
+    for note in r["notes"]:
+        print(f"WARNING: {note}")
     print(f"new run folder: {args.out} (encoder.safetensors, postprocess.json); evaluate it with: "
           f"robustssl evaluate --run {args.out}")
     return 0
@@ -72,6 +79,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     drawn = [name for name in result["figures"].values() if name]
     print(f"written to {out}: {FILES['markdown']}, {FILES['json']}, {', '.join(drawn)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    r = api.export(args.run, args.out, format=args.format, protocol=args.protocol)
+    print(f"exported the {r['protocol'].upper()} classifier ({r['why']}) to {r['out']}: "
+          + ", ".join(Path(f).name for f in r["files"]) + "; load it with: api.load(\"" + r["out"] + "\") (nothing uploaded)")
     return 0
 
 
@@ -135,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
     cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
     cp.set_defaults(func=cmd_compare)
+
+    ex = sub.add_parser("export", help="an evaluated classifier as a Hugging Face Hub-ready folder (nothing is uploaded)")
+    ex.add_argument("--run", required=True, help="a run folder that `robustssl evaluate` has been run on")
+    ex.add_argument("--format", default="hf", choices=["hf"], help="hf: config.json, model.safetensors, README.md (model card), "
+                    "model_info.json (RobustBench style)")
+    ex.add_argument("--protocol", help="whose classifier (default: the one with the highest accuracy under its strongest attack)")
+    ex.add_argument("--out", help="the folder to write (default: RUN/hf)")
+    ex.set_defaults(func=cmd_export)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")

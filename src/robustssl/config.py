@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import shlex
+import sys
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ import yaml
 
 from .data.catalog import dataset_names
 from .errors import ConfigError
-from .models.encoder import ModelConfig
+from .models.encoder import ModelConfig, check_model_config
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
 from .train.timer import TIMING_MODES
 
@@ -408,6 +411,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
     if cfg.postprocess.clusters < 2:
         raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
+    check_model_config(cfg.model)
     METHODS[cfg.method.name].check_config(cfg)
     SELECTORS[cfg.coreset.selector].check_config(cfg)
     check_eval_config(cfg)
@@ -450,13 +454,32 @@ def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return raw
 
 
+OVERRIDES_ENV = "ROBUSTSSL_OVERRIDES"
+_env_noted: set[str] = set()
+
+
+def env_overrides() -> list[str]:
+    """The key=value overrides of $ROBUSTSSL_OVERRIDES (whitespace-separated, shell quoting), applied
+    after every other override to every config robustssl builds: recipes, run folders, the API and
+    the CLI alike. For smoke runs of scripts and documentation (tests/test_readme.py runs README's
+    commands as written with tiny settings this way). Said once per process on stderr when set."""
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return []
+    if text not in _env_noted:
+        _env_noted.add(text)
+        print(f"note: ${OVERRIDES_ENV} applies to every config: {text}", file=sys.stderr)
+    return shlex.split(text)
+
+
 def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Validated RunConfig from a nested dict plus overrides; raises ConfigError before any work."""
+    """Validated RunConfig from a nested dict plus overrides (then those of $ROBUSTSSL_OVERRIDES, if
+    set: `env_overrides`); raises ConfigError before any work."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
-    raw = merge(raw, overrides or [])
+    raw = merge(raw, [*(overrides or []), *env_overrides()])
     method_raw, coreset_raw, eval_raw = raw.pop("method", None), raw.pop("coreset", None), raw.pop("eval", None)
     cfg = build_settings(RunConfig, raw, "")
     cfg.method = _build_method(method_raw)

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustssl import dist
 from robustssl.data.readers import DatasetError
 
 __all__ = [
@@ -154,7 +155,26 @@ def download_and_verify(
     timeouts (`timeout` seconds per socket operation) and md5 mismatches raise
     DatasetError with instructions for a manual download; no partial file is left.
     Returns the archive path.
+
+    Under torchrun only rank 0 downloads (and extracts); the other ranks wait for it, then use
+    its files, and a failed download is raised on every rank as the same one-line error.
     """
+    return dist.main_first(lambda: _download_and_verify(url, dest, md5, timeout, extract),
+                           then=lambda: _downloaded_by_rank0(url, Path(dest)))
+
+
+def _downloaded_by_rank0(url: str, dest: Path) -> Path:
+    """On a rank > 0, after rank 0's download: the archive it saved (and extracted) in `dest`."""
+    archive = dest / url.rsplit("/", 1)[-1]
+    if not archive.is_file():
+        raise DatasetError(
+            f"rank 0 downloaded {url} into {dest}, which process rank {dist.rank()} does not see. Under torchrun on "
+            "several nodes put data.root on a shared filesystem, or the dataset on every node."
+        )
+    return archive
+
+
+def _download_and_verify(url: str, dest: str | Path, md5: str, timeout: float, extract: bool) -> Path:
     dest = Path(dest)
     archive = dest / url.rsplit("/", 1)[-1]
     try:

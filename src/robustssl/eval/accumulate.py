@@ -113,8 +113,17 @@ def merge_reports(old: dict[str, Any] | None, new: dict[str, Any]) -> tuple[dict
     top = {**group, "protocols": protocols, "notes": [*group.get("notes", []), *kept_notes],
            "sanity_passed": all(p["sanity_passed"] for p in protocols.values())}
     merged = {**{k: v for k, v in new.items() if k not in GROUP_KEYS}, **top, "other_evaluations": others,
-              "extra": {**old.get("extra", {}), **new.get("extra", {})}}
+              "extra": _merged_extra(old.get("extra", {}), new.get("extra", {}))}
     return merged, changes
+
+
+def _merged_extra(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The caller's extras: new keys win; a mapping in both (the saved classifiers per protocol) is merged."""
+    out = {**old, **new}
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(old.get(k), dict):
+            out[k] = {**old[k], **v}
+    return out
 
 
 def all_sanity_passed(report: dict[str, Any]) -> bool:

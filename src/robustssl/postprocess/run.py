@@ -40,7 +40,7 @@ from .lpaft import lp_aft
 POSTPROCESS = "postprocess.json"
 SCHEMA = "robustssl.postprocess/1"
 
-__all__ = ["POSTPROCESS", "postprocess_run"]
+__all__ = ["POSTPROCESS", "divergence_note", "postprocess_run", "read_divergence_note"]
 
 
 def _claim(out: Path, run_dir: Path) -> None:
@@ -71,6 +71,26 @@ def _cluster_branch(model: torch.nn.Module, wanted: str, trained: list[str] | No
         raise RunError(f"postprocess.cluster_branch={wanted}, but this encoder's {wanted} BN branch was never trained "
                        f"(trained: {', '.join(trained) or 'none'}); pass postprocess.cluster_branch={other}")
     return wanted
+
+
+def divergence_note(record: dict[str, Any]) -> str | None:
+    """The warning for a post-processing record (postprocess.json, or the stages of `lp_aft`) whose
+    AFT finetune diverged; None when it did not (or the record predates the check)."""
+    div = record.get("aft", {}).get("divergence") or {}
+    if not div.get("diverged"):
+        return None
+    return f"the LP-AFT finetune (TRADES) DIVERGED: {div['detail']}; this encoder is not a trained result"
+
+
+def read_divergence_note(run_dir: str | Path) -> str | None:
+    """`divergence_note` of a run folder's postprocess.json (None for a run that is not post-processed)."""
+    path = Path(run_dir) / POSTPROCESS
+    if not path.is_file():
+        return None
+    try:
+        return divergence_note(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise RunError(f"{path} is damaged (not a postprocess record); run `robustssl postprocess` again") from None
 
 
 def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -106,7 +126,7 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
         "data": {"name": cfg.data.name, "split": train.split, "images": len(train)},
         "bn_branch": branch,
         "trained_branches": trained,
-        "notes": [note] if note else [],
+        "notes": [n for n in (note, divergence_note(stages)) if n],
         "settings": dataclasses.asdict(cfg.postprocess),
         "threat_model": {"norm": cfg.eval.norm, "eps": cfg.eval.eps, "alpha": cfg.eval.pgd_alpha},
         **stages,
@@ -124,6 +144,7 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
         "trained_branches": trained,
         "coreset": source_summary.get("coreset"),
         "postprocess": POSTPROCESS,
+        "diverged": bool(stages["aft"]["divergence"]["diverged"]),
         "device": str(device),
         "torch": torch.__version__,
     }

@@ -28,18 +28,48 @@ def check_folder(out: Path) -> None:
         raise RunError(f"--out {out} is a file, not a folder; choose a folder path for the run")
 
 
-def claim_new_run(out: Path, cfg: RunConfig) -> None:
-    """Create the folder and write config.yaml, refusing a folder that holds any run file:
-    nothing of an earlier run (finished, failed or killed) is overwritten or appended to."""
+def check_new_run(out: Path, cfg: RunConfig) -> None:
+    """Refuse a folder holding any run file, writing nothing: nothing of an earlier run
+    (finished, failed or killed) is overwritten or appended to. One exception: a folder
+    holding only the config.yaml of the same config (an earlier attempt of this command that
+    stopped before its first step, e.g. on a full disk or an out-of-memory first step) may be
+    claimed again."""
     check_folder(out)
     if (out / CHECKPOINT).exists():
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     found = [name for name in RUN_FILES if (out / name).exists()]
+    if found == [CONFIG]:
+        differ = _differs_from_saved(out / CONFIG, cfg)
+        if not differ:
+            return  # the same command again: its earlier attempt never trained a step
+        raise RunError(
+            f"{out} holds the config.yaml of a run that stopped before its first step, with another config "
+            f"({differ}); rerun that command to retry it, choose another --out, or delete {out / CONFIG}"
+        )
     if found:
         raise RunError(
             f"{out} holds files of an earlier run that saved no checkpoint ({', '.join(found)}); nothing can be "
             f"resumed from it. Choose another --out, or delete those files to reuse the folder"
         )
+
+
+def _differs_from_saved(path: Path, cfg: RunConfig) -> str:
+    """'' when the config.yaml at `path` is `cfg`; else what differs (or that it cannot be read)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return "it cannot be read"
+    if not isinstance(raw, dict):
+        return "it is not a config"
+    differ = config_differences(with_defaults(raw), to_dict(cfg))
+    return "" if not differ else "differs in " + ", ".join(differ[:5])
+
+
+def claim_new_run(out: Path, cfg: RunConfig) -> None:
+    """`check_new_run`, then create the folder and write config.yaml. The trainer calls it once the
+    data are loaded and the model is built, so a run that fails before that (a missing
+    dataset) leaves the folder as it was."""
+    check_new_run(out, cfg)
     write_config(out, cfg)
 
 

@@ -39,6 +39,7 @@ from .run_dir import (
     ENCODER,
     METRICS,
     SUMMARY,
+    check_new_run,
     claim_new_run,
     clear_orphans,
     config_differences,
@@ -59,6 +60,7 @@ class RunResult:
     steps: int
     seconds: float
     phase_seconds: dict[str, float]
+    nothing_left: bool = False  # a --resume of a run that had finished: nothing was trained or written
 
 
 def resolve_device(name: str) -> torch.device:
@@ -337,11 +339,13 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
         raise TrainingError(f"optim.batch_size={cfg.optim.batch_size} is the global batch and must split evenly over "
                             f"{world} processes; use a multiple of {world}")
     if not resume:
-        dist.on_main(lambda: claim_new_run(out, cfg))
-    dist.on_main(lambda: clear_orphans(out))
+        dist.on_main(lambda: check_new_run(out, cfg))  # a taken folder is refused before any work
     torch.manual_seed(cfg.train.seed)
     data = load_train_source(cfg, device)
     state = build_state(cfg, data, device)
+    if not resume:  # claimed only now: a missing dataset or a model that cannot be built leaves no config.yaml
+        dist.on_main(lambda: claim_new_run(out, cfg))
+    dist.on_main(lambda: clear_orphans(out))
     if dist.rank() > 0:  # each rank its own augmentations and attack starts; rank 0 keeps the run's stream
         torch.manual_seed(rank_seed(cfg.train.seed, dist.rank()))
     metrics = MetricsLog(out / METRICS) if dist.is_main() else _RankMetrics(out / METRICS)
@@ -363,6 +367,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
     run = RunContext(cfg, out, data, loader, metrics, bar)
+    if resume and state.epoch >= cfg.train.epochs and dist.on_main(lambda: (out / ENCODER).is_file() and (out / SUMMARY).is_file()):
+        bar.close()  # a finished run: its export and summary stay as they are
+        return RunResult(out, state.step, state.elapsed, dict(state.phase_seconds), nothing_left=True)
     while state.epoch < cfg.train.epochs:
         train_epoch(state, run)
     bar.close()
