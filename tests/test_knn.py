@@ -12,8 +12,9 @@ from torch.nn import functional as F
 from robustssl.config import from_dict
 from robustssl.eval import PROTOCOLS, evaluate_encoder, pgd_accuracy, write_report
 from robustssl.eval.knn import KNNClassifier, train_knn
+from robustssl.models.hub import ClassifierSaver, EvaluationContext
 
-from .test_eval import EPS, calibrated_encoder, small_cfg, textures
+from .test_eval import EPS, SPEC, calibrated_encoder, small_cfg, textures
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +73,13 @@ def test_knn_in_a_report_with_its_settings_and_checks(data, encoder, tmp_path):
                               "n_examples": 40, "train_examples": 200, "linear_epochs": 5, "linear_lr": 0.5,
                               "knn": {"k": 20}}}).eval
     assert cfg.component("knn").k == 20 and cfg.component("knn").temperature == 0.1
-    report = evaluate_encoder(encoder, train, test, cfg, "cpu")
+    saver = ClassifierSaver(EvaluationContext(
+        out=tmp_path, spec=SPEC, trained_branches=None, threat_model={}, run="", method="test",
+        test={"name": "textures", "split": "test", "n_total": 100, "classes": [], "channels": 1, "size": [28, 28]},
+        train={"name": "textures", "split": "train"},
+    ))
+    report = evaluate_encoder(encoder, train, test, cfg, "cpu", keep_classifier=saver)
+    assert saver.skipped == ["knn"] and list(saver.pending) == ["slf"]  # a kNN is not an encoder + linear head
     knn = report["protocols"]["knn"]
     assert knn["training"]["k"] == 20 and knn["attacks"][0]["attack"] == "pgd20"
     assert {c["name"] for c in knn["sanity"]} == {"eps_zero", "attack_order", "large_eps", "above_chance"}
