@@ -119,7 +119,7 @@ def _pm(stats: dict[str, float] | None) -> str:
 
 def seeds_markdown(seed_groups: list[SeedGroup], attack_names: list[str]) -> str:
     """The '## Mean ± sd over seeds' section of compare.md (sample sd, n - 1)."""
-    from .compare import attack_label
+    from .compare import attack_label, md_text
 
     header = ["runs", "seeds", "protocol", "clean %", *(f"{attack_label(n)} %" for n in attack_names), "examples",
               "threat model", "sanity"]
@@ -134,5 +134,6 @@ def seeds_markdown(seed_groups: list[SeedGroup], attack_names: list[str]) -> str
                      str(row["n_examples"]) + (" (SUBSET)" if row["subset"] else ""),
                      f"{LP_NORMS.get(row['norm'], (row['norm'],))[0]} {fmt_eps(row['eps'], row['norm'])}",
                      "pass" if row["sanity_passed"] else "**FAIL**"]
+            cells = [md_text(c) for c in cells[:-1]] + cells[-1:]  # every text escaped
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -10,6 +10,7 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from ..coreset.schedule import CoresetSchedule
 from ..data import DeviceLoader, StreamingLoader, dataset_stats, load_dataset, open_stream
 from ..data.dataset import ImageDataset, ImageSource
 from ..errors import RunError
-from ..io import atomic_write_text
+from ..io import FolderLock, atomic_write_text, check_output_path
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
 from .accelerate import accelerate
@@ -205,12 +206,27 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     batches_per_epoch = schedule.steps_per_epoch_bound()
     if batches_per_epoch < 1:
         raise TrainingError(f"{len(schedule.pool)} training images make no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
+    check_coreset_batches(cfg, schedule)
     optimizer = build_optimizer(model, cfg.optim)
     # The lr schedule counts optimizer updates: a method may make several per batch.
     k = method.updates_per_batch
     scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
     replicate(model, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
     return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
+
+
+def check_coreset_batches(cfg: RunConfig, schedule: CoresetSchedule) -> None:
+    """Refuse a coreset smaller than one batch (every selector): its epochs would train nothing."""
+    bs, pool, unit = cfg.optim.batch_size, len(schedule.pool), schedule.unit_size
+    if not any(schedule.uses_coreset(e) for e in range(cfg.train.epochs)) or schedule.coreset_size() >= bs:
+        return
+    units = -(-bs // unit)  # picked units (images, or batches of `unit` images) that make one batch
+    smallest = math.ceil(1000 * (units - 0.5) / max(1, pool // unit)) / 1000  # the budget is round(fraction * units in pool)
+    other = ", or coreset.unit=batch" if cfg.coreset.unit == "sample" else ""
+    raise TrainingError(
+        f"coreset.fraction={cfg.coreset.fraction:g} of the {pool}-image training pool is {schedule.coreset_size()} "
+        f"images, less than one batch of optim.batch_size={bs}: the coreset epochs would train nothing. Pass "
+        f"coreset.fraction={smallest:g} or more, a smaller optim.batch_size{other}")
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -257,7 +273,8 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
             save_checkpoint(state, run)
     seconds = time.perf_counter() - epoch_start
     run.metrics.write({
-        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / max(1, len(losses)),
+        # an epoch (or the rest of one, after a resume) with no step has no loss: null, never 0
+        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / len(losses) if losses else None,
         "images": n_images, "pool_size": int(positions.numel()), "seconds": seconds,
         "images_per_s": n_images / max(1e-9, seconds), "lr": state.scheduler.get_last_lr()[0],
         "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
@@ -323,12 +340,17 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     on CUDA with the GPU LOCAL_RANK, gloo on CPU), trains its shard of each global batch of
     optim.batch_size images, and rank 0 alone writes the run folder.
     """
+    check_output_path(out_dir, "--out")
     device, created = dist.init_from_env(resolve_device(cfg.train.device))
+    lock = FolderLock(out_dir, "robustssl pretrain")  # rank 0 holds it; a second pretrain (--resume) is refused
     try:
+        dist.on_main(lock.acquire)
         result = _pretrain(cfg, Path(out_dir), resume, device)
     except BaseException:
+        lock.release()
         dist.shutdown(created, clean=False)
         raise
+    lock.release()
     dist.shutdown(created)
     return result
 
@@ -387,7 +409,7 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
                    with_head=state.method.supervised)
     summary: dict[str, Any] = {
         "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
-        "trained_branches": trained, "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
+        "trained_branches": trained, "classes": list(run.data.classes), "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
     }
     if dist.is_distributed():
         summary.update(world_size=dist.world_size(), sync_bn=run.cfg.train.sync_bn,
