@@ -137,12 +137,14 @@ def probe_curves(runs: list[RunRecord], out: Path, target: float | None = None) 
 
 def _plot(runs: list[RunRecord], curves: dict[str, list[dict[str, Any]]], rows: list[dict[str, Any]], path: Path,
           axis: str, target: float, shortest: float) -> Path:
+    from .compare import plot_text  # compare imports this module
+
     fig = agg_figure(6.4, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     for r, row in zip(runs, rows):
         c = curves[r.label]
         xs = [p["train_seconds"] for p in c] if axis == "time" else [p["epoch"] + 1 for p in c]
-        (line,) = ax.plot(xs, [100 * p["robust"] for p in c], marker=".", label=f"{r.label} ({r.method}, {r.selector})")
+        (line,) = ax.plot(xs, [100 * p["robust"] for p in c], marker=".", label=plot_text(f"{r.label} ({r.method}, {r.selector})"))
         if row["final_eval_pgd20"] is not None:
             x_end = row["final_train_seconds"] if axis == "time" else r.cfg.train.epochs
             ax.plot([x_end], [100 * row["final_eval_pgd20"]], marker="*", markersize=11, linestyle="none",
@@ -162,6 +164,8 @@ def _plot(runs: list[RunRecord], curves: dict[str, list[dict[str, Any]]], rows: 
 
 
 def _markdown(rows: list[dict[str, Any]], target: float, rule: str, shortest: float, notes: list[str]) -> str:
+    from .compare import md_text  # compare imports this module
+
     header = ["run", "method", "selector", "probes", "train time", "final probe robust %", f"time to reach {100 * target:.1f}% robust",
               f"robust % at {_seconds(shortest)} (shortest run)", "final evaluation PGD-20 %"]
     lines = ["## Robustness over training (online probe)", "",
@@ -171,11 +175,11 @@ def _markdown(rows: list[dict[str, Any]], target: float, rule: str, shortest: fl
     for r in rows:
         final = "-" if r["final_eval_pgd20"] is None else f"{_pct(r['final_eval_pgd20'])} ({r['final_eval_protocol']})"
         lines.append("| " + " | ".join([
-            r["run"], r["method"], r["selector"], str(r["probes"]), _seconds(r["final_train_seconds"]),
+            md_text(r["run"]), md_text(r["method"]), md_text(r["selector"]), str(r["probes"]), _seconds(r["final_train_seconds"]),
             _pct(r["final_probe_robust"]), _seconds(r["time_to_target"]) if r["time_to_target"] is not None else "not reached",
             _pct(r["robust_at_shortest"]), final]) + " |")
     lines.append("")
     if notes:
-        lines += ["Notes:", "", *(f"- {n}" for n in notes), ""]
+        lines += ["Notes:", "", *(f"- {md_text(n)}" for n in notes), ""]
     lines += [f"![Robust accuracy vs training time]({FILES['time']})", "", f"![Robust accuracy vs epoch]({FILES['epoch']})", ""]
     return "\n".join(lines)
