@@ -5,10 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from . import api, dist
 from .config import recipe_dir
-from .data import DatasetError
 from .errors import ConfigError, RobustSSLError
+from .io import check_output_path
 from .train.run_dir import CHECKPOINT
 
 
@@ -48,6 +50,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if t:
         print(f"transfer: {t['source']['dataset']} {t['source']['image_shape']} -> {t['target']['dataset']}; "
               f"channels: {t['conversion']['channels']}; resize: {t['conversion']['resize']}")
+    for change in report.get("report_changes", []):
+        print(f"report.json: {change}")
     print(f"report: {Path(report['out']) / 'report.md'}")
     return 0
 
@@ -70,12 +74,23 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .eval.compare import FILES, table_markdown
 
-    result = api.compare(args.runs, args.out)
+    if args.target is not None and not 0 < args.target <= 100:
+        raise ConfigError(f"--target is a robust accuracy in percent, 0 < X <= 100; got {args.target:g}")
+    result = api.compare(args.runs, args.out, force=args.force, target=None if args.target is None else args.target / 100)
     out = Path(args.out)
     print(table_markdown(result["rows"]))
-    for note in result["notes"]:
+    curves = result["probe_curves"]
+    for note in result["notes"] + curves["notes"]:
         print(f"note: {note}")
-    drawn = [name for name in result["figures"].values() if name]
+    if curves["rows"]:
+        print(f"robustness over training (target {100 * curves['target']:.1f}%, {curves['target_rule']}; "
+              f"shortest run {curves['shortest_seconds']:.1f} s):")
+        for r in curves["rows"]:
+            reach = "not reached" if r["time_to_target"] is None else f"{r['time_to_target']:.1f} s"
+            at = "-" if r["robust_at_shortest"] is None else f"{100 * r['robust_at_shortest']:.2f}%"
+            print(f"  {r['run']}: final probe {100 * r['final_probe_robust']:.2f}% at {r['final_train_seconds']:.1f} s; "
+                  f"target reached: {reach}; at the shortest run's time: {at}")
+    drawn = [name for name in [*result["figures"].values(), *curves["figures"].values()] if name]
     print(f"written to {out}: {FILES['markdown']}, {FILES['json']}, {', '.join(drawn)}")
     return 0
 
@@ -90,6 +105,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
+    check_output_path(args.out, "--out")
     quickstart(args.out, overrides=args.overrides, force=args.force)
     return 0
 
@@ -100,7 +116,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         overrides.append(f"coreset.fraction={args.fraction}")
     if args.selector is not None:
         overrides.append(f"coreset.selector={args.selector}")
-    r = api.select(args.run, overrides=overrides, out=args.output)
+    r = api.select(args.run, overrides=overrides, out=args.output, force=args.force)
     c = r["coreset"]
     print(f"selected {len(r['sample_ids'])} of {c['pool_size']} images ({100 * c['fraction_real']:.1f}%, unit {c['unit']}) "
           f"with {c['selector']} in {r['seconds']:.2f}s -> {r['path']}")
@@ -133,19 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(dataset_names())}); "
                     "images are converted to the encoder's channels and size; the report goes to RUN/transfer/NAME/")
     ev.add_argument("--data-root", help="with --data: the folder holding that dataset's files (default: the usual places)")
-    ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
+    ev.add_argument("overrides", nargs="*", help="eval.key=value overrides (and data.root, data.download, train.device; "
+                    "other sections describe how the run was trained and are refused)")
     ev.set_defaults(func=cmd_evaluate)
 
     pp = sub.add_parser("postprocess", help="DynACL++ post-processing (k-means pseudo-labels, LP-AFT) into a new run folder")
     pp.add_argument("--run", required=True, help="the --out folder of a pretrain run (only read)")
     pp.add_argument("--out", required=True, help="the new run folder (encoder.safetensors, config.yaml, postprocess.json, run.json)")
     pp.add_argument("--clusters", type=int, help="k of k-means (default: the config's postprocess.clusters, 10)")
-    pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5")
+    pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5 "
+                    "(and data.root, data.download, train.device; other sections are refused)")
     pp.set_defaults(func=cmd_postprocess)
 
     cp = sub.add_parser("compare", help="compare evaluated runs: one table (Markdown, JSON) and robustness, loss and time plots")
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
     cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
+    cp.add_argument("--target", type=float, help="robust accuracy in percent for the 'time to reach' column of probed runs "
+                    "(default: 90%% of the best run's final probe value)")
+    cp.add_argument("--force", action="store_true", help="replace an earlier compare.md / compare.json in --out")
     cp.set_defaults(func=cmd_compare)
 
     ex = sub.add_parser("export", help="an evaluated classifier as a Hugging Face Hub-ready folder (nothing is uploaded)")
@@ -161,8 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--fraction", type=float, help="coreset fraction (default: the run's coreset.fraction)")
     se.add_argument("--selector", "--method", dest="selector", choices=selectors,
                     help="selector (default: the run's coreset.selector; --method: its old name, deprecated)")
-    se.add_argument("--output", help="where to write the selection JSON (default: RUN/selection.json)")
-    se.add_argument("overrides", nargs="*", help="coreset.key=value (or coreset.<selector>.key=value) overrides")
+    se.add_argument("--output", help="where to write the selection JSON (default: RUN/selection.json); an existing file "
+                    "is refused unless --force, a run's own files (config.yaml, checkpoint.pt, ...) always")
+    se.add_argument("--force", action="store_true", help="replace an existing --output file (never a run's own file)")
+    se.add_argument("overrides", nargs="*", help="coreset.key=value (or coreset.<selector>.key=value) overrides "
+                    "(and data.root, data.download, train.device)")
     se.set_defaults(func=cmd_select)
 
     qs = sub.add_parser("quickstart", help="ACL vs SimCLR on Fashion-MNIST, evaluated with PGD-20 and AutoAttack (CPU, minutes)")
@@ -177,8 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RobustSSLError, DatasetError, OSError, ValueError, RuntimeError) as e:
+    except (RobustSSLError, OSError) as e:  # what a user can fix; anything else is a bug and keeps its traceback
         print(f"robustssl {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"robustssl {args.command}: error: out of memory ({one_line(e)[:200]}); lower optim.batch_size (or "
+              "eval.batch_size), data.image_size or the model size, or pass data.stream=true", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustssl {args.command}: interrupted; {after_interrupt(args)}", file=sys.stderr)

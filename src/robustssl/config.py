@@ -21,7 +21,7 @@ import yaml
 from .data.catalog import dataset_names
 from .errors import ConfigError
 from .models.encoder import ModelConfig, check_model_config
-from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
+from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, show, unit_interval
 from .train.timer import TIMING_MODES
 
 __all__ = [
@@ -142,6 +142,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's forward in place (state_dict keys unchanged)
     timing: str = one_of("auto", TIMING_MODES)  # phase timing on CUDA: events (auto) or sync; CPU: perf_counter
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
+    probe_every: int = non_negative(0)  # the online robust probe after every K-th epoch and the last (0: off); train/probe.py
+    probe_attack_steps: int = positive(10)  # its PGD-k (eps eval.eps, step eval.pgd_alpha)
+    probe_train_examples: int = positive(512)  # images its linear head is fitted on (self-supervised methods)
+    probe_test_examples: int = positive(256)  # images its clean and PGD-k accuracy are measured on
+    tensorboard: bool = False  # also write loss, lr, phase times and probe numbers as TensorBoard scalars (RUN/tensorboard)
 
 
 # Keys of the old flat CoresetConfig that are RCS's own now (`coreset.rcs.<key>`). Read as
@@ -285,6 +290,8 @@ class RunConfig:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
+MAX_SEED = 2**32 - 1  # seeds are offset and multiplied per rank and selection: kept far from int64's end
+MAX_IMAGE_SIZE = 4096  # data.image_size: the largest side an image folder is resized to
 
 
 def _build_method(raw: Any) -> MethodConfig:
@@ -295,7 +302,7 @@ def _build_method(raw: Any) -> MethodConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"method: expected a mapping of keys to values, got {raw!r}")
+        raise ConfigError(f"method: expected a mapping of keys to values, got {show(raw)}")
     name = coerce(raw.get("name", MethodConfig.name), str, "method.name")
     settings: dict[str, Any] = {}
     for key, value in raw.items():
@@ -368,7 +375,7 @@ def _build_eval(raw: Any) -> EvalConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"eval: expected a mapping of keys to values, got {raw!r}")
+        raise ConfigError(f"eval: expected a mapping of keys to values, got {show(raw)}")
     flat = {f.name for f in dataclasses.fields(EvalConfig)} - {"components"}
     own = components_with_settings()
     components: dict[str, Any] = {}
@@ -409,12 +416,96 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"coreset.fraction must be in (0, 1], got {cfg.coreset.fraction}")
     if cfg.data.name != "imagefolder" and (cfg.data.image_size is not None or cfg.data.channels is not None):
         raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
+    for key, value in to_flat_dict(cfg).items():  # every seed: train.seed, eval.seed, eval.mc_seed, postprocess.seed, ...
+        if key.rsplit(".", 1)[-1].endswith("seed") and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{key}={value} is out of range; a seed must lie in 0..{MAX_SEED} (2^32 - 1), "
+                              f"for example {key}=0")
+    if cfg.data.image_size is not None and cfg.data.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} is larger than {MAX_IMAGE_SIZE} pixels (one such image "
+                          f"alone is {3 * cfg.data.image_size ** 2 / 2 ** 30:.1f} GiB); pass a size such as data.image_size=64")
     if cfg.postprocess.clusters < 2:
         raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
     check_model_config(cfg.model)
     METHODS[cfg.method.name].check_config(cfg)
     SELECTORS[cfg.coreset.selector].check_config(cfg)
     check_eval_config(cfg)
+    from .train.probe import check_probe_config
+
+    check_probe_config(cfg)
+
+
+# --- YAML: bounded, duplicate-free -------------------------------------------------------------
+MAX_YAML_DEPTH = 50  # nesting levels of mappings and lists (a recipe uses 3)
+MAX_YAML_NODES = 100_000  # values after alias expansion (a recipe holds a few hundred)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing what no config needs and a hostile file uses: nesting deeper than
+    MAX_YAML_DEPTH (the composer recurses per level), more than MAX_YAML_NODES values once
+    aliases are expanded (a "billion laughs" file is a few hundred bytes), and a key given twice
+    in one mapping (YAML would silently keep the last)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1}); a config has "
+                                  "sections of keys and short lists")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(f"key {key[:60]!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values in `node` with every alias expanded, counted without expanding (memoized per node)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a recursive alias counts once here; its construction fails in yaml itself
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
+def load_yaml(text: str) -> Any:
+    """The value of one YAML document (safe types only), bounded as `_BoundedLoader` says.
+
+    Raises ConfigError (depth, size, duplicate keys) or yaml.YAMLError (syntax); callers add
+    the file name and the fix."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; a config "
+                              "holds a few hundred (nested aliases multiply)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -423,9 +514,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} must look like section.key=value (for example optim.lr=0.5)")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: cannot parse the value ({e})") from None
+        value = load_yaml(text) if text.strip() else None
+    except (yaml.YAMLError, ConfigError) as e:
+        raise ConfigError(f"override {item[:200]!r}: cannot parse the value ({one_line(e)})") from None
     return key.strip(), value
 
 
@@ -495,13 +586,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = resolve_recipe(path)
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid YAML ({e}); fix the file or pass another --config") from None
+            raw = load_yaml(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+            raise ConfigError(f"{p}: not a valid config file ({one_line(e)}); fix the file or pass another --config") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(SECTIONS)}), "
                               f"got {type(raw).__name__}; fix the file or pass another --config")
     return from_dict(raw, overrides)
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, at most `limit` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def recipe_dir() -> Path:

@@ -14,8 +14,11 @@ OUT is a folder that `robustssl evaluate --run OUT` (and `robustssl compare`) ac
                          the source's training seconds plus the post-processing seconds (phase
                          "postprocess"), the source's coreset record
 
-The source run is only read. OUT must not hold run files already; everything is written at
-the end (config.yaml last), so an interrupted post-processing leaves no config.yaml behind.
+The source run is only read. OUT must not hold run files already, and is locked while the
+post-processing runs (io.FolderLock: a second one into OUT is refused); everything is written
+at the end (config.yaml last), so an interrupted post-processing leaves no config.yaml behind.
+Overrides: postprocess.* and eval.* (plus data.root, data.download, train.device); others
+would be recorded as facts of the encoder without being true, and are refused.
 """
 from __future__ import annotations
 
@@ -28,12 +31,24 @@ from typing import Any
 
 import torch
 
+from .. import progress
+from ..config import RunConfig
 from ..errors import RunError
 from ..eval.classifier import choose_branch
-from ..io import atomic_write_text
+from ..io import FolderLock, atomic_write_text, check_output_path
 from ..models.dual_bn import has_dual_bn
 from ..models.export import export_encoder, load_encoder, read_export_metadata
-from ..train.run_dir import CONFIG, ENCODER, RUN_FILES, SUMMARY, check_folder, read_run_config, write_config
+from ..train.run_dir import (
+    CONFIG,
+    ENCODER,
+    RUN_FILES,
+    SUMMARY,
+    check_folder,
+    check_override_keys,
+    read_run_config,
+    read_summary,
+    write_config,
+)
 from ..train.trainer import load_train_set, resolve_device
 from .lpaft import lp_aft
 
@@ -99,10 +114,18 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
     overrides: `postprocess.*` (and `eval.*`: eps, pgd_alpha, linear_batch_size, ...) keys,
     validated before any work. Returns the postprocess.json record.
     """
-    t0 = time.perf_counter()
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), check_output_path(out, "--out")
+    check_override_keys(list(overrides or []), "postprocess", ("postprocess", "eval"))
     cfg = read_run_config(run_dir, overrides)  # every key validated before the encoder or the data are touched
     _claim(out, run_dir)
+    source_summary = read_summary(run_dir) or {}  # a damaged run.json is refused before the work
+    with FolderLock(out, "robustssl postprocess"):  # a second postprocess into `out` is refused while this one runs
+        _claim(out, run_dir)  # again, under the lock: a postprocess that finished meanwhile
+        return _postprocess(cfg, run_dir, out, source_summary)
+
+
+def _postprocess(cfg: RunConfig, run_dir: Path, out: Path, source_summary: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
     source = run_dir / ENCODER
     meta = read_export_metadata(source)
     trained = meta["trained_branches"]
@@ -112,11 +135,10 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
     cluster_branch = _cluster_branch(model, cfg.postprocess.cluster_branch, trained)
     train = load_train_set(cfg)
     torch.manual_seed(cfg.postprocess.seed)
-    encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
+    with progress.showing("postprocess", enabled=cfg.train.progress):  # which stage runs, images done, ETA
+        encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
 
     seconds = time.perf_counter() - t0
-    summary_path = run_dir / SUMMARY
-    source_summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     record = {
         "schema": SCHEMA,
         "method": "DynACL++ post-processing: k-means pseudo-labels, then LP-AFT (linear probe, then TRADES full finetuning)",
@@ -143,6 +165,7 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
         "phase_seconds": phases,
         "trained_branches": trained,
         "coreset": source_summary.get("coreset"),
+        "classes": source_summary.get("classes"),
         "postprocess": POSTPROCESS,
         "diverged": bool(stages["aft"]["divergence"]["diverged"]),
         "device": str(device),

@@ -10,14 +10,13 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 from __future__ import annotations
 
 import json
-import sys
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, to_dict
@@ -25,14 +24,16 @@ from ..coreset.schedule import CoresetSchedule
 from ..data import DeviceLoader, StreamingLoader, dataset_stats, load_dataset, open_stream
 from ..data.dataset import ImageDataset, ImageSource
 from ..errors import RunError
-from ..io import atomic_write_text
+from ..io import FolderLock, atomic_write_text, check_output_path
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
+from ..progress import progress_bar
 from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import prepare_model, rank_seed, replicate
 from .metrics import MetricsLog
 from .optim import build_optimizer, build_scheduler
+from .probe import OnlineProbe
 from .run_dir import (
     CHECKPOINT,
     CONFIG,
@@ -45,6 +46,7 @@ from .run_dir import (
     config_differences,
     with_defaults,
 )
+from .tensorboard import tensorboard_metrics
 from .timer import PhaseTimer
 
 CHECKPOINT_FORMAT = 2
@@ -205,12 +207,27 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     batches_per_epoch = schedule.steps_per_epoch_bound()
     if batches_per_epoch < 1:
         raise TrainingError(f"{len(schedule.pool)} training images make no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
+    check_coreset_batches(cfg, schedule)
     optimizer = build_optimizer(model, cfg.optim)
     # The lr schedule counts optimizer updates: a method may make several per batch.
     k = method.updates_per_batch
     scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
     replicate(model, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
     return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
+
+
+def check_coreset_batches(cfg: RunConfig, schedule: CoresetSchedule) -> None:
+    """Refuse a coreset smaller than one batch (every selector): its epochs would train nothing."""
+    bs, pool, unit = cfg.optim.batch_size, len(schedule.pool), schedule.unit_size
+    if not any(schedule.uses_coreset(e) for e in range(cfg.train.epochs)) or schedule.coreset_size() >= bs:
+        return
+    units = -(-bs // unit)  # picked units (images, or batches of `unit` images) that make one batch
+    smallest = math.ceil(1000 * (units - 0.5) / max(1, pool // unit)) / 1000  # the budget is round(fraction * units in pool)
+    other = ", or coreset.unit=batch" if cfg.coreset.unit == "sample" else ""
+    raise TrainingError(
+        f"coreset.fraction={cfg.coreset.fraction:g} of the {pool}-image training pool is {schedule.coreset_size()} "
+        f"images, less than one batch of optim.batch_size={bs}: the coreset epochs would train nothing. Pass "
+        f"coreset.fraction={smallest:g} or more, a smaller optim.batch_size{other}")
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -224,6 +241,7 @@ class RunContext:
     loader: DeviceLoader
     metrics: MetricsLog
     bar: Any
+    probe: OnlineProbe | None = None  # train.probe_every: the online robust probe (train/probe.py)
 
 
 def train_epoch(state: TrainState, run: RunContext) -> None:
@@ -257,11 +275,14 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
             save_checkpoint(state, run)
     seconds = time.perf_counter() - epoch_start
     run.metrics.write({
-        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / max(1, len(losses)),
+        # an epoch (or the rest of one, after a resume) with no step has no loss: null, never 0
+        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / len(losses) if losses else None,
         "images": n_images, "pool_size": int(positions.numel()), "seconds": seconds,
         "images_per_s": n_images / max(1e-9, seconds), "lr": state.scheduler.get_last_lr()[0],
         "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
     })
+    if run.probe is not None:  # before the checkpoint: a resumed run keeps exactly the probes it checkpointed
+        run.probe.after_epoch(epoch, state, run.metrics)
     state.epoch, state.batch = epoch + 1, 0
     if (cfg.checkpoint_every_epochs and state.epoch % cfg.checkpoint_every_epochs == 0) or state.epoch == cfg.epochs:
         save_checkpoint(state, run)
@@ -323,12 +344,17 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     on CUDA with the GPU LOCAL_RANK, gloo on CPU), trains its shard of each global batch of
     optim.batch_size images, and rank 0 alone writes the run folder.
     """
+    check_output_path(out_dir, "--out")
     device, created = dist.init_from_env(resolve_device(cfg.train.device))
+    lock = FolderLock(out_dir, "robustssl pretrain")  # rank 0 holds it; a second pretrain (--resume) is refused
     try:
+        dist.on_main(lock.acquire)
         result = _pretrain(cfg, Path(out_dir), resume, device)
     except BaseException:
+        lock.release()
         dist.shutdown(created, clean=False)
         raise
+    lock.release()
     dist.shutdown(created)
     return result
 
@@ -357,16 +383,15 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
                                 f"{', '.join(differ[:5])}; restore config.yaml (the checkpoint's 'config' entry holds it)")
         state.load_state_dict(ck, out / CHECKPOINT)
         metrics.truncate_after(state.step)
+    metrics = tensorboard_metrics(metrics, cfg.train.tensorboard, out, state.step if resume else None)
+    probe = OnlineProbe.start(cfg, state, data, device, out / METRICS)
 
-    # In a log file (no terminal) the bar redraws once a minute at most (tqdm's monitor would
-    # otherwise force a redraw every 10 s): a 3-day run writes about 4,000 lines, not 100,000.
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not (cfg.train.progress and dist.is_main()),
-               unit="step", dynamic_ncols=True, mininterval=0.1 if tty else 60.0, maxinterval=10.0 if tty else 600.0)
+    # In a log file (no terminal) the bar redraws once a minute at most: a 3-day run writes about 4,000 lines, not 100,000.
+    bar = progress_bar(state.schedule.total_steps(), initial=state.step, enabled=cfg.train.progress and dist.is_main())
     bs, seed, rank = cfg.optim.batch_size, cfg.train.seed, dist.rank()
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
-    run = RunContext(cfg, out, data, loader, metrics, bar)
+    run = RunContext(cfg, out, data, loader, metrics, bar, probe)
     if resume and state.epoch >= cfg.train.epochs and dist.on_main(lambda: (out / ENCODER).is_file() and (out / SUMMARY).is_file()):
         bar.close()  # a finished run: its export and summary stay as they are
         return RunResult(out, state.step, state.elapsed, dict(state.phase_seconds), nothing_left=True)
@@ -387,7 +412,7 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
                    with_head=state.method.supervised)
     summary: dict[str, Any] = {
         "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
-        "trained_branches": trained, "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
+        "trained_branches": trained, "classes": list(run.data.classes), "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
     }
     if dist.is_distributed():
         summary.update(world_size=dist.world_size(), sync_bn=run.cfg.train.sync_bn,
