@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from . import progress
 from .config import RunConfig, from_dict, load_config, one_line, to_dict
 from .coreset.registry import SELECTORS
 from .coreset.schedule import CoresetSchedule
@@ -54,14 +55,17 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunCo
 
 def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None,
              data: str | None = None, data_root: str | None = None) -> dict[str, Any]:
-    """Evaluate a run's encoder with its config's `eval` section (plus overrides) and return the report.
+    """Evaluate a run's encoder with its config's `eval` section (plus overrides) and return the report
+    of this evaluation (its "report_changes": what it added to or replaced in report.json).
 
     Without `data`: on the run's own dataset; report.json, report.md and robustness_curve.png
-    go into the run folder. With `data` (a dataset name, files under `data_root` or the usual
-    places): a transfer evaluation on that dataset, its images converted to the encoder's
+    go into the run folder. report.json accumulates: a protocol, attack or threat model evaluated
+    before and not re-run here is kept; a re-run replaces only its own entry (eval/accumulate.py).
+    With `data` (a dataset name, files under `data_root` or the usual places): a transfer evaluation on that dataset, its images converted to the encoder's
     input channels and size (eval/transfer.py); the report goes into RUN/transfer/<name>/ and
     records the source, the target and the conversion."""
-    from .eval import evaluate_encoder, write_report  # only evaluation needs the eval stack (AutoAttack, plots)
+    from .eval import evaluate_encoder  # only evaluation needs the eval stack (AutoAttack, plots)
+    from .eval.report import REPORT_FILE, read_report, save_report
     from .eval.threat import ThreatModel
     from .eval.transfer import load_transfer_splits, transfer_folder_name
     from .models.export import read_export_metadata
@@ -77,6 +81,7 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
         check_data_root(data_root, "--data-root")
     cfg = run_config(run_dir, overrides)  # every key validated before the encoder or data are touched
     out = run_dir if data is None else run_dir / "transfer" / transfer_folder_name(data, data_root)  # checks the name
+    read_report(out / REPORT_FILE)  # a damaged report.json is refused before any work (it is never overwritten)
     training = read_summary(run_dir)  # a damaged run.json is refused now, not after the evaluation
     device = resolve_device(cfg.train.device)
     model, spec = load_encoder(run_dir / ENCODER, device=str(device))
@@ -101,8 +106,9 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
               "channels": int(test.images.shape[1]), "size": [int(s) for s in test.images.shape[2:]]},
         train={"name": train.name, "split": train.split}, run=str(run_dir), method=cfg.method.name,
     ))
-    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained,
-                              keep_classifier=saver)
+    with progress.showing("evaluate", enabled=cfg.train.progress):  # which protocol and attack runs, examples done, ETA
+        report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained,
+                                  keep_classifier=saver)
     if transfer is not None:
         report["transfer"] = transfer
     diverged = read_divergence_note(run_dir)  # a post-processed run whose finetune diverged says so in its report
@@ -112,10 +118,11 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     if training is not None:
         extra["training"] = training
     extra["classifiers"] = {name: classifier_path(out, name).name for name in saver.pending}
-    write_report(report, out, extra=extra)
+    _, changes = save_report(report, out, extra=extra)  # report.json accumulates (eval/accumulate.py)
     saver.write()  # after the report: a classifier file always has its report entry
     report["out"] = str(out)
     report["classifiers"] = extra["classifiers"]
+    report["report_changes"] = changes
     return report
 
 
@@ -157,13 +164,19 @@ def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
     return postprocess_run(run_dir, out, list(overrides or []) + extra)
 
 
-def compare(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False) -> dict[str, Any]:
+def compare(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False,
+            target: float | None = None) -> dict[str, Any]:
     """Compare evaluated run folders: compare.md, compare.json and the robustness, loss and time
-    figures in `out` (see eval/compare.py). Every folder is checked before anything is written;
-    an earlier comparison in `out` is replaced only with force=True."""
+    figures in `out` (see eval/compare.py), and for runs trained with the online probe the
+    robustness-vs-time and -epoch curves (eval/curves.py). Every folder is checked before anything
+    is written; an earlier comparison in `out` is replaced only with force=True. target: the robust
+    accuracy in (0, 1] of the "time to reach" column (None: 90% of the best run's final probe value)."""
     from .eval.compare import compare_runs
 
-    return compare_runs(run_dirs, out, force=force)
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"target must be a robust accuracy in (0, 1], got {target}")
+    with progress.showing("compare"):  # once every folder is read: the probe curves per run
+        return compare_runs(run_dirs, out, force=force, target=target)
 
 
 def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,

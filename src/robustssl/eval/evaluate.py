@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import progress
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
 from ..errors import ConfigError
@@ -24,7 +25,7 @@ from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
 from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
-from .registry import ATTACKS, PROTOCOLS, check_names
+from .registry import ATTACKS, PROTOCOLS, check_names, components_with_settings
 from .report import SCHEMA, write_report
 from .robust import AttackResult, clean_accuracy, pgd_accuracy
 from .sanity import (
@@ -111,6 +112,7 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalCon
     for name in attack_run_order(cfg.attacks):
         attack = ATTACKS[name]
         n = attack.n_examples(cfg, x.shape[0])
+        progress.stage(attack.label, n)  # the name on the display (PGD and AutoAttack then count their examples)
         result = attack.run(model, x[:n], y[:n], cfg, dict(results))
         result.extra["threat_model"] = attack.threat_model(cfg).describe()
         result.extra["label"] = attack.label
@@ -206,12 +208,15 @@ def _versions() -> dict[str, str]:
 
 
 def _probe_notes(protocols: dict[str, Any]) -> list[str]:
-    """One note per protocol whose linear probe did not converge (see linear.probe_convergence)."""
+    """One note per protocol whose linear probe did not converge (see linear.probe_convergence); each is
+    also kept in its protocol's entry ("notes"), so it stays with the protocol when reports accumulate."""
     notes = []
     for name, p in protocols.items():
         conv = p["training"].get("convergence", {})
+        p["notes"] = []
         if conv and not conv["converged"]:
-            notes.append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            p["notes"].append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            notes.append(p["notes"][-1])
             log.warning(notes[-1])
             warnings.warn(notes[-1], ProbeNotConvergedWarning, stacklevel=3)
     return notes
@@ -262,8 +267,9 @@ def evaluate_encoder(
             frozen = frozen if frozen is not None else copy.deepcopy(model).to(device)
             encoder = frozen
         clf = protocol.classifier(encoder, n_classes, used_branch, cfg).to(device)
-        training = protocol.train(clf, train, cfg, device)
-        protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
+        with progress.section(name.upper()):  # the active progress display names the protocol
+            training = protocol.train(clf, train, cfg, device)
+            protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
         if keep_classifier is not None:
             keep_classifier(name, clf, protocols[name])
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)
@@ -289,6 +295,9 @@ def evaluate_encoder(
         "test_subset": {"used": subset, "n_examples": int(x.shape[0]), "n_total": len(test)},
         "settings": {
             **dataclasses.asdict(cfg),
+            # the own settings every selected attack and protocol ran with (defaults included)
+            "components": {n: dataclasses.asdict(cfg.component(n)) for n in [*cfg.protocols, *attack_run_order(cfg.attacks)]
+                           if n in components_with_settings()},
             "device": str(device),
             "bn_branch": used_branch,
             "trained_branches": trained,
