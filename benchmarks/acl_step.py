@@ -58,7 +58,7 @@ def build_variant(name: str, pr: dict[str, Any], cfg: Any, device: torch.device,
     method = build_method(cfg, pr["size"], pr["channels"])
     accelerate(model, method, **SWITCHES[name])
     opt = build_optimizer(model, cfg.optim)
-    sched = build_scheduler(opt, cfg.optim, total_steps=10**9, steps_per_epoch=1)
+    sched = build_scheduler(opt, cfg.optim, epochs=10**9, full_batches=1)
     timer = PhaseTimer(device, timing)
 
     def acl_step() -> None:

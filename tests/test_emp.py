@@ -137,7 +137,7 @@ def test_cfamc_lr_schedule_spans_every_replay(tmp_path):
     ck = load_checkpoint(run / "checkpoint.pt")
     batches = ck["step"]
     assert batches == 2 * (64 // 16)
-    assert ck["scheduler"]["last_epoch"] == 3 * batches  # m updates per batch, each a schedule step
+    assert ck["scheduler"]["updates"] == 3 * batches  # m updates per batch, each a schedule step
     lrs = [r["lr"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "step"]
     cfg = load_config("cfamc_fmnist_cpu", overrides)
     expected = [cfg.optim.lr * lr_factor(3 * (s + 1), 3 * batches, 0, "cosine") for s in range(batches)]

@@ -118,6 +118,8 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
     ck = load_checkpoint(run_dir / CHECKPOINT)
     model.load_state_dict(ck["model"])
     method = build_method(cfg, data.image_size, data.num_channels)
+    method.attach(model)  # the modules it owns (DynACL's EMA encoder), as checkpointed
+    method.parts.load_state_dict(ck.get("parts", {}))
     method.start_epoch(min(int(ck["epoch"]), cfg.train.epochs - 1))  # the epoch the run is in (or its last): DynACL's strength
     schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
     torch.manual_seed(cfg.train.seed)

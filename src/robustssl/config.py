@@ -121,6 +121,9 @@ class OptimConfig:
     batch_size: int = positive(512)
     warmup_epochs: float = non_negative(10.0)
     schedule: str = one_of("cosine", ("cosine", "constant"))
+    # epochs: the lr is a function of fractional epoch progress (a coreset run has a full run's lr at every
+    # epoch boundary); updates: over the run's real number of updates (legacy; runs saved without this key)
+    lr_clock: str = one_of("epochs", ("epochs", "updates"))
 
 
 @dataclass

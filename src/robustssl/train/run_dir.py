@@ -23,6 +23,28 @@ METRICS = "metrics.jsonl"
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, ENCODER, SUMMARY)
 
 
+# Keys added after runs were saved whose new default would change how a saved run continues: a saved
+# config without the key gets the value that run was made with (a resumed run is the same run).
+LEGACY_VALUES: dict[tuple[str, str], Any] = {
+    ("optim", "lr_clock"): "updates",  # runs before the epoch clock followed the update count
+}
+
+
+def with_legacy_values(raw: Any) -> Any:
+    """A saved config dict with LEGACY_VALUES filled in where it lacks those keys (a copy; anything
+    that is not a config mapping is returned as it is, for the validation to name)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = dict(raw)
+    for (section, key), value in LEGACY_VALUES.items():
+        part = raw.get(section)
+        if part is None:
+            part = {}
+        if isinstance(part, dict) and key not in part:
+            raw[section] = {**part, key: value}
+    return raw
+
+
 def check_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file, not a folder; choose a folder path for the run")
@@ -60,7 +82,7 @@ def read_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise RunError(f"{run_dir} is not a robustssl run (no {CONFIG}); pass the --out folder of `robustssl pretrain`")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = with_legacy_values(yaml.safe_load(path.read_text()))
         from_dict(raw)  # the file on its own must be a valid config
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
         raise RunError(f"{path} is damaged ({e}); restore it (the checkpoint keeps a copy under 'config') "
@@ -88,11 +110,12 @@ def resume_config(run_dir: str | Path, config: str | Path | RunConfig | None, ov
 
 
 def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """A saved config dict with every key this version knows, at its default where the dict has
-    none: a checkpoint written before a key was added then compares equal to its own run.
+    """A saved config dict with every key this version knows, at its default (or its LEGACY_VALUES
+    entry) where the dict has none: a checkpoint written before a key was added then compares
+    equal to its own run.
     A dict this version cannot read is returned as it is (the comparison then names the keys)."""
     try:
-        return to_dict(from_dict(raw))
+        return to_dict(from_dict(with_legacy_values(raw)))
     except ConfigError:
         return raw
 
