@@ -218,7 +218,12 @@ def test_swapped_forward_view_one_online_view_two_ema_gradients_online_only():
     seen: dict[str, list[torch.Tensor]] = {"online": [], "ema": []}
     modes: list[bool] = []
     model.register_forward_pre_hook(lambda m, i: seen["online"].append(i[0].detach()))
-    ema.register_forward_pre_hook(lambda m, i: (seen["ema"].append(i[0].detach()), modes.append(m.training)))
+
+    def on_ema(m, i):
+        seen["ema"].append(i[0].detach())
+        modes.append(m.training)
+
+    ema.register_forward_pre_hook(on_ema)
     model.train()
     views = method.attack(model, method.make_views(_batch()), method.attack_cfg)
     # the attack ran the pair too (eval mode, as ACL's): each PGD forward split into view 1 (online) and view 2 (EMA)
@@ -243,8 +248,9 @@ def test_swapped_forward_view_one_online_view_two_ema_gradients_online_only():
 def test_momentum_run_exports_the_ema_encoder_and_resumes_exactly_after_sigkill(tmp_path):
     """The export holds the EMA copy's encoder (metadata and run.json say parts.ema); a run killed at
     an epoch end and resumed ends bit-identical, model and EMA copy (it is in the checkpoint)."""
-    from robustssl.models.export import read_export_metadata
     from safetensors.torch import load_file
+
+    from robustssl.models.export import read_export_metadata
 
     root = write_fashion_mnist(tmp_path / "fm", n_train=96, n_test=16)
     overrides = TINY + [f"data.root={root}", "train.epochs=3", "method.dynacl.k=1", "train.seed=1",

@@ -1,6 +1,7 @@
 """The lr follows fractional epoch progress (issue 18): a coreset run and a full run of the same
 config have the same lr at every epoch boundary, warm-up counted in epochs, a method with m updates
 per batch sweeps one schedule; runs saved before the epoch clock keep the update clock."""
+import itertools
 import math
 
 import pytest
@@ -61,7 +62,7 @@ def test_m_updates_per_batch_sweep_one_schedule_over_epochs_of_different_length(
                 sched.step()
     assert seen == pytest.approx(want, abs=1e-12)
     assert seen[0] == pytest.approx(2.0 / 12) and seen[11] == pytest.approx(2.0)  # warm-up in epochs: 12 updates
-    assert all(a >= b for a, b in zip(seen[12:], seen[13:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(seen[12:]))
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     assert sched.updates == 12 + 6 + 3
 
@@ -125,3 +126,16 @@ def test_a_run_saved_without_the_clock_resumes_on_the_update_clock(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _boundary_lrs(run)[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_saved_configs_without_the_new_keys_get_their_legacy_values():
+    from robustssl.config import from_dict, to_dict
+    from robustssl.train.run_dir import with_legacy_values
+
+    raw = to_dict(load_config("pgd_at_fmnist_cpu"))
+    assert raw["optim"]["lr_clock"] == "epochs" and raw["method"]["pgd_at"]["attack_mode"] == "train"
+    del raw["optim"]["lr_clock"], raw["method"]["pgd_at"]["attack_mode"]
+    old = from_dict(with_legacy_values(raw))
+    assert old.optim.lr_clock == "updates" and old.method.params.attack_mode == "eval"
+    assert "attack_mode" not in raw["method"]["pgd_at"], "the saved dict itself is left alone"
+    assert "fast_at" not in with_legacy_values(raw)["method"], "no settings are made up for another method"

@@ -6,6 +6,7 @@ config is read back (resume, evaluate, select).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,12 @@ RUN_FILES = (CONFIG, CHECKPOINT, METRICS, ENCODER, SUMMARY)
 
 
 # Keys added after runs were saved whose new default would change how a saved run continues: a saved
-# config without the key gets the value that run was made with (a resumed run is the same run).
-LEGACY_VALUES: dict[tuple[str, str], Any] = {
-    ("optim", "lr_clock"): "updates",  # runs before the epoch clock followed the update count
+# config without the key gets the value that run was made with (a resumed run is the same run). A key
+# is filled in only where its parent mapping is there (a method's settings exist for the saved method).
+LEGACY_VALUES: dict[str, Any] = {
+    "optim.lr_clock": "updates",  # runs before the epoch clock followed the update count
+    "method.pgd_at.attack_mode": "eval",  # PGD-AT and fast AT attacked in eval mode before the setting
+    "method.fast_at.attack_mode": "eval",
 }
 
 
@@ -35,13 +39,14 @@ def with_legacy_values(raw: Any) -> Any:
     that is not a config mapping is returned as it is, for the validation to name)."""
     if not isinstance(raw, dict):
         return raw
-    raw = dict(raw)
-    for (section, key), value in LEGACY_VALUES.items():
-        part = raw.get(section)
-        if part is None:
-            part = {}
-        if isinstance(part, dict) and key not in part:
-            raw[section] = {**part, key: value}
+    raw = copy.deepcopy(raw)
+    for dotted, value in LEGACY_VALUES.items():
+        *parents, key = dotted.split(".")
+        node: Any = raw
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
     return raw
 
 
