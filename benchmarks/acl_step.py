@@ -31,9 +31,9 @@ from robustssl.config import load_config
 from robustssl.data import Batch
 from robustssl.methods import build_method
 from robustssl.models import ModelSpec, build_model
+from robustssl.timer import TIMING_MODES, PhaseTimer
 from robustssl.train.accelerate import accelerate
 from robustssl.train.optim import build_optimizer, build_scheduler
-from robustssl.train.timer import TIMING_MODES, PhaseTimer
 from timing import machine, spread, time_it
 
 PRESETS = {

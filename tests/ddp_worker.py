@@ -23,9 +23,9 @@ from robustssl.data.batch import Batch
 from robustssl.data.dataset import ImageDataset
 from robustssl.methods import Views, build_method
 from robustssl.models import ModelSpec, build_model, model_mode
+from robustssl.timer import PhaseTimer
 from robustssl.train.distributed import prepare_model, replicate
 from robustssl.train.optim import build_optimizer, build_scheduler
-from robustssl.train.timer import PhaseTimer
 from robustssl.train.trainer import trained_networks
 
 GLOBAL_BATCH = 8

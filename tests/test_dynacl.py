@@ -183,7 +183,7 @@ def test_ema_update_is_m_ema_plus_one_minus_m_online_with_the_pre_step_weights()
     """One step: theta_ema <- m theta_ema + (1 - m) theta_online, with the online weights the loss was
     computed with (the DynACL code updates the EMA before optimizer.step); its BN buffers are its own."""
     from robustssl.methods.ema import ema_update_
-    from robustssl.train.timer import PhaseTimer
+    from robustssl.timer import PhaseTimer
 
     model, method = _ema_dynacl(0.9)
     ema = method.parts["ema"]

@@ -18,10 +18,10 @@ from robustssl.methods import CFAMC, EMPSSL, RobustEMPSSL, build_method
 from robustssl.methods.cfamc import CFAMCSettings
 from robustssl.methods.emp import EMPSettings, RobustEMPSettings
 from robustssl.models import ModelSpec, build_model
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 from robustssl.train.optim import lr_factor
-from robustssl.train.timer import PhaseTimer
 
 from .coreset_runs import run_with_one_selection
 from .datafiles import write_fashion_mnist

@@ -18,8 +18,8 @@ from robustssl.methods import ACL, METHODS, SimCLR, build_method
 from robustssl.methods.base import ContrastiveSettings, NoSettings, Views
 from robustssl.models import ModelSpec, bn_branch, build_model, current_branch
 from robustssl.settings import positive
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
-from robustssl.train.timer import PhaseTimer
 
 from .datafiles import structured_images, write_fashion_mnist
 

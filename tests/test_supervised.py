@@ -18,8 +18,8 @@ from robustssl.losses import trades_kl
 from robustssl.methods import PGDAT, TRADES, FastAT
 from robustssl.methods.supervised import AdversarialTrainingSettings, TRADESSettings
 from robustssl.models import ModelSpec, build_model, load_encoder
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
-from robustssl.train.timer import PhaseTimer
 
 from .datafiles import structured_images, write_fashion_mnist
 from .kill_resume import kill_when, pretrain, resume

@@ -16,9 +16,10 @@ from .errors import ConfigError
 from .io import atomic_write_text
 from .methods import build_method
 from .models import build_model, load_encoder
+from .run_setup import data_options, load_train_set, model_spec, resolve_device
 from .train.checkpoint import load_checkpoint
 from .train.run_dir import CHECKPOINT, ENCODER, SUMMARY, read_run_config, resume_config
-from .train.trainer import RunResult, data_options, load_train_set, model_spec, resolve_device
+from .train.trainer import RunResult
 from .train.trainer import pretrain as _pretrain
 
 

@@ -17,7 +17,7 @@ from .data.catalog import DATASET_NAMES
 from .errors import ConfigError
 from .models.encoder import ModelConfig
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
-from .train.timer import TIMING_MODES
+from .timer import TIMING_MODES
 
 __all__ = [
     "AttackConfig", "AugmentConfig", "ConfigError", "CoresetConfig", "DataConfig", "EvalConfig", "MethodConfig",

@@ -20,7 +20,7 @@ import torch
 from ..attacks import PGDConfig
 from ..data.dataset import ImageSource
 from ..models import model_mode
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 from .divergence import ValidationCE, ValidationObjective, ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch
 from .greedy import greedy_select

@@ -32,7 +32,7 @@ from ..data.augment import ContrastiveAugment
 from ..data.batch import Batch
 from ..data.dataset import ImageSource
 from ..settings import positive
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 
 if TYPE_CHECKING:
     from ..config import RunConfig

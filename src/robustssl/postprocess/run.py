@@ -33,8 +33,8 @@ from ..eval.classifier import choose_branch
 from ..io import atomic_write_text
 from ..models.dual_bn import has_dual_bn
 from ..models.export import export_encoder, load_encoder, read_export_metadata
+from ..run_setup import load_train_set, resolve_device
 from ..train.run_dir import CONFIG, ENCODER, RUN_FILES, SUMMARY, check_folder, read_run_config, write_config
-from ..train.trainer import load_train_set, resolve_device
 from .lpaft import lp_aft
 
 POSTPROCESS = "postprocess.json"

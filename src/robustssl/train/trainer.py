@@ -4,7 +4,8 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 -> batched augmentation -> method step (attack -> loss -> update) -> selection schedule
 -> atomic checkpoint -> encoder export.
 
-`pretrain` sets a run up (`build_state`), runs `train_epoch` per epoch and finishes it;
+`pretrain` sets a run up (`build_state`; the device, data and architecture from `run_setup`),
+runs `train_epoch` per epoch and finishes it;
 `TrainState` is everything a resumed run needs, saved and restored as one dict.
 """
 from __future__ import annotations
@@ -22,12 +23,14 @@ from tqdm import tqdm
 from .. import dist
 from ..config import RunConfig, to_dict
 from ..coreset.schedule import CoresetSchedule
-from ..data import DeviceLoader, StreamingLoader, dataset_stats, load_dataset, open_stream
-from ..data.dataset import ImageDataset, ImageSource
+from ..data import DeviceLoader, StreamingLoader
+from ..data.dataset import ImageSource
 from ..errors import RunError
 from ..io import atomic_write_text
 from ..methods import Method, NonFiniteLoss, build_method
-from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
+from ..models import BRANCHES, SSLModel, build_model, export_encoder, has_dual_bn
+from ..run_setup import load_train_source, model_spec, resolve_device
+from ..timer import PhaseTimer
 from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import prepare_model, rank_seed, replicate
@@ -44,7 +47,6 @@ from .run_dir import (
     config_differences,
     with_defaults,
 )
-from .timer import PhaseTimer
 
 CHECKPOINT_FORMAT = 2
 
@@ -59,51 +61,6 @@ class RunResult:
     steps: int
     seconds: float
     phase_seconds: dict[str, float]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return torch.device(name)
-
-
-def load_train_set(cfg: RunConfig) -> ImageDataset:
-    """The training split, optionally a seeded random subset of `data.train_subset` images."""
-    data = load_dataset(cfg.data.name, "train", **data_options(cfg))
-    n = cfg.data.train_subset
-    if n is not None and n < len(data):
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-    return data
-
-
-def load_train_source(cfg: RunConfig, device: torch.device) -> ImageSource:
-    """The training split (`data.train_subset` applied) on `device`, or, with data.stream, streamed to it per batch."""
-    if not cfg.data.stream:
-        return load_train_set(cfg).to(device)
-    data = open_stream(cfg.data.name, "train", device, **data_options(cfg))
-    n = cfg.data.train_subset
-    if n is not None and n < len(data):  # the same seeded subset as load_train_set
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-    return data
-
-
-def data_options(cfg: RunConfig) -> dict[str, Any]:
-    """load_dataset's keyword arguments from the config's data section (shared by train and test splits)."""
-    d = cfg.data
-    options: dict[str, Any] = {"root": d.root, "download": d.download}
-    if d.name == "imagefolder":
-        options.update(image_size=d.image_size, channels=d.channels)
-    return options
-
-
-def model_spec(cfg: RunConfig, data: ImageSource) -> ModelSpec:
-    """The architecture: the config's model section plus what the data decides (channels, normalization)."""
-    mean, std = dataset_stats(cfg.data.name, data.num_channels)
-    return ModelSpec.from_config(cfg.model, data.num_channels, mean, std)
 
 
 def non_finite_tensors(model: torch.nn.Module) -> list[str]:
