@@ -244,7 +244,7 @@ def test_pgd_at_eps_zero_equals_clean(slf_model, test_xy):
 def honest_with_autoattack(slf_model, test_xy):
     """evaluate_classifier with AutoAttack on 16 examples (the only AutoAttack run: ~10 s on a CPU);
     a spy keeps AutoAttack's per-example result."""
-    import robustssl.eval.evaluate as evaluate_module
+    import robustssl.eval.robust as robust_module
 
     model, _ = slf_model
     x, y = test_xy[0][:16], test_xy[1][:16]
@@ -255,7 +255,7 @@ def honest_with_autoattack(slf_model, test_xy):
         return seen["autoattack"]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate_module, "autoattack_accuracy", spy)
+        mp.setattr(robust_module, "autoattack_accuracy", spy)
         result = evaluate_classifier(model, x, y, small_cfg(attacks=["pgd20", "autoattack"], batch_size=16))
     return result, seen["autoattack"], clean_accuracy(model, x, y)
 
@@ -380,19 +380,21 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     from robustssl.errors import ConfigError
     from robustssl.eval import train_aff
     from robustssl.eval.direct import train_direct
-    from robustssl.eval.multicrop import train_alf_mc, train_slf_mc
+    from robustssl.eval.multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
     from robustssl.eval.registry import ATTACKS, PROTOCOLS
 
     assert {n: p.train for n, p in PROTOCOLS.items()} == {
         "slf": train_slf, "alf": train_alf, "aff": train_aff, "slf-mc": train_slf_mc, "alf-mc": train_alf_mc,
         "direct": train_direct,
     }
-    assert ATTACKS == ("pgd20", "autoattack", "pgd50x10")
+    assert list(ATTACKS) == ["pgd20", "autoattack", "pgd50x10", "ppgd", "lpa", "union"]
+    assert [a.label for a in ATTACKS.values()] == ["PGD-20", "AutoAttack", "PGD-50x10", "PPGD", "LPA", "Union"]
+    assert ATTACKS["autoattack"].rank > ATTACKS["pgd50x10"].rank > ATTACKS["pgd20"].rank
     assert [n for n, p in PROTOCOLS.items() if p.finetunes_encoder] == ["aff"]
-    assert [n for n, p in PROTOCOLS.items() if p.multicrop] == ["slf-mc", "alf-mc"]
+    assert [n for n, p in PROTOCOLS.items() if p.build is multicrop_classifier] == ["slf-mc", "alf-mc"]
     assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
     assert not hasattr(evaluate_module, "TRAINERS")
-    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct; valid attacks: pgd20, autoattack, pgd50x10"):
+    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct; valid attacks: pgd20, autoattack, pgd50x10, ppgd, lpa, union"):
         evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["cw"]), "cpu")
     code = "import sys, robustssl.eval.registry; print([m for m in sys.modules if 'autoattack' in m or 'matplotlib' in m])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -195,6 +195,15 @@ class EvalConfig:
     mc_flip: bool = True  # each crop is mirrored with p = 0.5 (drawn once, with the geometry)
     mc_seed: int = non_negative(0)  # the seed the crop set is drawn from (once; the same crops for every image)
     mc_crop_size: int | None = positive(None)  # side of the crops in pixels (None: the image's; match augment.crop_size)
+    # the own settings of attacks and protocols that declare some (eval.<name>.<key>, e.g. eval.knn.k=20)
+    components: dict[str, Any] = field(default_factory=dict)
+
+    def component(self, name: str) -> Any:
+        """The own settings of the attack or protocol `name` (its `Settings` dataclass): the configured
+        ones, else its defaults."""
+        from .eval.registry import component_settings_class
+
+        return self.components.get(name) or component_settings_class(name)()
 
     def __post_init__(self) -> None:
         """Rules on pairs of keys (the per-value ranges are the fields' own, checked after this)."""
@@ -273,9 +282,40 @@ def _build_method(raw: Any) -> MethodConfig:
     return cfg
 
 
+def _build_eval(raw: Any) -> EvalConfig:
+    """eval: {protocols: [...], eps: ..., knn: {k: 20}, ...}: the flat keys build EvalConfig; each
+    `<name>` mapping (an attack or protocol with settings of its own) is built with its Settings
+    class. Every selected attack and protocol with settings has them recorded (defaults)."""
+    from .eval.registry import component_settings_class, components_with_settings
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"eval: expected a mapping of keys to values, got {raw!r}")
+    flat = {f.name for f in dataclasses.fields(EvalConfig)} - {"components"}
+    own = components_with_settings()
+    components: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in flat:
+            rest[key] = value
+        elif key in own:
+            components[key] = build_settings(component_settings_class(key), value, f"eval.{key}.")
+        else:
+            valid = ", ".join([f"eval.{k}" for k in sorted(flat)] + [f"eval.{c}.<key>" for c in own])
+            raise ConfigError(f"unknown config key 'eval.{key}'; valid keys here: {valid}")
+    cfg: EvalConfig = build_settings(EvalConfig, rest, "eval.")
+    for name in [*cfg.protocols, *cfg.attacks]:
+        if name in own and name not in components:
+            components[name] = component_settings_class(name)()
+    cfg.components = components
+    return cfg
+
+
 def _validate(cfg: RunConfig) -> None:
-    """Rules that relate several keys; then the selected method's and selector's own checks."""
+    """Rules that relate several keys; then the selected method's, selector's, attacks' and protocols' own checks."""
     from .coreset.registry import SELECTORS
+    from .eval.registry import check_eval_config
     from .methods import METHODS
 
     crop = cfg.augment.crop_scale
@@ -298,6 +338,7 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
     METHODS[cfg.method.name].check_config(cfg)
     SELECTORS[cfg.coreset.method].check_config(cfg)
+    check_eval_config(cfg)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -320,10 +361,11 @@ def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         if parts[0] not in SECTIONS:
             raise ConfigError(f"unknown config section '{parts[0]}' in {item!r}; valid sections: {', '.join(SECTIONS)}")
-        depth = 3 if parts[0] == "method" and len(parts) == 3 else 2
+        depth = 3 if parts[0] in ("method", "eval") and len(parts) == 3 else 2
         if len(parts) != depth:
             raise ConfigError(
-                f"override key {key!r} must be section.key (or method.<method>.key); sections: {', '.join(SECTIONS)}"
+                f"override key {key!r} must be section.key (or method.<method>.key, eval.<attack or protocol>.key); "
+                f"sections: {', '.join(SECTIONS)}"
             )
         node = raw
         for part in parts[:-1]:
@@ -341,9 +383,10 @@ def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunCon
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
     raw = merge(raw, overrides or [])
-    method_raw = raw.pop("method", None)
+    method_raw, eval_raw = raw.pop("method", None), raw.pop("eval", None)
     cfg = build_settings(RunConfig, raw, "")
     cfg.method = _build_method(method_raw)
+    cfg.eval = _build_eval(eval_raw)
     _validate(cfg)
     return cfg
 
@@ -382,6 +425,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The nested plain-data form (what config.yaml holds); `from_dict(to_dict(cfg)) == cfg`."""
     out = dataclasses.asdict(cfg)
     out["method"] = {"name": cfg.method.name, **{k: dataclasses.asdict(v) for k, v in cfg.method.settings.items()}}
+    components = out["eval"].pop("components")
+    out["eval"].update(components)
     return out
 
 

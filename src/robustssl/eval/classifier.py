@@ -6,6 +6,7 @@ import logging
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -236,6 +237,16 @@ class FinetuneClassifier(nn.Module):
         f = self.features(x)
         with _fp32(f):
             return self.head(f)
+
+
+def linear_classifier(encoder: SSLModel, n_classes: int, branch: str | None, cfg: Any = None) -> LinearEvalModel:
+    """The classifier of a frozen-encoder protocol (SLF, ALF, direct): `LinearEvalModel` (cfg unused)."""
+    return LinearEvalModel(encoder, n_classes, branch)
+
+
+def finetune_classifier(encoder: SSLModel, n_classes: int, branch: str | None, cfg: Any = None) -> FinetuneClassifier:
+    """The classifier of a finetuning protocol (AFF): `FinetuneClassifier`, which owns `encoder` (cfg unused)."""
+    return FinetuneClassifier(encoder, n_classes, branch)
 
 
 def _fp32(t: torch.Tensor) -> torch.autocast:

@@ -34,8 +34,9 @@ from ..errors import RunError
 from ..io import atomic_write_text
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config
-from .report import REPORT_FILE, agg_figure, fmt_eps, plot_pgd_curves, save_axes
+from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_pgd_curves, save_axes, save_figure, threat_of
 from .report import SCHEMA as REPORT_SCHEMA
+from .threat import LP_NORMS, fmt_eps
 
 SCHEMA = "robustssl.compare/1"
 PHASES = ("augment", "attack", "update", "selection", "postprocess")
@@ -118,18 +119,47 @@ def _attack(p: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((a for a in p["attacks"] if a["attack"] == name), None)
 
 
+def attack_columns(runs: list[RunRecord]) -> list[str]:
+    """Every attack any report holds: the registered ones in registry order, then the others as met."""
+    from .registry import ATTACKS
+
+    met = list(dict.fromkeys(a["attack"] for r in runs for p in r.report["protocols"].values() for a in p["attacks"]))
+    return [n for n in ATTACKS if n in met] + [n for n in met if n not in ATTACKS]
+
+
+def attack_label(name: str, rows: list[dict[str, Any]] | None = None) -> str:
+    """The column header of an attack: its registered label, else the label its records carry, else its name."""
+    from .registry import ATTACKS
+
+    if name in ATTACKS:
+        return ATTACKS[name].label
+    for r in rows or []:
+        if r.get("labels", {}).get(name):
+            return str(r["labels"][name])
+    return name
+
+
 def compare_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
-    """One row per run and protocol, in the order given."""
+    """One row per run and protocol, in the order given; a column per attack any report holds
+    (None where this protocol was not attacked with it)."""
+    names = attack_columns(runs)
     rows = []
     for run in runs:
+        s = run.report["settings"]
+        tm = threat_of(s)
         for name, p in run.report["protocols"].items():
-            pgd20, aa = _attack(p, "pgd20"), _attack(p, "autoattack")
+            recs = {n: _attack(p, n) for n in names}
             rows.append({
                 "run": run.label, "method": run.method, "selector": run.selector, "epochs": run.cfg.train.epochs,
                 "train_seconds": run.train_seconds, "protocol": name.upper(), "clean": p["clean"]["accuracy"],
-                "pgd20": None if pgd20 is None else pgd20["accuracy"], "autoattack": None if aa is None else aa["accuracy"],
-                "autoattack_examples": None if aa is None else aa["n_examples"], "n_examples": p["clean"]["n_examples"],
-                "eps": run.report["settings"]["eps"], "sanity": "pass" if p["sanity_passed"] else "FAIL",
+                **{n: None if rec is None else rec["accuracy"] for n, rec in recs.items()},
+                "attack_examples": {n: rec["n_examples"] for n, rec in recs.items() if rec is not None},
+                "threat_models": {n: rec.get("threat_model", tm.describe()) for n, rec in recs.items() if rec is not None},
+                "labels": {n: rec.get("label") for n, rec in recs.items() if rec is not None},
+                "attacks": [n for n in names if recs[n] is not None],
+                "autoattack_examples": None if recs.get("autoattack") is None else recs["autoattack"]["n_examples"],  # type: ignore[index]
+                "n_examples": p["clean"]["n_examples"], "norm": tm.norm, "eps": s["eps"], "threat_model": tm.describe(),
+                "sanity": "pass" if p["sanity_passed"] else "FAIL",
             })
     return rows
 
@@ -137,9 +167,13 @@ def compare_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
 def _notes(runs: list[RunRecord]) -> list[str]:
     """What a reader of the table must know: conditions that differ, subsets, failed checks, missing records."""
     notes = []
-    eps = {r.label: r.report["settings"]["eps"] for r in runs}
-    if len(set(eps.values())) > 1:
-        notes.append("the runs were evaluated at different eps (" + ", ".join(f"{k}: {fmt_eps(v)}" for k, v in eps.items())
+    threats = {r.label: threat_of(r.report["settings"]) for r in runs}
+    if len({t.norm for t in threats.values()}) == 1 and len({t.eps for t in threats.values()}) > 1:
+        notes.append("the runs were evaluated at different eps (" + ", ".join(f"{k}: {fmt_eps(v.eps, v.norm)}" for k, v in threats.items())
+                     + "); their robust accuracies are not comparable")
+    elif len(set(threats.values())) > 1:
+        notes.append("the runs were evaluated under different threat models ("
+                     + ", ".join(f"{k}: {v.label} eps {fmt_eps(v.eps, v.norm)}" for k, v in threats.items())
                      + "); their robust accuracies are not comparable")
     tests = {r.label: (r.report["data"]["test"]["name"], r.report["test_subset"]["n_examples"]) for r in runs}
     if len(set(tests.values())) > 1:
@@ -156,10 +190,11 @@ def _notes(runs: list[RunRecord]) -> list[str]:
             conv = p["training"].get("convergence")
             if conv and not conv["converged"]:
                 notes.append(f"{r.label} {name.upper()}: the linear probe did not converge ({conv['detail']})")
-            aa = _attack(p, "autoattack")
-            if aa is not None and aa["n_examples"] < p["clean"]["n_examples"]:
-                notes.append(f"{r.label} {name.upper()}: AutoAttack ran on the first {aa['n_examples']} of the "
-                             f"{p['clean']['n_examples']} images (PGD-20 on those: {100 * aa.get('pgd20_on_same_examples', float('nan')):.2f}%)")
+            for a in p["attacks"]:
+                if a["n_examples"] < p["clean"]["n_examples"]:
+                    notes.append(f"{r.label} {name.upper()}: {attack_label(a['attack'])} ran on the first {a['n_examples']} of the "
+                                 f"{p['clean']['n_examples']} images (PGD-20 on those: "
+                                 f"{100 * a.get('pgd20_on_same_examples', float('nan')):.2f}%)")
         if r.summary is None:
             notes.append(f"{r.label}: no {SUMMARY}, so its training time is unknown")
         if not r.epoch_loss:
@@ -178,18 +213,32 @@ def _seconds(v: float | None) -> str:
     return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
 
 
+def row_attacks(rows: list[dict[str, Any]]) -> list[str]:
+    """The attack columns of `rows` (every attack a row holds, in the rows' column order)."""
+    return list(dict.fromkeys(n for r in rows for n in r.get("attacks", [])))
+
+
 def table_markdown(rows: list[dict[str, Any]]) -> str:
-    """The comparison table (Markdown), one line per row of `compare_rows`."""
-    header = ["run", "method", "selector", "epochs", "train time", "protocol", "clean %", "PGD-20 %", "AutoAttack %",
-              "examples", "eps", "sanity"]
+    """The comparison table (Markdown), one line per row of `compare_rows`: a column per attack any
+    report holds; an attack with a threat model other than the row's l_p ball names it in its cell."""
+    names = row_attacks(rows)
+    header = ["run", "method", "selector", "epochs", "train time", "protocol", "clean %",
+              *(f"{attack_label(n, rows)} %" for n in names), "examples", "threat model", "sanity"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        aa = _pct(r["autoattack"])
-        if r["autoattack_examples"] is not None and r["autoattack_examples"] < r["n_examples"]:
-            aa += f" (first {r['autoattack_examples']})"
         cells = [r["run"], r["method"], r["selector"], str(r["epochs"]), _seconds(r["train_seconds"]), r["protocol"],
-                 _pct(r["clean"]), _pct(r["pgd20"]), aa, str(r["n_examples"]), fmt_eps(r["eps"]),
-                 "pass" if r["sanity"] == "pass" else "**FAIL**"]
+                 _pct(r["clean"])]
+        for n in names:
+            cell = _pct(r.get(n))
+            k = r["attack_examples"].get(n)
+            if k is not None and k < r["n_examples"]:
+                cell += f" (first {k})"
+            tm = r["threat_models"].get(n)
+            if tm is not None and tm != r["threat_model"]:
+                cell += f" ({tm})"
+            cells.append(cell)
+        cells += [str(r["n_examples"]), f"{LP_NORMS[r['norm']][0]} {fmt_eps(r['eps'], r['norm'])}",
+                  "pass" if r["sanity"] == "pass" else "**FAIL**"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -206,12 +255,22 @@ def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, s
 
 
 def plot_robustness(runs: list[RunRecord], path: Path) -> Path:
-    """PGD-20 accuracy vs eps for every run and protocol, on one figure (dotted lines: the eps evaluated at)."""
-    fig = agg_figure(6.4, 4.0)
-    ax = fig.add_subplot(1, 1, 1)
-    curves = [(f"{r.label} {name.upper()}", p["curve"]) for r in runs for name, p in r.report["protocols"].items()]
-    plot_pgd_curves(ax, curves, sorted({r.report["settings"]["eps"] for r in runs}))
-    return save_axes(fig, ax, "Robust accuracy vs eps", path, "small")
+    """PGD-20 accuracy vs eps for every run and protocol (dotted lines: the eps evaluated at), one panel
+    per norm (an l_2 eps is not on an l_inf axis); a run evaluated on a test subset is labelled SUBSET."""
+    norms = list(dict.fromkeys(threat_of(r.report["settings"]).norm for r in runs))
+    fig = agg_figure(6.4 * len(norms), 4.0)
+    ax = None
+    for i, norm in enumerate(norms):
+        ax = fig.add_subplot(1, len(norms), i + 1)
+        mine = [r for r in runs if threat_of(r.report["settings"]).norm == norm]
+        curves = [(f"{r.label} {name.upper()}" + (" (SUBSET)" if r.report["test_subset"]["used"] else ""), p["curve"])
+                  for r in mine for name, p in r.report["protocols"].items()]
+        plot_pgd_curves(ax, curves, sorted({r.report["settings"]["eps"] for r in mine}), norm)
+        if i < len(norms) - 1:
+            ax.set_title(f"Robust accuracy vs eps ({LP_NORMS[norm][0]})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    return save_axes(fig, ax, f"Robust accuracy vs eps ({LP_NORMS[norms[-1]][0]})", path, "small")
 
 
 def plot_losses(runs: list[RunRecord], path: Path) -> Path:
@@ -255,7 +314,7 @@ def plot_times(runs: list[RunRecord], path: Path) -> Path:
     ax.set_xlabel("training seconds")
     ax.set_title("Training time by phase")
     ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.savefig(path, bbox_inches="tight")
+    save_figure(fig, path, bbox_inches="tight")
     return path
 
 
@@ -297,6 +356,7 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare") -> dic
         } for r in runs],
         "notes": notes,
         "figures": figures,
+        "figure_formats": list(FIGURE_FORMATS),
     }
     atomic_write_text(out / FILES["json"], json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures) + "\n")

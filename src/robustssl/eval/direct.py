@@ -45,3 +45,8 @@ def train_direct(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, d
     model.eval()
     return {"protocol": "direct", "direct": True, "finetunes_encoder": False, "seconds": 0.0,
             "detail": "the supervised run's own classifier, evaluated as trained (no probe)"}
+
+
+def direct_markdown(t: dict[str, Any]) -> list[str]:
+    """report.md's training line of the direct protocol."""
+    return ["The supervised run's own classifier (encoder + its trained linear layer), evaluated as trained: no probe."]

@@ -24,22 +24,25 @@ from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
 from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
-from .registry import ATTACKS, PROTOCOLS
+from .registry import ATTACKS, PROTOCOLS, check_names
 from .report import SCHEMA, write_report
-from .robust import AttackResult, autoattack_accuracy, clean_accuracy, pgd_accuracy
+from .robust import AttackResult, clean_accuracy, pgd_accuracy
 from .sanity import (
     CHANCE_MARGIN,
     LARGE_EPS_MAX_ACCURACY,
+    RANK_CLEAN,
+    RANK_FGSM,
     all_passed,
     chance_threshold,
     check_above_chance,
-    check_attack_order,
     check_eps_zero,
     check_large_eps,
+    check_order,
     fgsm_slack,
     large_eps,
     large_eps_alpha,
 )
+from .threat import ThreatModel
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +86,73 @@ def _logit_width(model: nn.Module, x: torch.Tensor) -> int:
         return int(model(x[:1].to(model_device(model)).float()).shape[1])
 
 
+def attack_run_order(names: Sequence[str]) -> list[str]:
+    """`names` with each attack's `requires` placed before it (added when not named)."""
+    out: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in out:
+            return
+        if name in path:
+            raise ConfigError(f"evaluation attacks require each other in a cycle: {' -> '.join((*path, name))}")
+        for dep in ATTACKS[name].requires:
+            visit(dep, (*path, name))
+        out.append(name)
+
+    for name in names:
+        visit(name, ())
+    return out
+
+
+def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig) -> dict[str, AttackResult]:
+    """Every attack of cfg.attacks (and what they require) on `model`, each on its first
+    `n_examples(cfg, N)` examples, in registry terms; each result's record names its threat model."""
+    results: dict[str, AttackResult] = {}
+    for name in attack_run_order(cfg.attacks):
+        attack = ATTACKS[name]
+        n = attack.n_examples(cfg, x.shape[0])
+        result = attack.run(model, x[:n], y[:n], cfg, dict(results))
+        result.extra["threat_model"] = attack.threat_model(cfg).describe()
+        result.extra["label"] = attack.label
+        log.info("%s accuracy %.4f (%s) on %d examples", attack.label, result.accuracy,
+                 result.extra["threat_model"], result.n_examples)
+        results[name] = result
+    return results
+
+
+def order_checks(clean: AttackResult, fgsm: AttackResult, results: dict[str, AttackResult], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """The attack-order checks: per threat model, the attacks by rank, with clean (and, for the
+    evaluation's l_p ball, the FGSM of the checks). An attack run on the first n < N examples
+    gets its own check (`attack_order_<name>_subset`) against the others restricted to those n."""
+    lp = ThreatModel.lp(cfg.norm, cfg.eps)
+    groups: dict[ThreatModel, list[str]] = {}
+    for name in results:
+        groups.setdefault(ATTACKS[name].threat_model(cfg), []).append(name)
+    groups.setdefault(lp, [])
+    checks = []
+    n_all = clean.n_examples
+    for tm, names in sorted(groups.items(), key=lambda kv: kv[0] != lp):
+        base = [(RANK_CLEAN, clean)] + ([(RANK_FGSM, fgsm)] if tm == lp else [])
+        full = [(ATTACKS[n].rank, results[n]) for n in names if results[n].n_examples == n_all]
+        checks.append(check_order(base + full, "attack_order" if tm == lp else f"attack_order_{tm.norm}"))
+        for name in names:
+            r = results[name]
+            if r.n_examples < n_all:
+                k = r.n_examples
+                chain = [(rank, res.first(k)) for rank, res in base + full] + [(ATTACKS[name].rank, r)]
+                checks.append(check_order(chain, f"attack_order_{name}_subset"))
+    return checks
+
+
 def evaluate_classifier(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig, n_classes: int | None = None
 ) -> dict[str, Any]:
     """Every accuracy and check for one trained classifier (a `LinearEvalModel`, or any module
     mapping inputs in [0, 1] to logits; it is run in eval mode).
 
-    x: float [N, C, H, W] in [0, 1]; y: int64 [N]. Runs clean accuracy, the attacks of
-    `cfg.attacks` at cfg.eps (PGD-20 with alpha cfg.pgd_alpha; AutoAttack standard), the
-    PGD-20 curve over `curve_points(cfg)`, and the attacks the sanity checks need (FGSM at
+    x: float [N, C, H, W] in [0, 1]; y: int64 [N]. Runs clean accuracy, the registered attacks
+    of `cfg.attacks` (`ATTACKS`, each in its own threat model, by default eval.norm at eval.eps),
+    the PGD-20 curve over `curve_points(cfg)`, and the attacks the sanity checks need (FGSM at
     cfg.eps, PGD-20 at `large_eps(cfg.eps)`). All in eval mode, fp32, seeded with cfg.seed.
     n_classes: for the above-chance check; None takes the width of the model's logits.
     """
@@ -100,21 +161,11 @@ def evaluate_classifier(
     clean = clean_accuracy(model, x, y, bs)
     log.info("clean accuracy %.4f (%d examples)", clean.accuracy, clean.n_examples)
     norm = cfg.norm
-    pgd20 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, PGD_STEPS, norm=norm, seed=seed, batch_size=bs, name="pgd20")
-    log.info("PGD-20 accuracy %.4f at eps %.4g", pgd20.accuracy, cfg.eps)
+    results = run_attacks(model, x, y, cfg)
+    # PGD-20 at eps: the curve's point and the checks' reference, measured when not requested
+    pgd20 = results.get("pgd20") or pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, PGD_STEPS, norm=norm, seed=seed,
+                                                 batch_size=bs, name="pgd20")
     fgsm = pgd_accuracy(model, x, y, cfg.eps, cfg.eps, 1, norm=norm, random_start=False, seed=seed, batch_size=bs, name="fgsm")
-    aa: AttackResult | None = None
-    n_aa = x.shape[0] if cfg.autoattack_examples is None else min(cfg.autoattack_examples, x.shape[0])
-    if "autoattack" in cfg.attacks:
-        aa = autoattack_accuracy(model, x[:n_aa], y[:n_aa], cfg.eps, seed, norm="L2" if norm == "l2" else "Linf", batch_size=bs)
-        log.info("AutoAttack accuracy %.4f at eps %.4g on %d examples", aa.accuracy, cfg.eps, n_aa)
-
-    pgd50: AttackResult | None = None
-    if "pgd50x10" in cfg.attacks:  # ACS's protocol: PGD-50, 10 random restarts, per-example worst case
-        pgd50 = pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, 50, norm=norm, seed=seed, batch_size=bs, name="pgd50x10",
-                             restarts=10)
-        log.info("PGD-50 x 10 restarts accuracy %.4f at eps %.4g", pgd50.accuracy, cfg.eps)
-
     curve: dict[float, AttackResult] = {float(cfg.eps): pgd20}
     for e in curve_points(cfg):
         if e not in curve:
@@ -123,22 +174,16 @@ def evaluate_classifier(
     big = large_eps(cfg.eps, norm, x[0].numel())
     large = pgd_accuracy(model, x, y, big, large_eps_alpha(big, PGD_STEPS), PGD_STEPS, norm=norm, seed=seed, batch_size=bs,
                          name="pgd20")
-
-    if aa is not None and n_aa < x.shape[0]:  # AutoAttack ran on the first n_aa: compare it on exactly those
-        order = [
-            check_attack_order(clean, pgd20, None, fgsm),
-            check_attack_order(clean.first(n_aa), pgd20.first(n_aa), aa, fgsm.first(n_aa), name="attack_order_autoattack_subset"),
-        ]
-    else:
-        order = [check_attack_order(clean, pgd20, aa, fgsm)]
+    order = order_checks(clean, fgsm, {**results, "pgd20": pgd20}, cfg)
     sanity = [check_eps_zero(clean, curve[0.0]), *order, check_large_eps(large), check_above_chance(clean, n_classes)]
-    requested = {"pgd20": pgd20, "autoattack": aa, "pgd50x10": pgd50}
-    if aa is not None and n_aa < x.shape[0]:
-        aa.extra["pgd20_on_same_examples"] = pgd20.first(n_aa).accuracy
-        aa.extra["clean_on_same_examples"] = clean.first(n_aa).accuracy
+    sanity += [c for r in results.values() for c in r.extra.pop("checks", [])]  # an attack's own checks (perceptual.py)
+    for r in results.values():
+        if r.n_examples < x.shape[0]:  # run on the first n: what the others measured on exactly those
+            r.extra["pgd20_on_same_examples"] = pgd20.first(r.n_examples).accuracy
+            r.extra["clean_on_same_examples"] = clean.first(r.n_examples).accuracy
     return {
         "clean": clean.record(),
-        "attacks": [r.record() for name in cfg.attacks if (r := requested.get(name)) is not None],
+        "attacks": [results[name].record() for name in cfg.attacks],
         "curve": [curve[e].record() for e in sorted(curve)],
         "sanity_attacks": {"fgsm": fgsm.record(), "large_eps": large.record()},
         "sanity": sanity,
@@ -158,17 +203,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "unknown"
     return out
-
-
-def _check_names(cfg: EvalConfig) -> None:
-    """ConfigError naming the valid choices when cfg.protocols or cfg.attacks holds an unknown name."""
-    bad_protocols = [p for p in cfg.protocols if p not in PROTOCOLS]
-    bad_attacks = [a for a in cfg.attacks if a not in ATTACKS]
-    if bad_protocols or bad_attacks:
-        raise ConfigError(
-            f"unknown eval.protocols {bad_protocols} / eval.attacks {bad_attacks}; "
-            f"valid protocols: {', '.join(PROTOCOLS)}; valid attacks: {', '.join(ATTACKS)}"
-        )
 
 
 def _probe_notes(protocols: dict[str, Any]) -> list[str]:
@@ -207,7 +241,7 @@ def evaluate_encoder(
     (`UntrainedBranchWarning`) and is noted in the report. `model` itself is never modified,
     and a finetuning protocol's changes never reach another protocol. See report.py for the schema.
     """
-    _check_names(cfg)
+    check_names(cfg.protocols, cfg.attacks)
     device = torch.device(device)
     n_classes = _n_classes(train, test)
     x, y = _test_tensors(test, cfg.n_examples)
@@ -253,6 +287,7 @@ def evaluate_encoder(
             "device": str(device),
             "bn_branch": used_branch,
             "trained_branches": trained,
+            "threat_model": ThreatModel.lp(cfg.norm, cfg.eps).record(),
             "pgd_steps": PGD_STEPS,
             "curve_alpha": "pgd_alpha * eps / cfg.eps (alpha/eps fixed)",
             "fgsm": {

@@ -39,6 +39,7 @@ from ..errors import RunError
 from ..losses.trades import TRADES_START_STD, trades_loss
 from .classifier import FinetuneClassifier
 from .linear import lr_at, set_lr, to_unit, train_subset
+from .threat import fmt_eps
 
 MOMENTUM = 0.9
 AFF_WEIGHT_DECAY = 2e-4
@@ -73,8 +74,8 @@ class FinetuneSettings:
 
 
 def kl_attack(prefix: str, steps: int, alpha: float | None, eval_cfg: EvalConfig) -> PGDConfig:
-    """The TRADES KL attack of a finetuning stage (`prefix`: "eval.aff" or "postprocess.aft"):
-    eval_cfg.eps, `steps` steps of `alpha` (None: eval_cfg.pgd_alpha). Warns when steps x alpha
+    """The TRADES KL attack of a finetuning stage (`prefix`: "eval.aff" or "postprocess.aft"), in the
+    evaluation's threat model: eval_cfg.norm, eval_cfg.eps, `steps` steps of `alpha` (None: eval_cfg.pgd_alpha). Warns when steps x alpha
     falls short of eps: finetuning would train against a weaker threat than the one evaluated."""
     step = eval_cfg.pgd_alpha if alpha is None else alpha
     eps = eval_cfg.eps
@@ -82,7 +83,7 @@ def kl_attack(prefix: str, steps: int, alpha: float | None, eval_cfg: EvalConfig
         warnings.warn(f"{prefix}_steps x alpha = {steps} x {step:g} = {steps * step:g} cannot reach eps {eps:g}: finetuning "
                       f"trains against a weaker attack than the evaluation's; set {prefix}_alpha >= {eps / steps:g}",
                       stacklevel=3)
-    return PGDConfig(eps=eps, alpha=step, steps=steps, norm="linf", random_start=False)
+    return PGDConfig(eps=eps, alpha=step, steps=steps, norm=eval_cfg.norm, random_start=False)
 
 
 def aff_settings(cfg: EvalConfig) -> FinetuneSettings:
@@ -194,3 +195,19 @@ def train_aff(model: FinetuneClassifier, train: ImageDataset, cfg: EvalConfig, d
     train = train_subset(train, cfg.train_examples, cfg.seed)
     model.zero_head()
     return {"protocol": "aff", **finetune_trades(model, train, aff_settings(cfg), device, head_init="zeros", what="AFF")}
+
+
+def finetune_markdown(t: dict[str, Any]) -> list[str]:
+    """report.md's training line of a full-finetuning protocol (AFF)."""
+    a = t["attack"]
+    branch = f"on the `{t['bn_branch']}` BN branch" if t.get("bn_branch") else "single BN"
+    return [
+        f"Full finetuning of encoder + head with TRADES (beta {t['beta']:g}): {t['epochs']} epochs, lr {t['lr']} "
+        f"(x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), SGD momentum {t['momentum']}, "
+        f"wd {t['weight_decay']}, batch {t['batch_size']}, {t['train_examples']} training images, "
+        f"augmentation: {t['augmentation']}; head initialised as {t['head_init']}. Updates in train mode, {branch}; "
+        f"KL attack in eval mode ({a['norm']}): {a['steps']} steps of {fmt_eps(a['alpha'], a['norm'])}, eps {fmt_eps(a['eps'], a['norm'])}, "
+        f"start {a['start']}. "
+        f"{t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}; backbone weights moved by "
+        f"{100 * t['encoder_change']:.2f} % (relative l2)."
+    ]

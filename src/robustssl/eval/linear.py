@@ -37,6 +37,7 @@ from ..config import EvalConfig
 from ..data.dataset import ImageDataset
 from ..losses.ce import summed_ce
 from .classifier import LinearEvalModel
+from .threat import fmt_eps
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 2e-4
@@ -204,8 +205,8 @@ def train_slf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
 def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
     """Adversarial linear finetuning: train `model.head` on PGD examples of the whole model.
 
-    Every batch of (unaugmented, uint8) training images is replaced by its l_inf PGD examples
-    (eps `cfg.eps`, alpha `cfg.pgd_alpha`, `cfg.alf_steps` steps, random start, cross-entropy)
+    Every batch of (unaugmented, uint8) training images is replaced by its PGD examples in the
+    evaluation's threat model (`cfg.norm`, eps `cfg.eps`, alpha `cfg.pgd_alpha`, `cfg.alf_steps` steps, random start, cross-entropy)
     against encoder + current head, attacked in eval mode on the model's BN branch; the head
     takes one SGD step on them. Same optimizer, schedule, subset and seeding as `train_slf`.
     Returns a summary of the training.
@@ -218,7 +219,7 @@ def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
     if cfg.linear_standardize:
         model.set_standardization(extract_features(model, train.images, cfg.batch_size, device))
     opt = _optimizer(model, cfg)
-    attack = PGDConfig(eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.alf_steps, norm="linf", random_start=True)
+    attack = PGDConfig(eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.alf_steps, norm=cfg.norm, random_start=True)
     g = torch.Generator().manual_seed(cfg.seed)
     attack_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     losses = []
@@ -238,5 +239,32 @@ def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
     model.eval()
     return _summary(
         "alf", cfg, len(train), losses, time.perf_counter() - t0,
-        attack={"norm": "linf", "eps": cfg.eps, "alpha": cfg.pgd_alpha, "steps": cfg.alf_steps, "random_start": True},
+        attack={"norm": cfg.norm, "eps": cfg.eps, "alpha": cfg.pgd_alpha, "steps": cfg.alf_steps, "random_start": True},
     )
+
+
+def linear_markdown(t: dict[str, Any]) -> list[str]:
+    """report.md's training lines of a linear-probe protocol (SLF, ALF, SLF-MC, ALF-MC), with its convergence verdict."""
+    out = [
+        f"Linear head: {t['epochs']} epochs, lr {t['lr']} (x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), "
+        f"SGD momentum {t['momentum']}, wd {t['weight_decay']}, batch {t['batch_size']}, "
+        f"{t['train_examples']} training images, no augmentation"
+        + (", standardized features (folded into the head)" if t.get("standardized_features") else "")
+        + f", {t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}."
+    ]
+    a = t.get("attack")
+    if a:
+        out[0] += (f" Trained on PGD examples: {a.get('norm', 'linf')} eps {fmt_eps(a['eps'], a.get('norm', 'linf'))}, "
+                   f"{a['steps']} steps of {fmt_eps(a['alpha'], a.get('norm', 'linf'))}, random start.")
+    mc = t.get("multicrop")
+    if mc:
+        out += ["", (
+            f"Multi-crop classifier: the head reads the mean of the encoder features over {mc['crops']} fixed crops "
+            f"(seed {mc['seed']}, area {mc['scale'][0]:g}-{mc['scale'][1]:g}, aspect ratio {mc['ratio'][0]:.4g}-"
+            f"{mc['ratio'][1]:.4g}, flips {'on' if mc['flip'] else 'off'}; geometry only). Threat model: {mc['threat_model']}."
+        )]
+    conv = t.get("convergence")
+    if conv:
+        out.append("")
+        out.append(("Probe converged: " if conv["converged"] else "> **WARNING: THE PROBE DID NOT CONVERGE**: ") + conv["detail"] + ".")
+    return out

@@ -34,8 +34,9 @@ from ..data.dataset import ImageDataset
 from ..models.encoder import SSLModel
 from .classifier import LinearEvalModel, _fp32
 from .linear import train_alf, train_slf
+from .threat import LP_NORMS
 
-THREAT_MODEL = "one l_inf delta on the image, then the fixed crops (never a delta per crop)"
+THREAT_MODEL = "one {norm} delta on the image, then the fixed crops (never a delta per crop)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,8 +76,9 @@ class CropSet:
     def n(self) -> int:
         return int(self.theta.shape[0])
 
-    def record(self) -> dict[str, Any]:
-        """The report's description of the crop set (its settings, not the matrices)."""
+    def record(self, norm: str = "linf") -> dict[str, Any]:
+        """The report's description of the crop set (its settings, not the matrices); `norm`: the
+        evaluation's l_p norm, named in the threat model."""
         return {
             "crops": self.n,
             "seed": self.seed,
@@ -86,7 +88,7 @@ class CropSet:
             "size": self.size,
             "ops": "crop geometry and flip only (no colour ops), drawn once: the same crops for every image and call",
             "aggregation": "mean of the encoder features over the crops",
-            "threat_model": THREAT_MODEL,
+            "threat_model": THREAT_MODEL.format(norm=LP_NORMS[norm][0]),
         }
 
 
@@ -134,22 +136,27 @@ class MultiCropEvalModel(LinearEvalModel):
         return f.view(self.crops.n, x.shape[0], -1).mean(0)
 
 
-def _crops_of(protocol: str, model: LinearEvalModel) -> dict[str, Any]:
+def multicrop_classifier(encoder: SSLModel, n_classes: int, branch: str | None, cfg: EvalConfig) -> MultiCropEvalModel:
+    """The classifier of slf-mc / alf-mc: a `MultiCropEvalModel` on cfg's crop set (eval.mc_*)."""
+    return MultiCropEvalModel(encoder, n_classes, CropSet.from_config(cfg), branch)
+
+
+def _crops_of(protocol: str, model: LinearEvalModel, cfg: EvalConfig) -> dict[str, Any]:
     """The crop set's record of a multi-crop protocol's classifier (TypeError for any other classifier)."""
     if not isinstance(model, MultiCropEvalModel):
         raise TypeError(f"protocol {protocol} trains a MultiCropEvalModel, got {type(model).__name__}")
-    return model.crops.record()
+    return model.crops.record(cfg.norm)
 
 
 def train_slf_mc(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
     """SLF on multi-crop features: `train_slf` on a `MultiCropEvalModel`, so the head is trained on the
     precomputed crop-mean features of the training images. The record adds the crop set ("multicrop")."""
-    crops = _crops_of("slf-mc", model)
+    crops = _crops_of("slf-mc", model, cfg)
     return {**train_slf(model, train, cfg, device), "protocol": "slf-mc", "multicrop": crops}
 
 
 def train_alf_mc(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, device: torch.device | str) -> dict[str, Any]:
     """ALF on multi-crop features: `train_alf` on a `MultiCropEvalModel`, whose PGD training examples
     perturb the image (one delta) through the crops. The record adds the crop set ("multicrop")."""
-    crops = _crops_of("alf-mc", model)
+    crops = _crops_of("alf-mc", model, cfg)
     return {**train_alf(model, train, cfg, device), "protocol": "alf-mc", "multicrop": crops}

@@ -48,17 +48,19 @@ from pathlib import Path
 from typing import Any
 
 from ..io import atomic_write_text
+from .threat import LP_NORMS, ThreatModel, fmt_eps
 
 SCHEMA = "robustssl.eval/1"  # report.json's schema tag
 REPORT_FILE = "report.json"
 
 
-def fmt_eps(eps: float) -> str:
-    """0.0313725... -> '0.0314 (8/255)'; plain number when eps is not a multiple of 1/255."""
-    k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
-        return f"{eps:.4g} ({round(k)}/255)"
-    return f"{eps:.4g}"
+def threat_of(settings: dict[str, Any]) -> ThreatModel:
+    """The evaluation's l_p threat model from a report's settings (eval.norm, eval.eps; l_inf for old reports)."""
+    return ThreatModel.lp(settings.get("norm", "linf"), settings["eps"])
+
+
+def _threat_short(tm: ThreatModel) -> str:
+    return f"{tm.label} {fmt_eps(tm.eps, tm.norm)}"
 
 
 def _pct(acc: float) -> str:
@@ -91,12 +93,14 @@ def _cell(v: Any) -> str:
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per protocol: clean and attack accuracies, examples, checks passed."""
     rows = []
+    lp = threat_of(report["settings"])
     for name, p in report["protocols"].items():
         row: dict[str, Any] = {"protocol": name.upper(), "clean": p["clean"]["accuracy"]}
         for rec in p["attacks"]:
-            row[rec["attack"]] = rec["accuracy"]
+            other = rec.get("threat_model", lp.describe()) != lp.describe()  # an attack with its own threat model
+            row[f"{rec['attack']} ({rec['norm']})" if other else rec["attack"]] = rec["accuracy"]
         row["n_examples"] = p["clean"]["n_examples"]
-        row["eps"] = fmt_eps(report["settings"]["eps"])
+        row["threat model"] = _threat_short(lp)
         passed = sum(c["passed"] for c in p["sanity"])
         row["checks"] = f"{passed}/{len(p['sanity'])} " + ("PASS" if passed == len(p["sanity"]) else "FAIL")
         row["probe"] = _probe_state(p)
@@ -117,65 +121,36 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _record_row(rec: dict[str, Any]) -> list[str]:
+    norm = rec["norm"]
+    threat = "-" if norm is None else rec.get("threat_model") or LP_NORMS.get(norm, (norm,))[0]
     return [
-        rec["attack"], rec["norm"] or "-", fmt_eps(rec["eps"]), str(rec["steps"]),
+        rec.get("label") or rec["attack"], threat, fmt_eps(rec["eps"], norm), str(rec["steps"]),
         _pct(rec["accuracy"]), str(rec["n_examples"]), "-" if rec["seed"] is None else str(rec["seed"]),
     ]
 
 
-def _linear_md(t: dict[str, Any]) -> list[str]:
-    """The training lines of a linear-probe protocol (SLF, ALF), with its convergence verdict."""
-    out = [
-        f"Linear head: {t['epochs']} epochs, lr {t['lr']} (x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), "
-        f"SGD momentum {t['momentum']}, wd {t['weight_decay']}, batch {t['batch_size']}, "
-        f"{t['train_examples']} training images, no augmentation"
-        + (", standardized features (folded into the head)" if t.get("standardized_features") else "")
-        + f", {t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}."
-    ]
-    mc = t.get("multicrop")
-    if mc:
-        out += ["", (
-            f"Multi-crop classifier: the head reads the mean of the encoder features over {mc['crops']} fixed crops "
-            f"(seed {mc['seed']}, area {mc['scale'][0]:g}-{mc['scale'][1]:g}, aspect ratio {mc['ratio'][0]:.4g}-"
-            f"{mc['ratio'][1]:.4g}, flips {'on' if mc['flip'] else 'off'}; geometry only). Threat model: {mc['threat_model']}."
-        )]
-    conv = t.get("convergence")
-    if conv:
-        out.append("")
-        out.append(("Probe converged: " if conv["converged"] else "> **WARNING: THE PROBE DID NOT CONVERGE**: ") + conv["detail"] + ".")
-    return out
+def training_markdown(name: str, training: dict[str, Any]) -> list[str]:
+    """The training lines of protocol `name`'s record, by the protocol's own renderer (`PROTOCOLS[name].render`);
+    a protocol not registered here gets its record as JSON, never another protocol's renderer."""
+    from .registry import PROTOCOLS  # the registry imports the protocols, which import this module
 
-
-def _finetune_md(t: dict[str, Any]) -> list[str]:
-    """The training line of a full-finetuning protocol (AFF)."""
-    a = t["attack"]
-    branch = f"on the `{t['bn_branch']}` BN branch" if t.get("bn_branch") else "single BN"
-    return [
-        f"Full finetuning of encoder + head with TRADES (beta {t['beta']:g}): {t['epochs']} epochs, lr {t['lr']} "
-        f"(x0.1 at epochs {', '.join(map(str, t['lr_milestones']))}), SGD momentum {t['momentum']}, "
-        f"wd {t['weight_decay']}, batch {t['batch_size']}, {t['train_examples']} training images, "
-        f"augmentation: {t['augmentation']}; head initialised as {t['head_init']}. Updates in train mode, {branch}; "
-        f"KL attack in eval mode: {a['steps']} steps of {fmt_eps(a['alpha'])}, eps {fmt_eps(a['eps'])}, start {a['start']}. "
-        f"{t['seconds']:.1f} s; final loss {t['epoch_loss'][-1]:.4f}; backbone weights moved by "
-        f"{100 * t['encoder_change']:.2f} % (relative l2)."
-    ]
+    if name in PROTOCOLS:
+        return PROTOCOLS[name].render(training)
+    return [f"Protocol `{name}` is not registered in this robustssl; its training record as stored:", "", "```json",
+            json.dumps(training, indent=2, default=str), "```"]
 
 
 def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
     out = [f"## {name.upper()}", ""]
-    t = p["training"]
-    if t.get("direct"):
-        out.append("The supervised run's own classifier (encoder + its trained linear layer), evaluated as trained: no probe.")
-    else:
-        out += _finetune_md(t) if t.get("finetunes_encoder") else _linear_md(t)
+    out += training_markdown(name, p["training"])
     out.append("")
-    header = ["attack", "norm", "eps", "steps", "accuracy", "examples", "seed"]
+    header = ["attack", "threat model", "eps", "steps", "accuracy", "examples", "seed"]
     out += _md_table(header, [_record_row(r) for r in [p["clean"], *p["attacks"]]])
     for rec in p["attacks"]:
         if rec.get("autoattack_warnings"):
             out += ["", "AutoAttack warned: " + " / ".join(rec["autoattack_warnings"])]
     out += ["", "Robustness curve (PGD-20, random start):", ""]
-    curve_rows = [[fmt_eps(r["eps"]), f"{r['alpha']:.4g}", _pct(r["accuracy"])] for r in p["curve"]]
+    curve_rows = [[fmt_eps(r["eps"], r["norm"]), f"{r['alpha']:.4g}", _pct(r["accuracy"])] for r in p["curve"]]
     out += _md_table(["eps", "alpha", "accuracy"], curve_rows)
     out += ["", "Sanity checks:", ""]
     out += [f"- {'PASS' if c['passed'] else '**FAIL**'} `{c['name']}`: {c['detail']}" for c in p["sanity"]]
@@ -195,6 +170,18 @@ def _transfer_md(t: dict[str, Any]) -> list[str]:
         + (f", {tgt['classes']} classes" if tgt.get("classes") else "") + "). "
         f"Channels: {conv['channels']}. Resize: {conv['resize']}. Normalization: {t['normalization']}.",
     ]
+
+
+def _other_threats(report: dict[str, Any]) -> str:
+    """' Also attacked in: ...' for attacks with a threat model of their own (a perceptual bound)."""
+    lp = threat_of(report["settings"]).describe()
+    other: dict[str, list[str]] = {}
+    for p in report["protocols"].values():
+        for rec in p["attacks"]:
+            tm = rec.get("threat_model", lp)
+            if tm != lp and rec["attack"] not in other.setdefault(tm, []):
+                other[tm].append(rec["attack"])
+    return "".join(f" Also attacked in: {tm} ({', '.join(names)})." for tm, names in other.items())
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -220,7 +207,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Train: {data['train']['name']}/{data['train']['split']}, {data['train']['n_used']} of {data['train']['n_total']} "
         f"({data['train']['selection']}). Test: {data['test']['name']}/{data['test']['split']}, "
         f"{data['test']['n_used']} of {data['test']['n_total']} ({data['test']['selection']}).",
-        f"Threat model: l_inf, eps {fmt_eps(s['eps'])}; PGD-20 alpha {fmt_eps(s['pgd_alpha'])}; seed {s['seed']}.",
+        f"Threat model: {threat_of(s).describe()}; PGD-20 alpha {fmt_eps(s['pgd_alpha'], threat_of(s).norm)}; "
+        f"seed {s['seed']}." + _other_threats(report),
         "",
     ]
     if report.get("transfer"):
@@ -248,35 +236,52 @@ def agg_figure(width: float, height: float) -> Any:
     return fig
 
 
-def plot_pgd_curves(ax: Any, curves: list[tuple[str, list[dict[str, Any]]]], eps_marks: list[float]) -> None:
-    """PGD-20 accuracy (%) vs eps on `ax`: one line per (label, curve points), a dotted line at each eps in `eps_marks`."""
+def plot_pgd_curves(ax: Any, curves: list[tuple[str, list[dict[str, Any]]]], eps_marks: list[float], norm: str = "linf") -> None:
+    """PGD-20 accuracy (%) vs eps on `ax`: one line per (label, curve points), a dotted line at each eps in `eps_marks`;
+    the x axis names the norm the eps is measured in."""
     for label, curve in curves:
         ax.plot([c["eps"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o", label=label)
     for eps in eps_marks:
         ax.axvline(eps, color="gray", linestyle=":", linewidth=1)
-    ax.set_xlabel("eps (l_inf, inputs in [0, 1])")
+    label, units = LP_NORMS[norm]
+    ax.set_xlabel(f"eps ({label}, {units})")
     ax.set_ylabel("accuracy under PGD-20 (%)")
     ax.set_ylim(0, 100)
 
 
+FIGURE_FORMATS = ("png", "svg", "pdf")  # every figure is written in each (same name, these suffixes)
+
+
+def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """`fig` written as PNG at `path` and beside it as SVG (text kept as text, searchable) and PDF;
+    returns the PNG's path. kwargs go to savefig (bbox_inches, ...)."""
+    import matplotlib
+
+    path = Path(path)
+    with matplotlib.rc_context({"svg.fonttype": "none", "pdf.fonttype": 42, "svg.hashsalt": "robustssl"}):
+        for fmt in FIGURE_FORMATS:
+            fig.savefig(path.with_suffix(f".{fmt}"), format=fmt, **kwargs)
+    return path
+
+
 def save_axes(fig: Any, ax: Any, title: str, path: str | Path, legend_size: str | None = None) -> Path:
-    """Title, grid and legend on `ax`, then `fig` saved (tight layout) as a PNG at `path`."""
+    """Title, grid and legend on `ax`, then `fig` saved (tight layout) at `path` (PNG, plus SVG and PDF: `save_figure`)."""
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_size)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_robustness_curve(report: dict[str, Any], path: str | Path) -> Path:
-    """PGD-20 accuracy vs eps, one line per protocol, saved as a PNG."""
+    """PGD-20 accuracy vs eps, one line per protocol, saved as PNG (plus SVG and PDF beside it)."""
     fig = agg_figure(5, 3.6)
     ax = fig.add_subplot(1, 1, 1)
-    plot_pgd_curves(ax, [(name.upper(), p["curve"]) for name, p in report["protocols"].items()], [report["settings"]["eps"]])
+    tm = threat_of(report["settings"])
+    plot_pgd_curves(ax, [(name.upper(), p["curve"]) for name, p in report["protocols"].items()], [tm.eps], tm.norm)
     n = report["test_subset"]["n_examples"]
-    return save_axes(fig, ax, f"Robustness curve ({n} test images" + (", SUBSET)" if report["test_subset"]["used"] else ")"), path)
+    return save_axes(fig, ax, f"Robustness curve, {tm.label} ({n} test images" + (", SUBSET)" if report["test_subset"]["used"] else ")"),
+                     path)
 
 
 def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:

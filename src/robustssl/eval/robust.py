@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,10 @@ from ..attacks.pgd import PGDConfig, pgd
 from ..losses.ce import summed_ce
 from ..models.dual_bn import model_mode
 from .classifier import model_device
+from .threat import EvalAttack
+
+if TYPE_CHECKING:
+    from ..config import EvalConfig
 
 
 @dataclass
@@ -198,3 +202,46 @@ def autoattack_accuracy(
     flags = (y_adv == y_dev).cpu()
     extra = {"version": "standard", "sub_attacks": sub_attacks, "autoattack_warnings": collector.messages}
     return AttackResult("autoattack", norm.lower(), eps, "standard", seed, flags, time.perf_counter() - t0, extra)
+
+
+# --- the built-in evaluation attacks (registered in registry.ATTACKS) -------------------------
+class PGDAttack(EvalAttack):
+    """PGD-20 with random start on the cross-entropy, at eval.eps in eval.norm, step eval.pgd_alpha."""
+
+    name = "pgd20"
+    label = "PGD-20"
+    rank = 20
+    steps = 20
+    restarts = 1
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
+            done: dict[str, AttackResult]) -> AttackResult:
+        return pgd_accuracy(model, x, y, cfg.eps, cfg.pgd_alpha, self.steps, norm=cfg.norm, seed=cfg.seed,
+                            batch_size=cfg.batch_size, name=self.name, restarts=self.restarts)
+
+
+class PGD50x10Attack(PGDAttack):
+    """ACS's protocol: PGD-50 with 10 random restarts, the per-example worst case."""
+
+    name = "pgd50x10"
+    label = "PGD-50x10"
+    rank = 50
+    steps = 50
+    restarts = 10
+
+
+class AutoAttackStandard(EvalAttack):
+    """The official AutoAttack, standard version, in eval.norm at eval.eps, on the first
+    eval.autoattack_examples test images (all when unset)."""
+
+    name = "autoattack"
+    label = "AutoAttack"
+    rank = 100
+
+    def n_examples(self, cfg: EvalConfig, n: int) -> int:
+        return n if cfg.autoattack_examples is None else min(cfg.autoattack_examples, n)
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalConfig,
+            done: dict[str, AttackResult]) -> AttackResult:
+        return autoattack_accuracy(model, x, y, cfg.eps, cfg.seed, norm="L2" if cfg.norm == "l2" else "Linf",
+                                   batch_size=cfg.batch_size)

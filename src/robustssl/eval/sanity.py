@@ -6,8 +6,9 @@ never raised and never hidden.
 
 - eps_zero: PGD at eps=0 gives exactly the clean per-example flags (same examples). A
   difference means the model is randomized or the attack pipeline changes the inputs.
-- attack_order: AutoAttack <= PGD-20 <= FGSM <= clean, on accuracies, with tolerance 0,
-  except PGD-20 <= FGSM, which allows one example or 1 % (`FGSM_SLACK_PERCENT`), whichever is
+- attack_order: AutoAttack <= PGD-50x10 <= PGD-20 <= FGSM <= clean, on accuracies (in
+  general: the registered attacks of one threat model by their rank, threat.py), with
+  tolerance 0, except PGD-20 <= FGSM, which allows one example or 1 % (`FGSM_SLACK_PERCENT`), whichever is
   larger: on a nearly linear model the single full-size FGSM step can beat a random-start
   PGD on a handful of examples (and GPU runs vary by an example); masking shows as PGD
   well above FGSM. A stronger attack scoring higher than a weaker one means the gradients
@@ -97,28 +98,44 @@ def _correct(r: AttackResult) -> int:
     return int(r.flags.sum().item())
 
 
+RANK_CLEAN, RANK_FGSM = 0, 10  # the attack-order ranks of clean accuracy and of the checks' FGSM (threat.py)
+
+
+def check_order(chain: list[tuple[int, AttackResult]], name: str = "attack_order") -> dict[str, Any]:
+    """Accuracies must not increase with attack strength, on results of one threat model and the same examples.
+
+    chain: (rank, result) pairs; for every pair with rank_a > rank_b, result a must not leave
+    more examples correct than result b: tolerance 0, except against the FGSM of the checks
+    (attack "fgsm"), which a stronger attack may exceed by `fgsm_slack(n)` examples (see the
+    module docstring). Compared as counts of correct examples.
+    """
+    chain = sorted(chain, key=lambda t: -t[0])
+    results = [r for _, r in chain]
+    order = " <= ".join(f"{r.attack} {r.accuracy:.4f}" for r in results)
+    if len({r.n_examples for r in results}) > 1:
+        return _check(name, False, f"{order}: results on different numbers of examples")
+    n = results[0].n_examples if results else 0
+    broken = []
+    for i, (rank_strong, strong) in enumerate(chain):
+        for rank_weak, weak in chain[i + 1:]:
+            if rank_weak >= rank_strong:
+                continue
+            tol = fgsm_slack(n) if weak.attack == "fgsm" else 0
+            if _correct(strong) > _correct(weak) + tol:
+                broken.append(f"{weak.attack} {weak.accuracy:.4f} < {strong.attack} {strong.accuracy:.4f}"
+                              + (f" (slack {tol} examples)" if tol else ""))
+    detail = f"{order} on {n} examples" + ("" if not broken else " violated: " + "; ".join(broken))
+    return _check(name, not broken, detail)
+
+
 def check_attack_order(
     clean: AttackResult, pgd: AttackResult, autoattack: AttackResult | None = None, fgsm: AttackResult | None = None,
     name: str = "attack_order",
 ) -> dict[str, Any]:
-    """Accuracies must not increase with attack strength: AutoAttack <= PGD <= FGSM <= clean.
-
-    Compared as counts of correct examples (all results on the same examples): tolerance 0
-    for AutoAttack <= PGD, PGD <= clean and FGSM <= clean; PGD <= FGSM is allowed
-    `fgsm_slack(n)` examples (see the module docstring). AutoAttack and FGSM are optional.
-    """
-    chain = [r for r in (autoattack, pgd, fgsm, clean) if r is not None]
-    order = " <= ".join(f"{r.attack} {r.accuracy:.4f}" for r in chain)
-    if len({r.n_examples for r in chain}) > 1:
-        return _check(name, False, f"{order}: results on different numbers of examples")
-    links = [(autoattack, pgd, 0), (pgd, clean, 0), (pgd, fgsm, fgsm_slack(pgd.n_examples)), (fgsm, clean, 0)]
-    broken = [
-        f"{weak.attack} {weak.accuracy:.4f} < {strong.attack} {strong.accuracy:.4f}" + (f" (slack {tol} examples)" if tol else "")
-        for strong, weak, tol in links
-        if strong is not None and weak is not None and _correct(strong) > _correct(weak) + tol
-    ]
-    detail = f"{order} on {pgd.n_examples} examples" + ("" if not broken else " violated: " + "; ".join(broken))
-    return _check(name, not broken, detail)
+    """AutoAttack <= PGD <= FGSM <= clean (`check_order` with the built-in attacks' ranks: AutoAttack 100,
+    PGD-20 20, FGSM 10, clean 0). AutoAttack and FGSM are optional."""
+    chain = [(100, autoattack), (20, pgd), (RANK_FGSM, fgsm), (RANK_CLEAN, clean)]
+    return check_order([(rank, r) for rank, r in chain if r is not None], name)
 
 
 def check_large_eps(result: AttackResult, max_accuracy: float = LARGE_EPS_MAX_ACCURACY) -> dict[str, Any]:

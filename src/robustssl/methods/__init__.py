@@ -14,6 +14,7 @@ from .base import Method, NonFiniteLoss, Views
 from .cfamc import CFAMC
 from .dynacl import DynACL
 from .emp import EMPSSL, RobustEMPSSL
+from .pat import PAT
 from .rocl import RoCL
 from .simclr import SimCLR
 from .supervised import PGDAT, TRADES, FastAT
@@ -21,7 +22,7 @@ from .supervised import PGDAT, TRADES, FastAT
 if TYPE_CHECKING:
     from ..config import RunConfig
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL, EMPSSL, RobustEMPSSL, CFAMC, PGDAT, TRADES, FastAT)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (SimCLR, ACL, DynACL, RoCL, EMPSSL, RobustEMPSSL, CFAMC, PGDAT, TRADES, FastAT, PAT)}
 
 
 def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
@@ -40,4 +41,4 @@ def build_method(cfg: RunConfig, image_size: int, channels: int) -> Method:
                                     epochs=cfg.train.epochs)
 
 
-__all__ = ["ACL", "CFAMC", "EMPSSL", "METHODS", "PGDAT", "TRADES", "DynACL", "FastAT", "Method", "NonFiniteLoss", "RoCL", "RobustEMPSSL", "SimCLR", "Views", "build_method"]
+__all__ = ["ACL", "CFAMC", "EMPSSL", "METHODS", "PAT", "PGDAT", "TRADES", "DynACL", "FastAT", "Method", "NonFiniteLoss", "RoCL", "RobustEMPSSL", "SimCLR", "Views", "build_method"]

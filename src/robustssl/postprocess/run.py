@@ -108,7 +108,7 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
         "trained_branches": trained,
         "notes": [note] if note else [],
         "settings": dataclasses.asdict(cfg.postprocess),
-        "threat_model": {"norm": "linf", "eps": cfg.eval.eps, "alpha": cfg.eval.pgd_alpha},
+        "threat_model": {"norm": cfg.eval.norm, "eps": cfg.eval.eps, "alpha": cfg.eval.pgd_alpha},
         **stages,
         "seconds": round(seconds, 3),
         "device": str(device),
