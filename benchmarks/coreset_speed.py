@@ -38,15 +38,15 @@ from robustssl.train.metrics import read_metrics
 from timing import machine, spread
 
 ARMS = {
-    "full": ["coreset.method=full"],
-    "rcs": ["coreset.method=rcs"],
-    "rcs-fast": ["coreset.method=rcs", "coreset.candidate_attack_steps=1"],
+    "full": ["coreset.selector=full"],
+    "rcs": ["coreset.selector=rcs"],
+    "rcs-fast": ["coreset.selector=rcs", "coreset.rcs.candidate_attack_steps=1"],
     # The same selections, 5 candidate batches per grouped eval-mode forward (exact; issue #6 part 3).
-    "rcs-stacked": ["coreset.method=rcs", "coreset.candidates_per_forward=5"],
-    "rcs-fast-stacked": ["coreset.method=rcs", "coreset.candidate_attack_steps=1", "coreset.candidates_per_forward=5"],
+    "rcs-stacked": ["coreset.selector=rcs", "coreset.rcs.candidates_per_forward=5"],
+    "rcs-fast-stacked": ["coreset.selector=rcs", "coreset.rcs.candidate_attack_steps=1", "coreset.rcs.candidates_per_forward=5"],
     # A 5x larger validation split for RD (1% of a small pool is a handful of images).
-    "rcs-val5": ["coreset.method=rcs", "coreset.val_fraction=0.05"],
-    "random": ["coreset.method=random"],
+    "rcs-val5": ["coreset.selector=rcs", "coreset.rcs.val_fraction=0.05"],
+    "random": ["coreset.selector=random"],
 }
 PRESETS = {
     "cnn": ["model.arch=cnn", "model.width=8", "model.proj_hidden=32", "model.proj_out=32"],
@@ -56,7 +56,7 @@ PRESETS = {
 
 def arm_overrides(arm: str, fast: list[str]) -> list[str]:
     """The overrides of an arm; `fast`, when given, replaces the rcs-fast arm's own."""
-    return ["coreset.method=rcs", *fast] if arm == "rcs-fast" and fast else ARMS[arm]
+    return ["coreset.selector=rcs", *fast] if arm == "rcs-fast" and fast else ARMS[arm]
 
 
 def schedule(args: argparse.Namespace) -> tuple[int, int]:
@@ -133,7 +133,7 @@ def main() -> None:
     common = [
         f"data.train_subset={args.n}", f"train.epochs={args.epochs}", f"train.device={args.device}", "train.progress=false",
         *PRESETS[args.preset], f"optim.batch_size={args.batch}", f"coreset.fraction={args.fraction}", "coreset.unit=batch",
-        f"coreset.warmup_epochs={warmup}", f"coreset.every={every}", "coreset.rd_eps=0.1", "coreset.rd_alpha=0.04",
+        f"coreset.warmup_epochs={warmup}", f"coreset.every={every}", "coreset.rcs.rd_eps=0.1", "coreset.rcs.rd_alpha=0.04",
         "train.checkpoint_every_epochs=0", "train.log_every_steps=100000", "optim.warmup_epochs=1",
     ]
     w = warmup / args.epochs

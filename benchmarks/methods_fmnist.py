@@ -91,7 +91,7 @@ def main() -> None:
             print(f"seed {seed} {m:8s}: train {train_s:.0f}s; {nums}", flush=True)
             save()
     if args.compare and seeds:
-        api.compare([runs / f"{m.replace('+', 'p')}-{seeds[0]}" for m in methods], args.compare)
+        api.compare([runs / f"{m.replace('+', 'p')}-{seeds[0]}" for m in methods], args.compare, force=True)  # refreshes the docs copy
     seeds_run = sorted({r["seed"] for rs in rows.values() for r in rs})
     print(f"\nmachine: {where}; seeds {seeds_run}; extra {extra or 'none'}")
     print("| method | protocol | seeds | clean % | PGD-20 % | AutoAttack % | sanity | train s |")

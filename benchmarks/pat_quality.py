@@ -101,7 +101,7 @@ def main() -> None:
             over = extra + [f"train.seed={seed}"]
             if arm != "full":
                 warm, core = schedule(cfg.train.epochs, args.kappa, args.fraction)
-                over += [f"coreset.method={arm}", "coreset.unit=sample", f"coreset.fraction={args.fraction}",
+                over += [f"coreset.selector={arm}", "coreset.unit=sample", f"coreset.fraction={args.fraction}",
                          f"coreset.warmup_epochs={warm}", f"coreset.every={args.every}", f"train.epochs={warm + core}"]
             started = time.perf_counter()
             if not (args.reuse and (out / "encoder.safetensors").is_file()):

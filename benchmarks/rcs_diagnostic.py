@@ -69,8 +69,8 @@ def main() -> None:
             ck = load_checkpoint(Path(tmp) / "warm" / "checkpoint.pt")
             for vf in [float(v) for v in args.val_fractions.split(",")]:
                 cfg = from_dict(to_dict(api.run_config(Path(tmp) / "warm")),
-                                ["coreset.method=rcs", f"coreset.val_fraction={vf}", f"coreset.unit={args.unit}",
-                                 "coreset.rd_eps=0.1", "coreset.rd_alpha=0.04", "coreset.fraction=0.2"])
+                                ["coreset.selector=rcs", f"coreset.rcs.val_fraction={vf}", f"coreset.unit={args.unit}",
+                                 "coreset.rcs.rd_eps=0.1", "coreset.rcs.rd_alpha=0.04", "coreset.fraction=0.2"])
                 data = load_train_set(cfg)
                 test = load_dataset(cfg.data.name, "test").images[:1000].float() / 255
                 attack = PGDConfig(0.1, 0.04, 3)
@@ -79,7 +79,7 @@ def main() -> None:
                     model = build_model(model_spec(cfg, data))
                     model.load_state_dict(ck["model"])
                     c = copy.deepcopy(cfg)
-                    c.coreset.method = arm
+                    c.coreset.selector = arm
                     sched = CoresetSchedule(c.coreset, 1, len(data), cfg.optim.batch_size, seed)
                     # Both arms keep the same validation split out of the pool (random has none by default).
                     rcs_sched = CoresetSchedule(cfg.coreset, 1, len(data), cfg.optim.batch_size, seed)

@@ -60,18 +60,19 @@ def first_scores(model: torch.nn.Module, method: Any, data: Any, cfg: Any, units
                  batch_size: int, seed: int) -> torch.Tensor:
     """What the first pick ranks under the coreset settings `cfg`: <g_b, g_val(W0)> for each of
     `units` (sketched as the selector sketches them)."""
-    view = HeadView(model, cfg.head)
-    attack = method.attack_cfg
-    if cfg.candidate_attack_steps is not None:
-        attack = dataclasses.replace(attack, steps=cfg.candidate_attack_steps)
     sel = RCSSelector(cfg, 0)
+    s = sel.settings
+    view = HeadView(model, s.head)
+    attack = method.attack_cfg
+    if s.candidate_attack_steps is not None:
+        attack = dataclasses.replace(attack, steps=s.candidate_attack_steps)
     with model_mode(model, "eval"):
         x_val = data.images[val.to(data.images.device)].float().div_(255)
-        rd = ValidationRD(model, view, x_val, sel.rd_attack, cfg.reattack_every)
+        rd = ValidationRD(model, view, x_val, sel.rd_attack, s.reattack_every)
         grads = candidate_gradients(model, method, data, units, cfg.unit, view, chunk=batch_size, attack=attack)
         g_val = rd.refresh(view.flat())
-    if cfg.sketch_dim and cfg.sketch_dim < view.dim:
-        sketch = gaussian_sketch(view.dim, cfg.sketch_dim, seed, grads.device)
+    if s.sketch_dim and s.sketch_dim < view.dim:
+        sketch = gaussian_sketch(view.dim, s.sketch_dim, seed, grads.device)
         return (grads @ sketch) @ (g_val @ sketch)
     return grads @ g_val
 
@@ -102,13 +103,13 @@ def main() -> None:
     args = p.parse_args()
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
     base = [f"data.train_subset={args.n}", "train.progress=false", "train.device=cpu", f"optim.batch_size={args.batch}",
-            "model.arch=cnn", "model.width=8", "model.proj_hidden=32", "model.proj_out=32", "coreset.method=rcs", "coreset.fraction=0.2",
-            "coreset.rd_eps=0.1", "coreset.rd_alpha=0.04", "train.log_every_steps=100000"]
+            "model.arch=cnn", "model.width=8", "model.proj_hidden=32", "model.proj_out=32", "coreset.selector=rcs", "coreset.fraction=0.2",
+            "coreset.rcs.rd_eps=0.1", "coreset.rcs.rd_alpha=0.04", "train.log_every_steps=100000"]
     rows: list[dict[str, Any]] = []
     cfg = load_config("acl_fmnist_cpu", base + [f"train.epochs={max(checkpoints)}", "train.checkpoint_every_epochs=0"])
     data = load_train_set(cfg)
     method = build_method(cfg, data.image_size, data.num_channels)
-    snapshots = train_with_snapshots(dataclasses.replace(cfg, coreset=dataclasses.replace(cfg.coreset, method="full")), data, checkpoints)
+    snapshots = train_with_snapshots(dataclasses.replace(cfg, coreset=dataclasses.replace(cfg.coreset, selector="full")), data, checkpoints)
     for epoch in checkpoints:
         model = build_model(model_spec(cfg, data))
         model.load_state_dict(snapshots[epoch])
@@ -127,7 +128,8 @@ def main() -> None:
             rand = set(RandomSelector(cfg.coreset, seed).select(model, method, data, sched.pool, sched.val, budget, args.batch).positions.tolist())
             row["random_overlap"] = len(ref & rand) / len(ref)
             for name, change in SETTINGS.items():
-                c = dataclasses.replace(cfg.coreset, **change)
+                own = dataclasses.replace(cfg.coreset.settings["rcs"], **change)
+                c = dataclasses.replace(cfg.coreset, settings={**cfg.coreset.settings, "rcs": own})
                 torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 picks = set(RCSSelector(c, seed).select(model, method, data, sched.pool, sched.val, budget, args.batch).positions.tolist())

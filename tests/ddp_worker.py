@@ -114,15 +114,15 @@ def selection() -> dict[str, Any]:
     """One RCS selection (batch candidates, 2 stacked per forward) and one random selection on a
     toy pool; the candidates' views deterministic and their attack without random start."""
     cfg, model, method, _, _ = setup("acl_rcs_fmnist_cpu", [
-        "attack.steps=1", "model.proj_hidden=16", "model.proj_out=8", "coreset.val_fraction=0.1", "coreset.rd_steps=1",
-        "coreset.fraction=0.4", "coreset.candidates_per_forward=2"], False)
+        "attack.steps=1", "model.proj_hidden=16", "model.proj_out=8", "coreset.rcs.val_fraction=0.1", "coreset.rcs.rd_steps=1",
+        "coreset.fraction=0.4", "coreset.rcs.candidates_per_forward=2"], False)
     method.make_views = lambda b: Views([b.images, b.images.flip(3)], groups=b.groups)
     g = torch.Generator().manual_seed(9)
     data = ImageDataset(torch.randint(0, 256, (60, 1, SIZE, SIZE), generator=g, dtype=torch.uint8), None,
                         torch.arange(60), "toy", "train")
     out: dict[str, Any] = {}
     for name in ("rcs", "random"):
-        cfg.coreset.method = name
+        cfg.coreset.selector = name
         schedule = CoresetSchedule(cfg.coreset, 4, len(data), 6, 0)
         torch.manual_seed(11)
         schedule.select(0, model, method, data)
@@ -132,7 +132,7 @@ def selection() -> dict[str, Any]:
     with model_mode(model, "eval"):
         out["grads"] = candidate_gradients(model, method, data, units, "batch", view, chunk=6, per_forward=2)
     # ACS (supervised PGD-AT, attack without random start): the pool's closed-form gradients, batches shared over ranks
-    cfg, model, method, _, _ = setup("pgd_at_fmnist_cpu", ["attack.steps=1", "coreset.method=gradmatch",
+    cfg, model, method, _, _ = setup("pgd_at_fmnist_cpu", ["attack.steps=1", "coreset.selector=gradmatch",
                                                            "coreset.fraction=0.3"], False)
     labelled = ImageDataset(data.images, torch.arange(60) % 10, data.indices, "toy", "train")
     out["acs_grads"] = pool_head_gradients(model, method, labelled, torch.arange(60), 7)[0]  # 9 batches, uneven shares

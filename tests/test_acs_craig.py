@@ -16,20 +16,21 @@ def _points(n: int, dim: int = 4, seed: int = 0) -> torch.Tensor:
     return centres[torch.arange(n) % 3] + torch.randn(n, dim, generator=g, dtype=torch.float64)
 
 
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    return (x[:, None, :] - x[None, :, :]).pow(2).sum(-1).sqrt()  # by differences, not the expansion
+def _dense(x: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
+    d2 = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)  # by differences, not the expansion
+    return d2 if distance == "squared" else d2.sqrt()
 
 
 def _coverage(sim: torch.Tensor, subset: list[int]) -> float:
     return float(sim[:, subset].max(1).values.sum()) if subset else 0.0
 
 
-def _brute_force_greedy(x: torch.Tensor, k: int) -> list[int]:
-    """Greedy facility location evaluating F(S + e) from the dense similarity matrix.
+def _brute_force_greedy(x: torch.Tensor, k: int, distance: str = "euclidean") -> list[int]:
+    """Greedy facility location evaluating F(S + e) from the dense similarity matrix max(D) - D.
 
     Gains within 1e-9 of the first pick's gain are ties, broken to the lower index (facility
     location has exact ties: two mutually nearest points gain the same)."""
-    dist = _dense(x)
+    dist = _dense(x, distance)
     sim = dist.max() - dist
     chosen: list[int] = []
     tol = 0.0
@@ -41,19 +42,32 @@ def _brute_force_greedy(x: torch.Tensor, k: int) -> list[int]:
     return chosen
 
 
+@pytest.mark.parametrize("distance", ["squared", "euclidean"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("k", [1, 4, 7, 15])
-def test_greedy_equals_brute_force_facility_location(seed, k):
+def test_greedy_equals_brute_force_facility_location(seed, k, distance):
     x = _points(15, seed=seed)
-    expected = _brute_force_greedy(x, k)
+    expected = _brute_force_greedy(x, k, distance)
     for lazy in (True, False):
-        result = facility_location(x, k, chunk=4, lazy=lazy)
+        result = facility_location(x, k, chunk=4, lazy=lazy, distance=distance)
         assert result.picks.tolist() == expected
     # the gains are the marginal gains of F along the picks
-    dist = _dense(x)
+    dist = _dense(x, distance)
     sim = dist.max() - dist
     gains = [_coverage(sim, expected[: i + 1]) - _coverage(sim, expected[:i]) for i in range(k)]
     torch.testing.assert_close(result.gains, torch.tensor(gains, dtype=torch.float64))
+
+
+def test_default_similarity_is_max_minus_squared_distance_as_acs():
+    """ACS/CORDS build s = max(D) - D from the SQUARED Euclidean distance; that is the default, and
+    the plain distance (a different similarity, here different picks) is the setting `euclidean`."""
+    x = _points(40, dim=3, seed=11)
+    squared, plain = _brute_force_greedy(x, 8, "squared"), _brute_force_greedy(x, 8, "euclidean")
+    assert squared != plain  # the two similarities pick differently on these points
+    assert facility_location(x, 8).picks.tolist() == squared
+    assert facility_location(x, 8, distance="euclidean").picks.tolist() == plain
+    per_class, _ = craig_per_class(x, torch.zeros(40, dtype=torch.int64), 8)
+    assert per_class.tolist() == squared
 
 
 def test_greedy_reaches_the_submodular_guarantee_against_the_optimum():
@@ -100,7 +114,7 @@ def test_weights_count_the_points_whose_nearest_pick_it_is():
 def test_equidistant_point_counts_for_the_earlier_pick():
     # integer points on a line: distances are exact, so equidistant points are exact ties
     x = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [10.0]], dtype=torch.float64)
-    result = facility_location(x, 3)
+    result = facility_location(x, 3, distance="euclidean")  # these picks leave equidistant points
     dist = _dense(x)[:, result.picks]
     n_ties = 0
     for i in range(len(x)):
@@ -161,8 +175,8 @@ def test_distances_are_computed_chunk_rows_at_a_time(monkeypatch, lazy):
     shapes = []
     real = craig._distances
 
-    def spy(grads, sq, rows):
-        out = real(grads, sq, rows)
+    def spy(grads, sq, rows, squared=False):
+        out = real(grads, sq, rows, squared)
         shapes.append(tuple(out.shape))
         return out
 

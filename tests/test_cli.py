@@ -32,7 +32,7 @@ def test_pretrain_evaluate_select(tmp_path, root, capsys):
     assert {"eps_zero", "attack_order", "attack_order_autoattack_subset", "large_eps", "above_chance"} == {c["name"] for c in slf["sanity"]}
     assert report["extra"]["training"]["method"] == "acl"
     coreset = report["extra"]["training"]["coreset"]
-    assert coreset == {"method": "full", "pool_size": 128}, "a full run has no coreset size or fraction to report"
+    assert coreset == {"selector": "full", "pool_size": 128}, "a full run has no coreset size or fraction to report"
     assert (run / "report.md").is_file() and (run / "robustness_curve.png").stat().st_size > 0
 
     assert main(["select", "--run", str(run), "--method", "rcs", "--fraction", "0.5", "coreset.unit=sample"]) == 0

@@ -28,7 +28,7 @@ def runs(tmp_path_factory):
     full, coreset, post = tmp / "acl_full", tmp / "acl_random", tmp / "acl_pp"
     api.pretrain("acl_fmnist_cpu", full, overrides=TINY + [f"data.root={root}"])
     api.evaluate(full, overrides=EVAL_TINY + ["eval.protocols=[slf]"])
-    api.pretrain("acl_fmnist_cpu", coreset, overrides=TINY + [f"data.root={root}", "coreset.method=random",
+    api.pretrain("acl_fmnist_cpu", coreset, overrides=TINY + [f"data.root={root}", "coreset.selector=random",
                                                                "coreset.fraction=0.5", "coreset.warmup_epochs=0"])
     api.evaluate(coreset, overrides=EVAL_TINY + ["eval.protocols=[slf,alf]", "eval.alf_steps=1"])
     api.postprocess(full, post, overrides=["postprocess.lp_epochs=2", "postprocess.aft_epochs=1", "postprocess.aft_steps=1",

@@ -12,6 +12,7 @@ from robustssl.coreset import divergence, rcs
 from robustssl.coreset.embeddings import candidate_gradients
 from robustssl.coreset.greedy import greedy_select
 from robustssl.coreset.head import HeadView
+from robustssl.coreset.rcs import RCSSettings
 from robustssl.coreset.schedule import CoresetSchedule
 from robustssl.data import DeviceLoader, ImageDataset
 from robustssl.data.batch import make_batch
@@ -66,6 +67,8 @@ def test_greedy_refresh_every_r_equals_top_r_between_refreshes():
 class SoftmaxCEMethod:
     """A supervised-style objective: CE of a softmax over the projector output (the SAT-RCS case)."""
 
+    name, supervised, supports_groups = "softmax-ce", False, False
+
     def __init__(self, labels):
         self.labels = labels
         self.attack_cfg = None
@@ -95,7 +98,7 @@ def test_softmax_ce_head_gradient_embeddings_are_not_zero():
 
 
 def test_budget_arithmetic_and_random_reselection():
-    cfg = CoresetConfig(method="random", fraction=0.2, warmup_epochs=1, every=2, unit="sample")
+    cfg = CoresetConfig(selector="random", fraction=0.2, warmup_epochs=1, every=2, unit="sample")
     sched = CoresetSchedule(cfg, epochs=6, n=1003, batch_size=10, seed=0)
     assert sched.budget() == round(0.2 * 1003) == sched.coreset_size()
     assert len(sched.val) == 0 and len(sched.pool) == 1003
@@ -108,11 +111,11 @@ def test_budget_arithmetic_and_random_reselection():
     assert len(seen[1]) == 201 and len(set(seen[1].tolist())) == 201
     assert torch.equal(seen[1], seen[2]) and not torch.equal(seen[1], seen[3]), "random must re-sample at each selection"
     assert [s["epoch"] for s in sched.selections] == [1, 3, 5]
-    batch_cfg = CoresetConfig(method="random", fraction=0.3, unit="batch", warmup_epochs=0)
+    batch_cfg = CoresetConfig(selector="random", fraction=0.3, unit="batch", warmup_epochs=0)
     sb = CoresetSchedule(batch_cfg, epochs=1, n=1000, batch_size=64, seed=0)
     assert sb.budget() == round(0.3 * (1000 // 64)) and sb.coreset_size() == sb.budget() * 64
     assert sb.summary()["fraction_real"] == pytest.approx(sb.coreset_size() / 1000)
-    rcs = CoresetSchedule(CoresetConfig(method="rcs", val_fraction=0.01), epochs=1, n=1000, batch_size=64, seed=0)
+    rcs = CoresetSchedule(CoresetConfig(selector="rcs", settings={"rcs": RCSSettings(val_fraction=0.01)}), epochs=1, n=1000, batch_size=64, seed=0)
     assert len(rcs.val) == 10 and len(rcs.pool) == 990 and not set(rcs.val.tolist()) & set(rcs.pool.tolist())
 
 
@@ -120,8 +123,8 @@ def test_budget_arithmetic_and_random_reselection():
 def test_validation_images_are_never_trained_on(unit):
     torch.manual_seed(0)
     cfg = load_config("acl_fmnist_cpu", ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "attack.steps=1",
-                                         "coreset.method=rcs", f"coreset.unit={unit}", "coreset.warmup_epochs=1",
-                                         "coreset.every=1", "coreset.val_fraction=0.1", "coreset.fraction=0.5"])
+                                         "coreset.selector=rcs", f"coreset.unit={unit}", "coreset.warmup_epochs=1",
+                                         "coreset.every=1", "coreset.rcs.val_fraction=0.1", "coreset.fraction=0.5"])
     images, labels = structured_images(96, 0)
     data = ImageDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), torch.arange(96), "s", "train")
     spec = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=3, mean=(0.5,), std=(0.5,))
@@ -144,8 +147,8 @@ def test_sigkill_after_selection_resumes_on_the_same_subset(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=256, n_test=16)
     overrides = [f"data.root={root}", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
                  "train.progress=false", "attack.steps=1", "train.epochs=4", "train.checkpoint_every_steps=1",
-                 "coreset.method=rcs", "coreset.warmup_epochs=1", "coreset.every=2", "coreset.fraction=0.5",
-                 "coreset.val_fraction=0.05", "coreset.rd_steps=1"]
+                 "coreset.selector=rcs", "coreset.warmup_epochs=1", "coreset.every=2", "coreset.fraction=0.5",
+                 "coreset.rcs.val_fraction=0.05", "coreset.rcs.rd_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides)
     # Kill inside epoch 2, after the epoch-1 selection.
@@ -162,7 +165,7 @@ def test_sigkill_after_selection_resumes_on_the_same_subset(tmp_path):
 def test_rcs_selection_leaves_the_model_untouched():
     torch.manual_seed(0)
     cfg = load_config("acl_fmnist_cpu", ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "attack.steps=1",
-                                         "coreset.method=rcs", "coreset.val_fraction=0.02", "coreset.fraction=0.25"])
+                                         "coreset.selector=rcs", "coreset.rcs.val_fraction=0.02", "coreset.fraction=0.25"])
     images, labels = structured_images(64, 0)
     data = ImageDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), torch.arange(64), "s", "train")
     spec = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=3, mean=(0.5,), std=(0.5,))
@@ -267,7 +270,7 @@ def test_rcs_validation_rd_is_end_to_end_rd_natural_on_normal_adversarial_on_pgd
 
     monkeypatch.setattr(divergence, "virtual_adversarial", attack)
     monkeypatch.setattr(rcs, "greedy_select", greedy)
-    cfg = CoresetConfig(method="rcs", val_fraction=0.125, fraction=0.25, rd_eps=0.1, rd_alpha=0.04, rd_steps=2)
+    cfg = CoresetConfig(selector="rcs", fraction=0.25, settings={"rcs": RCSSettings(val_fraction=0.125, rd_eps=0.1, rd_alpha=0.04, rd_steps=2)})
     sched = CoresetSchedule(cfg, epochs=1, n=64, batch_size=16, seed=0)
     sched.select(0, model, method, data)
     (x_adv,) = seen["x_adv"]
@@ -368,8 +371,8 @@ def test_sample_units_scale_eta_so_a_whole_batch_of_picks_is_one_batch_step(monk
     torch.manual_seed(0)
     model, method = build_model(DUAL_SPEC).eval(), build_method(load_config("acl_fmnist_cpu", TINY_ACL), 28, 1)
     b, eta = 16, 0.5
-    sample = rcs.RCSSelector(CoresetConfig(method="rcs", unit="sample", eta=eta, head="projector", reattack_every=1), 0)
-    batch = rcs.RCSSelector(CoresetConfig(method="rcs", unit="batch", eta=eta), 0)
+    sample = rcs.RCSSelector(CoresetConfig(selector="rcs", unit="sample", settings={"rcs": RCSSettings(eta=eta, head="projector", reattack_every=1)}), 0)
+    batch = rcs.RCSSelector(CoresetConfig(selector="rcs", unit="batch", settings={"rcs": RCSSettings(eta=eta)}), 0)
     assert sample.step_size(b) == eta / b and batch.step_size(b) == eta
     view = HeadView(model)
     torch.manual_seed(1)
@@ -396,14 +399,14 @@ def test_sample_units_scale_eta_so_a_whole_batch_of_picks_is_one_batch_step(monk
 
 
 def test_head_and_reattack_every_are_validated_config_keys():
-    cfg = load_config("acl_fmnist_cpu", ["coreset.head=projector", "coreset.reattack_every=3"])
-    assert cfg.coreset.head == "projector" and cfg.coreset.reattack_every == 3
-    defaults = load_config("acl_fmnist_cpu", [])
-    assert defaults.coreset.head == "last" and defaults.coreset.reattack_every == 0
-    with pytest.raises(ConfigError, match="coreset.head"):
-        load_config("acl_fmnist_cpu", ["coreset.head=fc3"])
-    with pytest.raises(ConfigError, match="coreset.reattack_every"):
-        load_config("acl_fmnist_cpu", ["coreset.reattack_every=-1"])
+    cfg = load_config("acl_fmnist_cpu", ["coreset.rcs.head=projector", "coreset.rcs.reattack_every=3"])
+    assert cfg.coreset.settings["rcs"].head == "projector" and cfg.coreset.settings["rcs"].reattack_every == 3
+    defaults = load_config("acl_fmnist_cpu", ["coreset.selector=rcs"])
+    assert defaults.coreset.params.head == "last" and defaults.coreset.params.reattack_every == 0
+    with pytest.raises(ConfigError, match="coreset.rcs.head"):
+        load_config("acl_fmnist_cpu", ["coreset.rcs.head=fc3"])
+    with pytest.raises(ConfigError, match="coreset.rcs.reattack_every"):
+        load_config("acl_fmnist_cpu", ["coreset.rcs.reattack_every=-1"])
 
 
 @pytest.mark.parametrize("scope,name", [("last", "acl"), ("projector", "acl"), ("last", "rocl"), ("last", "robust_emp")])
@@ -438,6 +441,6 @@ def test_stacked_candidate_batches_give_the_rows_of_one_forward_each(scope, name
     assert torch.allclose(candidate_gradients(model, method, data, units, "batch", view, chunk=8, per_forward=3), one, atol=1e-6)
     with pytest.raises(ValueError, match="grouped batches"):
         method.training_loss(model, make_batch(data, torch.arange(16), groups=2))
-    assert load_config("acl_fmnist_cpu", ["coreset.candidates_per_forward=4"]).coreset.candidates_per_forward == 4
+    assert load_config("acl_fmnist_cpu", ["coreset.rcs.candidates_per_forward=4"]).coreset.settings["rcs"].candidates_per_forward == 4
     with pytest.raises(ConfigError, match="candidates_per_forward"):
-        load_config("acl_fmnist_cpu", ["coreset.candidates_per_forward=0"])
+        load_config("acl_fmnist_cpu", ["coreset.rcs.candidates_per_forward=0"])

@@ -138,7 +138,7 @@ def test_loader_shards_each_global_batch_in_the_one_process_order():
 # --- a real run: torchrun + the CLI, killed and resumed --------------------------------------------------
 RUN = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
        "train.log_every_steps=1", "attack.steps=2", "train.device=cpu", "coreset.warmup_epochs=1", "coreset.every=1",
-       "coreset.fraction=0.5", "coreset.rd_steps=1", "train.epochs=3", "train.checkpoint_every_steps=1", "train.seed=3"]
+       "coreset.fraction=0.5", "coreset.rcs.rd_steps=1", "train.epochs=3", "train.checkpoint_every_steps=1", "train.seed=3"]
 
 
 def pretrain_cmd(out: Path, overrides: list[str]) -> list[str]:

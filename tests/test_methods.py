@@ -127,7 +127,7 @@ class WeightedRandom(RandomSelector):
 
 def test_selection_weights_are_used_for_training(monkeypatch):
     monkeypatch.setitem(SELECTORS, WeightedRandom.name, WeightedRandom)
-    cfg = load_config("acl_fmnist_cpu", [f"coreset.method={WeightedRandom.name}", "coreset.warmup_epochs=0", "coreset.unit=sample"])
+    cfg = load_config("acl_fmnist_cpu", [f"coreset.selector={WeightedRandom.name}", "coreset.warmup_epochs=0", "coreset.unit=sample"])
     data = _data()
     sched = CoresetSchedule(cfg.coreset, epochs=1, n=len(data), batch_size=16, seed=0)
     positions, weights = sched.positions_for_epoch(0, None, None, data)
@@ -198,7 +198,7 @@ def test_registries_are_the_vocabularies(monkeypatch, capsys):
         load_config("acl_fmnist_cpu", ["method.byol.lam=256"])
     assert load_config("acl_fmnist_cpu", ["method.rocl.lam=128"]).method.settings["rocl"].lam == 128
     monkeypatch.setitem(SELECTORS, WeightedRandom.name, WeightedRandom)
-    assert load_config("acl_fmnist_cpu", [f"coreset.method={WeightedRandom.name}"]).coreset.method == WeightedRandom.name
+    assert load_config("acl_fmnist_cpu", [f"coreset.selector={WeightedRandom.name}"]).coreset.selector == WeightedRandom.name
     with pytest.raises(SystemExit):
         main(["select", "--help"])
     assert WeightedRandom.name in capsys.readouterr().out

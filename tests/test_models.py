@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from robustssl.models import DualBatchNorm, ModelSpec, bn_branch, build_model, export_encoder, load_encoder
+from robustssl.models import DualBatchNorm, ModelSpec, bn_branch, build_model, current_branch, export_encoder, load_encoder
 
 
 def test_dual_bn_routes_statistics_to_the_chosen_branch(tiny_spec):
@@ -56,12 +56,38 @@ def test_export_round_trip(tmp_path, tiny_spec):
     model = build_model(tiny_spec).train()
     model(torch.rand(8, 1, 12, 12))  # move BN running stats off their init
     model.eval()
-    path = export_encoder(model, tiny_spec, tmp_path / "enc.safetensors")
+    path = export_encoder(model, tiny_spec, tmp_path / "enc.safetensors", trained_branches=["normal"])
     loaded, spec = load_encoder(path)
     assert spec == tiny_spec
     x = torch.rand(3, 1, 12, 12)
     with torch.no_grad():
-        assert torch.equal(model.features(x), loaded.eval().features(x))
+        assert torch.equal(model.features(x), loaded.features(x))
+
+
+def test_loaded_dual_bn_encoder_gives_the_features_of_the_branch_its_report_used(tmp_path, tiny_spec):
+    """Issue #21, item 4: `load_encoder` in user code used the `normal` branch of an ACL encoder,
+    while `evaluate` (and its report) used the trained robust `pgd` branch."""
+    from robustssl.eval.classifier import choose_branch
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec).train()
+    for branch in ("normal", "pgd"):  # different statistics per branch, as after ACL training
+        with bn_branch(model, branch):
+            model(torch.rand(8, 1, 12, 12) * (1.0 if branch == "normal" else 0.3))
+    path = export_encoder(model.eval(), tiny_spec, tmp_path / "acl.safetensors", trained_branches=["normal", "pgd"])
+    loaded, _ = load_encoder(path)  # user code: two lines from the file to features
+    x = torch.rand(3, 1, 12, 12)
+    feats = loaded.features(x)
+    used, _ = choose_branch(loaded, None, ["normal", "pgd"])  # the branch evaluate and its report use
+    assert current_branch(loaded) == used == "pgd"
+    assert not loaded.training  # eval mode: BN running statistics, as evaluated
+    with torch.no_grad(), bn_branch(model, used):
+        assert torch.equal(feats, model.features(x))
+    with torch.no_grad(), bn_branch(model, "normal"):
+        assert not torch.allclose(feats, model.features(x))
+    normal, _ = load_encoder(path, branch="normal")  # another branch, on request
+    with torch.no_grad(), bn_branch(model, "normal"):
+        assert torch.equal(normal.features(x), model.features(x))
 
 
 def test_load_encoder_errors(tmp_path):

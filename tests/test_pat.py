@@ -98,13 +98,16 @@ def test_self_bound_lpips_equals_a_float64_transcription_for_the_cnn_and_resnet(
     assert torch.allclose(got.double(), _lpips64(res_acts(x[:8]), res_acts(x2[:8])), rtol=1e-5, atol=1e-6)
 
 
-def _alexnet_state(lin: bool):
-    """A small CIFAR-AlexNet-shaped network (3x3 first conv, narrow channels) as a state dict."""
+def _alexnet_state(lin: bool, imagenet: bool = False):
+    """A small AlexNet-shaped network (narrow channels) as a state dict: PAT's CIFAR AlexNet (3x3 convs) or
+    torchvision's ImageNet AlexNet (11x11, 5x5, then 3x3 convs)."""
     g = torch.Generator().manual_seed(0)
     chans = [3, 8, 12, 16, 16, 16]
+    kernels = (11, 5, 3, 3, 3) if imagenet else (3, 3, 3, 3, 3)
     state = {}
     for i, idx in enumerate((0, 3, 6, 8, 10)):
-        state[f"features.{idx}.weight"] = torch.randn(chans[i + 1], chans[i], 3, 3, generator=g) * 0.3
+        k = kernels[i]
+        state[f"features.{idx}.weight"] = torch.randn(chans[i + 1], chans[i], k, k, generator=g) * 0.3
         state[f"features.{idx}.bias"] = torch.randn(chans[i + 1], generator=g) * 0.1
         if lin:
             state[f"lin{i}.model.1.weight"] = torch.rand(1, chans[i + 1], 1, 1, generator=g)
@@ -120,20 +123,25 @@ def _alexnet_acts64(state, x, lpips_scaling):
         mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
         h = (x.double() - mean) / std
+    imagenet = state["features.0.weight"].shape[-1] == 11
     out = []
     for i, idx in enumerate((0, 3, 6, 8, 10)):
         w, b = state[f"features.{idx}.weight"].double(), state[f"features.{idx}.bias"].double()
-        h = F.relu(F.conv2d(h, w, b, stride=2 if i == 0 else 1, padding=1))
+        if imagenet:  # torchvision's AlexNet: 11x11 stride 4 pad 2, 5x5 pad 2, 3x3 pad 1; 3x3 stride-2 max-pools
+            stride, pad = (4, 2) if i == 0 else (1, w.shape[-1] // 2)
+        else:  # PAT's CIFAR AlexNet: 3x3 stride 2 pad 1, then 3x3 pad 1; 2x2 max-pools
+            stride, pad = (2 if i == 0 else 1), 1
+        h = F.relu(F.conv2d(h, w, b, stride=stride, padding=pad))
         out.append(h)
         if i in (0, 1):
-            h = F.max_pool2d(h, 2)
+            h = F.max_pool2d(h, 3, 2) if imagenet else F.max_pool2d(h, 2)
     return out
 
 
-@pytest.mark.parametrize("fmt", ["pt", "safetensors"])
+@pytest.mark.parametrize(("fmt", "imagenet"), [("pt", False), ("safetensors", False), ("safetensors", True)])
 @pytest.mark.parametrize("lin", [True, False])
-def test_loaded_lpips_network_equals_a_float64_transcription(tmp_path, fmt, lin):
-    state = _alexnet_state(lin)
+def test_loaded_lpips_network_equals_a_float64_transcription(tmp_path, fmt, imagenet, lin):
+    state = _alexnet_state(lin, imagenet)
     path = tmp_path / f"alex.{fmt}"
     if fmt == "pt":
         torch.save({"model": {f"model.{k}": v for k, v in state.items()}}, path)  # a checkpoint wrapping the weights
@@ -141,7 +149,8 @@ def test_loaded_lpips_network_equals_a_float64_transcription(tmp_path, fmt, lin)
         save_file(state, str(path))
     net = load_lpips_network(path)
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(4, 3, 32, 32, generator=g)
+    side = 72 if imagenet else 32
+    x = torch.rand(4, 3, side, side, generator=g)
     x2 = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
     weights = [state[f"lin{i}.model.1.weight"].flatten() for i in range(5)] if lin else None
     ref = _lpips64(_alexnet_acts64(state, x, lin), _alexnet_acts64(state, x2, lin), weights)
@@ -301,7 +310,7 @@ def test_pat_weighted_loss_and_acs_head_gradients_at_its_own_examples():
         gw, gb = torch.autograd.grad(loss, [head.weight, head.bias])
         assert torch.allclose(rows[i], torch.cat([gw.flatten(), gb]), atol=1e-5), i
     # a weighted GradMatch coreset selected on those gradients; its weights reach PAT's loss per example
-    sel = GradMatchSelector(CoresetConfig(method="gradmatch", unit="sample", fraction=0.25), seed=0)
+    sel = GradMatchSelector(CoresetConfig(selector="gradmatch", unit="sample", fraction=0.25), seed=0)
     result = sel.select(model, method, data, torch.arange(40), torch.arange(0), 12, 16)
     assert result.weights is not None and float(result.weights.mean()) == pytest.approx(1.0)
     views = method.attack(model, method.make_views(make_batch(data, result.positions)), UNUSED_PGD)
@@ -316,10 +325,10 @@ def test_pat_config_rules():
     cfg = load_config("pat_fmnist_cpu")
     assert cfg.method.name == "pat" and cfg.method.params.bound == 0.5
     with pytest.raises(ConfigError, match="candidate_attack_steps"):
-        load_config("pat_fmnist_cpu", ["coreset.method=rcs", "coreset.candidate_attack_steps=1"])
+        load_config("pat_fmnist_cpu", ["coreset.selector=rcs", "coreset.rcs.candidate_attack_steps=1"])
     with pytest.raises(ConfigError, match="proj_layers=1"):
         load_config("pat_fmnist_cpu", ["model.proj_layers=3"])
     published = load_config("pat_cifar10")
     e, kappa, f = 100, 0.5, published.coreset.fraction  # ACS's warm start (c = f), PAT's re-selection every 15
-    assert published.coreset.method == "gradmatch" and published.coreset.every == 15
+    assert published.coreset.selector == "gradmatch" and published.coreset.every == 15
     assert published.coreset.warmup_epochs == round(f * kappa * e) and published.train.epochs == 25 + round((1 - kappa) * e)

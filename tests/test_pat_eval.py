@@ -13,7 +13,7 @@ from robustssl.eval.perceptual import LPASettings, PPGDSettings, perceptual_accu
 from robustssl.eval.robust import pgd_accuracy
 
 from .datafiles import write_fashion_mnist
-from .test_pat import _fitted
+from .test_pat import _alexnet_state, _fitted
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,3 +70,21 @@ def test_union_is_the_per_example_worst_case_of_its_four_attacks():
     assert union["accuracy"] <= min(float(f.float().mean()) for f in parts)
     assert union["parts"]["pgd20_l2"] == float(parts[1].float().mean())
     assert union["accuracy"] < max(float(f.float().mean()) for f in parts), "the worst case is below some single attack"
+
+
+def test_perceptual_accuracy_with_a_loaded_lpips_network_names_it_and_keeps_its_bound(tmp_path):
+    from safetensors.torch import save_file
+
+    from robustssl.config import ConfigError
+    from robustssl.eval.perceptual import PerceptualSettings, lpips_label
+
+    model, x, y = _fitted()
+    path = tmp_path / "alex_cifar.safetensors"
+    save_file(_alexnet_state(lin=False), str(path))
+    s = LPASettings(bound=0.1, steps=5, rounds=2, lpips_model=str(path))
+    result = perceptual_accuracy(model, x[:16], y[:16], "lpa", s, seed=0)
+    assert result.extra["lpips_network"] == "network alex_cifar.safetensors" and result.extra["max_lpips"] <= 0.1 + 1e-5
+    assert lpips_label(str(path)) == "LPIPS (network alex_cifar.safetensors)"
+    assert isinstance(s, PerceptualSettings)
+    with pytest.raises(ConfigError, match="eval.lpa.lpips_model"):
+        load_config("pat_fmnist_cpu", [f"eval.lpa.lpips_model={tmp_path / 'missing.pt'}"])

@@ -16,7 +16,7 @@ TINY = ["model.width=4", "optim.batch_size=16", "train.progress=false", "train.l
 def test_sigkill_of_a_pat_gradmatch_run_resumes_to_the_same_weights(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=64, n_test=16)
     overrides = TINY + [f"data.root={root}", "train.epochs=3", "coreset.warmup_epochs=1", "coreset.every=1",
-                        "coreset.method=gradmatch", "coreset.fraction=0.6", "train.seed=2", "train.checkpoint_every_steps=1"]
+                        "coreset.selector=gradmatch", "coreset.fraction=0.6", "train.seed=2", "train.checkpoint_every_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="pat_fmnist_cpu")
     killed = kill_when(run, overrides, lambda ck: ck["coreset"]["selected_at"] >= 1 and ck["batch"] >= 1,

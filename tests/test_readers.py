@@ -1,6 +1,7 @@
 """Dataset readers: each format is written to disk in its real layout and read back."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -350,8 +351,8 @@ def test_hand_downloaded_archive_is_verified_and_extracted(tmp_path, monkeypatch
     _, _, test_x, _ = _write_cifar10(staging)
     root.mkdir()
     md5 = _tar_gz(root / "cifar-10-python.tar.gz", staging / "cifar-10-batches-py")
-    monkeypatch.setitem(catalog.ARCHIVES, "cifar10", Archive("http://127.0.0.1:9/cifar-10-python.tar.gz", md5,
-                                                             "cifar-10-batches-py"))
+    local = Archive("http://127.0.0.1:9/cifar-10-python.tar.gz", md5, "cifar-10-batches-py")
+    monkeypatch.setitem(catalog.DATASETS, "cifar10", dataclasses.replace(catalog.DATASETS["cifar10"], archives=(local,)))
     ds = load_dataset("cifar10", "test", root=str(root))  # no network: the archive is already there
     assert np.array_equal(ds.images.numpy().reshape(4, -1), test_x)
     assert (root / "cifar-10-batches-py" / "batches.meta").is_file()

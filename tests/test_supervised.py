@@ -141,7 +141,7 @@ def test_acs_selection_leaves_parameters_and_buffers_untouched_and_weights_avera
     model, data = _trained(method)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sel = selector(CoresetConfig(method=selector.name, unit="sample", fraction=0.25), seed=0)
+    sel = selector(CoresetConfig(selector=selector.name, unit="sample", fraction=0.25), seed=0)
     pool = torch.arange(40)
     result = sel.select(model, method, data, pool, torch.arange(0), 12, 16)
     for k, v in model.state_dict().items():
@@ -203,22 +203,23 @@ def test_supervised_config_rules():
     with pytest.raises(ConfigError, match="proj_layers=1"):
         load_config("pgd_at_fmnist_cpu", ["model.proj_layers=3"])
     with pytest.raises(ConfigError, match="supervised loss"):
-        load_config("acl_fmnist_cpu", ["coreset.method=craig", "coreset.unit=sample"])
-    with pytest.raises(ConfigError, match="coreset.unit=sample"):
-        load_config("trades_fmnist_cpu", ["coreset.method=gradmatch", "coreset.unit=batch"])
+        load_config("acl_fmnist_cpu", ["coreset.selector=craig", "coreset.unit=sample"])
     with pytest.raises(ConfigError, match="attack.steps=1"):
         load_config("pgd_at_fmnist_cpu", ["method.name=fast_at", "attack.steps=3"])
     assert load_config("pgd_at_fmnist_cpu", ["method.name=fast_at", "attack.steps=1", "attack.alpha=0.125"]).method.name == "fast_at"
     published = load_config("trades_gradmatch_cifar10")
-    e, kappa, f = 100, 0.5, published.coreset.fraction  # ACS's warm start: c = f
-    assert published.coreset.warmup_epochs == round(f * kappa * e) and published.train.epochs == 15 + round((1 - kappa) * e)
+    e, kappa, f = 100, 0.6, published.coreset.fraction  # ACS's shipped config and run_train_TRADES.py: kappa 0.6, E 100, c = f
+    kappa_epochs = int(kappa * e)  # ACS trains round(c kappa_epochs) full epochs, skips to kappa_epochs, then coreset epochs
+    assert published.coreset.warmup_epochs == round(f * kappa_epochs) == 18
+    assert published.train.epochs == 18 + e - kappa_epochs
+    assert published.coreset.unit == "batch" and published.coreset.params.batch_size == 128  # GradMatchPB on ACS's loader
 
 
 @pytest.mark.parametrize("selector", ["gradmatch", "rcs"])
 def test_sigkill_after_a_selection_resumes_to_the_same_weights(selector, tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=96, n_test=16)
     overrides = TINY + [f"data.root={root}", "train.epochs=4", "coreset.warmup_epochs=1", "coreset.every=1",
-                        f"coreset.method={selector}", "coreset.val_fraction=0.1", "coreset.fraction=0.6", "train.seed=2",
+                        f"coreset.selector={selector}", "coreset.rcs.val_fraction=0.1", "coreset.fraction=0.6", "train.seed=2",
                         "train.checkpoint_every_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="trades_fmnist_cpu")

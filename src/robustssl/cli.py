@@ -1,14 +1,16 @@
-"""robustssl command line: pretrain | evaluate | postprocess | compare | select | quickstart."""
+"""robustssl command line: pretrain | evaluate | postprocess | compare | export | select | quickstart."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from . import api, dist
 from .config import recipe_dir
-from .data import DatasetError
 from .errors import ConfigError, RobustSSLError
+from .io import check_output_path
 from .train.run_dir import CHECKPOINT
 
 
@@ -22,6 +24,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                           + ", ".join(sorted(p.stem for p in recipe_dir().glob("*.yaml"))) + ")")
     result = api.pretrain(args.config, args.out, overrides=args.overrides, resume=args.resume)
     if dist.launched_rank() > 0:  # under torchrun rank 0 reports
+        return 0
+    if result.nothing_left:
+        print(f"nothing left to do: {args.out} finished all its epochs ({result.steps} steps, {result.seconds:.1f}s of "
+              f"training); its checkpoint, encoder.safetensors and run.json are unchanged")
         return 0
     times = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.phase_seconds.items()))
     print(f"done: {result.steps} steps in {result.seconds:.1f}s ({times}); encoder at {Path(args.out) / 'encoder.safetensors'}")
@@ -54,7 +60,10 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
     purity = "" if km["purity_vs_true_labels"] is None else f", purity vs the true labels {km['purity_vs_true_labels']:.3f}"
     print(f"k-means: {km['clusters']} clusters of {km['images']} images (sizes {km['cluster_sizes']}){purity}; "
           f"LP: {lp['epochs']} epochs, pseudo-label accuracy {lp['pseudo_label_accuracy']:.3f}; "
-          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}; {r['seconds']:.1f}s")
+          f"AFT: {aft['epochs']} epochs, final TRADES loss {aft['epoch_loss'][-1]:.4f}"
+          f"{' (DIVERGED)' if aft['divergence']['diverged'] else ''}; {r['seconds']:.1f}s")
+    for note in r["notes"]:
+        print(f"WARNING: {note}")
     print(f"new run folder: {args.out} (encoder.safetensors, postprocess.json); evaluate it with: "
           f"robustssl evaluate --run {args.out}")
     return 0
@@ -63,7 +72,7 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .eval.compare import FILES, table_markdown
 
-    result = api.compare(args.runs, args.out)
+    result = api.compare(args.runs, args.out, force=args.force)
     out = Path(args.out)
     print(table_markdown(result["rows"]))
     for note in result["notes"]:
@@ -73,9 +82,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    r = api.export(args.run, args.out, format=args.format, protocol=args.protocol)
+    print(f"exported the {r['protocol'].upper()} classifier ({r['why']}) to {r['out']}: "
+          + ", ".join(Path(f).name for f in r["files"]) + "; load it with: api.load(\"" + r["out"] + "\") (nothing uploaded)")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import quickstart
 
+    check_output_path(args.out, "--out")
     quickstart(args.out, overrides=args.overrides, force=args.force)
     return 0
 
@@ -84,18 +101,18 @@ def cmd_select(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.fraction is not None:
         overrides.append(f"coreset.fraction={args.fraction}")
-    if args.method is not None:
-        overrides.append(f"coreset.method={args.method}")
-    r = api.select(args.run, overrides=overrides, out=args.output)
+    if args.selector is not None:
+        overrides.append(f"coreset.selector={args.selector}")
+    r = api.select(args.run, overrides=overrides, out=args.output, force=args.force)
     c = r["coreset"]
     print(f"selected {len(r['sample_ids'])} of {c['pool_size']} images ({100 * c['fraction_real']:.1f}%, unit {c['unit']}) "
-          f"with {c['method']} in {r['seconds']:.2f}s -> {r['path']}")
+          f"with {c['selector']} in {r['seconds']:.2f}s -> {r['path']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .coreset.registry import SELECTORS
-    from .data import DATASET_NAMES
+    from .data.catalog import dataset_names
     from .eval.registry import ATTACKS, PROTOCOLS
     from .models import BRANCHES
 
@@ -116,30 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--attacks", help=f"comma-separated: {','.join(ATTACKS)}")
     ev.add_argument("--n-examples", type=int, help="evaluate on the first N test images (default: the full test set)")
     ev.add_argument("--branch", choices=list(BRANCHES), help="dual-BN branch to evaluate (default: pgd if it was trained)")
-    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(DATASET_NAMES)}); "
+    ev.add_argument("--data", help=f"transfer: evaluate on this dataset instead ({', '.join(dataset_names())}); "
                     "images are converted to the encoder's channels and size; the report goes to RUN/transfer/NAME/")
     ev.add_argument("--data-root", help="with --data: the folder holding that dataset's files (default: the usual places)")
-    ev.add_argument("overrides", nargs="*", help="eval.key=value overrides")
+    ev.add_argument("overrides", nargs="*", help="eval.key=value overrides (and data.root, data.download, train.device; "
+                    "other sections describe how the run was trained and are refused)")
     ev.set_defaults(func=cmd_evaluate)
 
     pp = sub.add_parser("postprocess", help="DynACL++ post-processing (k-means pseudo-labels, LP-AFT) into a new run folder")
     pp.add_argument("--run", required=True, help="the --out folder of a pretrain run (only read)")
     pp.add_argument("--out", required=True, help="the new run folder (encoder.safetensors, config.yaml, postprocess.json, run.json)")
     pp.add_argument("--clusters", type=int, help="k of k-means (default: the config's postprocess.clusters, 10)")
-    pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5")
+    pp.add_argument("overrides", nargs="*", help="postprocess.key=value and eval.key=value overrides, e.g. postprocess.aft_epochs=5 "
+                    "(and data.root, data.download, train.device; other sections are refused)")
     pp.set_defaults(func=cmd_postprocess)
 
     cp = sub.add_parser("compare", help="compare evaluated runs: one table (Markdown, JSON) and robustness, loss and time plots")
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
     cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
+    cp.add_argument("--force", action="store_true", help="replace an earlier compare.md / compare.json in --out")
     cp.set_defaults(func=cmd_compare)
+
+    ex = sub.add_parser("export", help="an evaluated classifier as a Hugging Face Hub-ready folder (nothing is uploaded)")
+    ex.add_argument("--run", required=True, help="a run folder that `robustssl evaluate` has been run on")
+    ex.add_argument("--format", default="hf", choices=["hf"], help="hf: config.json, model.safetensors, README.md (model card), "
+                    "model_info.json (RobustBench style)")
+    ex.add_argument("--protocol", help="whose classifier (default: the one with the highest accuracy under its strongest attack)")
+    ex.add_argument("--out", help="the folder to write (default: RUN/hf)")
+    ex.set_defaults(func=cmd_export)
 
     se = sub.add_parser("select", help="run one coreset selection from a run's checkpoint")
     se.add_argument("--run", required=True, help="the --out folder of a pretrain run")
     se.add_argument("--fraction", type=float, help="coreset fraction (default: the run's coreset.fraction)")
-    se.add_argument("--method", choices=selectors, help="selector (default: the run's coreset.method)")
-    se.add_argument("--output", help="where to write the selection JSON (default: RUN/selection.json)")
-    se.add_argument("overrides", nargs="*", help="coreset.key=value overrides")
+    se.add_argument("--selector", "--method", dest="selector", choices=selectors,
+                    help="selector (default: the run's coreset.selector; --method: its old name, deprecated)")
+    se.add_argument("--output", help="where to write the selection JSON (default: RUN/selection.json); an existing file "
+                    "is refused unless --force, a run's own files (config.yaml, checkpoint.pt, ...) always")
+    se.add_argument("--force", action="store_true", help="replace an existing --output file (never a run's own file)")
+    se.add_argument("overrides", nargs="*", help="coreset.key=value (or coreset.<selector>.key=value) overrides "
+                    "(and data.root, data.download, train.device)")
     se.set_defaults(func=cmd_select)
 
     qs = sub.add_parser("quickstart", help="ACL vs SimCLR on Fashion-MNIST, evaluated with PGD-20 and AutoAttack (CPU, minutes)")
@@ -154,8 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RobustSSLError, DatasetError, OSError, ValueError, RuntimeError) as e:
+    except (RobustSSLError, OSError) as e:  # what a user can fix; anything else is a bug and keeps its traceback
         print(f"robustssl {args.command}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"robustssl {args.command}: error: out of memory ({one_line(e)[:200]}); lower optim.batch_size (or "
+              "eval.batch_size), data.image_size or the model size, or pass data.stream=true", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustssl {args.command}: interrupted; {after_interrupt(args)}", file=sys.stderr)

@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
+import shlex
+import sys
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .data.catalog import DATASET_NAMES
+from .data.catalog import dataset_names
 from .errors import ConfigError
-from .models.encoder import ModelConfig
-from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, unit_interval
+from .models.encoder import ModelConfig, check_model_config
+from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, show, unit_interval
 from .timer import TIMING_MODES
 
 __all__ = [
@@ -53,7 +58,7 @@ def attack_names() -> list[str]:
 
 @dataclass
 class DataConfig:
-    name: str = one_of("fashion-mnist", DATASET_NAMES)
+    name: str = one_of("fashion-mnist", dataset_names)  # a registered dataset (data/catalog.py DATASETS)
     root: str | None = None  # given: the data are searched there only
     download: bool = False
     train_subset: int | None = positive(None)  # a seeded random subset of the training split (None: all)
@@ -142,25 +147,51 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
 
 
+# Keys of the old flat CoresetConfig that are RCS's own now (`coreset.rcs.<key>`). Read as
+# aliases until the next release, with a deprecation note; `coreset.method` is `coreset.selector`.
+LEGACY_RCS_KEYS = (
+    "val_fraction", "rd_eps", "rd_alpha", "rd_steps", "eta", "refresh_every", "sketch_dim", "candidate_attack_steps",
+    "candidate_fraction", "head", "reattack_every", "candidates_per_forward",
+)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; write {new}", FutureWarning, stacklevel=4)
+
+
 @dataclass
 class CoresetConfig:
-    method: str = one_of("full", selector_names)
+    """The schedule's keys (which selector, budget, warm-up, frequency, unit) and `settings`, each
+    configured selector's own settings (a dataclass declared by the selector, written `coreset.<name>.<key>`)."""
+
+    selector: str = one_of("full", selector_names)
     fraction: float = unit_interval(0.2)
     warmup_epochs: int = non_negative(100)
     every: int = positive(20)
-    unit: str = one_of("batch", ("batch", "sample"))
-    val_fraction: float = unit_interval(0.01)
-    rd_eps: float = non_negative(8 / 255)
-    rd_alpha: float = non_negative(8 / 255 / 3)
-    rd_steps: int = non_negative(3)
-    eta: float = non_negative(0.01)  # the simulated head step of the greedy loop
-    refresh_every: int = positive(1)  # re-evaluate g_val every r picks (1: after every pick, as in the paper)
-    sketch_dim: int = non_negative(0)  # 0: score with the full flattened head gradient; k: a seeded random projection
-    candidate_attack_steps: int | None = non_negative(None)  # attack steps for candidate losses (None: the method's own)
-    candidate_fraction: float = unit_interval(1.0)  # score a seeded random share of the candidates (1.0: all)
-    head: str = one_of("last", ("last", "projector"))  # RCS differentiates the projector's last Linear, or all its Linears
-    reattack_every: int = non_negative(0)  # re-attack the validation split every k g_val refreshes (0: once, at W0)
-    candidates_per_forward: int = positive(1)  # candidate batches stacked into one (grouped, eval-mode) forward
+    unit: str = one_of("batch", ("batch", "sample"))  # a pick is a whole batch (the selector's batch size) or one image
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .coreset.registry import SELECTORS
+
+        if self.selector in SELECTORS and self.selector not in self.settings:  # the selected selector always has its settings
+            self.settings[self.selector] = SELECTORS[self.selector].Settings()
+
+    @property
+    def params(self) -> Any:
+        """The selected selector's settings (its defaults when none were configured)."""
+        if self.selector not in self.settings:
+            self.__post_init__()
+        return self.settings[self.selector]
+
+    @property
+    def method(self) -> str:
+        """Deprecated alias of `selector` (until the next release)."""
+        return self.selector
+
+    @method.setter
+    def method(self, value: str) -> None:
+        self.selector = value
 
 
 @dataclass
@@ -257,6 +288,8 @@ class RunConfig:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(RunConfig))
+MAX_SEED = 2**32 - 1  # seeds are offset and multiplied per rank and selection: kept far from int64's end
+MAX_IMAGE_SIZE = 4096  # data.image_size: the largest side an image folder is resized to
 
 
 def _build_method(raw: Any) -> MethodConfig:
@@ -267,7 +300,7 @@ def _build_method(raw: Any) -> MethodConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"method: expected a mapping of keys to values, got {raw!r}")
+        raise ConfigError(f"method: expected a mapping of keys to values, got {show(raw)}")
     name = coerce(raw.get("name", MethodConfig.name), str, "method.name")
     settings: dict[str, Any] = {}
     for key, value in raw.items():
@@ -282,6 +315,55 @@ def _build_method(raw: Any) -> MethodConfig:
     return cfg
 
 
+def _coreset_key(parts: list[str]) -> list[str]:
+    """An override's path with the deprecated coreset keys renamed (a note for each)."""
+    if len(parts) == 2 and parts[0] == "coreset":
+        if parts[1] == "method":
+            _deprecated("coreset.method", "coreset.selector")
+            return ["coreset", "selector"]
+        if parts[1] in LEGACY_RCS_KEYS:
+            _deprecated(f"coreset.{parts[1]}", f"coreset.rcs.{parts[1]}")
+            return ["coreset", "rcs", parts[1]]
+    return parts
+
+
+def _build_coreset(raw: Any) -> CoresetConfig:
+    """coreset: {selector: rcs, fraction: 0.2, rcs: {rd_steps: 3}, ...}: the schedule's keys, and each
+    `<selector>` mapping built with that selector's own settings class. The deprecated flat keys
+    (coreset.method, coreset.rd_steps, ...) are read into their new places, where those are unset."""
+    from .coreset.registry import SELECTORS
+
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"coreset: expected a mapping of keys to values, got {raw!r}")
+    raw = dict(raw)
+    if "method" in raw:
+        _deprecated("coreset.method", "coreset.selector")
+        old = raw.pop("method")
+        if raw.setdefault("selector", old) != old:
+            raise ConfigError(f"coreset.method={old!r} and coreset.selector={raw['selector']!r} disagree; keep coreset.selector only")
+    legacy = {k: raw.pop(k) for k in LEGACY_RCS_KEYS if k in raw}
+    if legacy:
+        _deprecated(", ".join(f"coreset.{k}" for k in legacy), "coreset.rcs.<key>")
+        rcs = raw.get("rcs") or {}
+        if not isinstance(rcs, dict):
+            raise ConfigError(f"coreset.rcs: expected a mapping of keys to values, got {rcs!r}")
+        raw["rcs"] = {**legacy, **rcs}
+    settings = {key: build_settings(SELECTORS[key].Settings, raw.pop(key), f"coreset.{key}.") for key in list(raw) if key in SELECTORS}
+    if "settings" in raw:
+        raw["coreset.settings"] = raw.pop("settings")  # not a key of its own: reported as unknown below
+    shared = [f.name for f in dataclasses.fields(CoresetConfig) if f.name != "settings"]
+    unknown = [k for k in raw if k not in shared]
+    if unknown:
+        valid = ", ".join([f"coreset.{k}" for k in shared] + [f"coreset.{s}.<key>" for s in SELECTORS])
+        raise ConfigError(f"unknown config key 'coreset.{unknown[0]}'; valid keys here: {valid}")
+    hints = typing.get_type_hints(CoresetConfig)
+    cfg = CoresetConfig(**{k: coerce(v, hints[k], f"coreset.{k}") for k, v in raw.items()}, settings=settings)
+    check_fields(cfg, "coreset.")
+    return cfg
+
+
 def _build_eval(raw: Any) -> EvalConfig:
     """eval: {protocols: [...], eps: ..., knn: {k: 20}, ...}: the flat keys build EvalConfig; each
     `<name>` mapping (an attack or protocol with settings of its own) is built with its Settings
@@ -291,7 +373,7 @@ def _build_eval(raw: Any) -> EvalConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"eval: expected a mapping of keys to values, got {raw!r}")
+        raise ConfigError(f"eval: expected a mapping of keys to values, got {show(raw)}")
     flat = {f.name for f in dataclasses.fields(EvalConfig)} - {"components"}
     own = components_with_settings()
     components: dict[str, Any] = {}
@@ -330,15 +412,95 @@ def _validate(cfg: RunConfig) -> None:
         raise ConfigError(f"augment.jitter must be 4 non-negative numbers [brightness, contrast, saturation, hue], got {cfg.augment.jitter}")
     if not 0 < cfg.coreset.fraction <= 1:
         raise ConfigError(f"coreset.fraction must be in (0, 1], got {cfg.coreset.fraction}")
-    if cfg.coreset.val_fraction >= 1:
-        raise ConfigError(f"coreset.val_fraction must be < 1, got {cfg.coreset.val_fraction}")
     if cfg.data.name != "imagefolder" and (cfg.data.image_size is not None or cfg.data.channels is not None):
         raise ConfigError(f"data.image_size and data.channels apply to data.name=imagefolder only; {cfg.data.name} has a fixed format")
+    for key, value in to_flat_dict(cfg).items():  # every seed: train.seed, eval.seed, eval.mc_seed, postprocess.seed, ...
+        if key.rsplit(".", 1)[-1].endswith("seed") and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{key}={value} is out of range; a seed must lie in 0..{MAX_SEED} (2^32 - 1), "
+                              f"for example {key}=0")
+    if cfg.data.image_size is not None and cfg.data.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} is larger than {MAX_IMAGE_SIZE} pixels (one such image "
+                          f"alone is {3 * cfg.data.image_size ** 2 / 2 ** 30:.1f} GiB); pass a size such as data.image_size=64")
     if cfg.postprocess.clusters < 2:
         raise ConfigError(f"postprocess.clusters must be >= 2 (k-means pseudo-labels for a classifier), got {cfg.postprocess.clusters}")
+    check_model_config(cfg.model)
     METHODS[cfg.method.name].check_config(cfg)
-    SELECTORS[cfg.coreset.method].check_config(cfg)
+    SELECTORS[cfg.coreset.selector].check_config(cfg)
     check_eval_config(cfg)
+
+
+# --- YAML: bounded, duplicate-free -------------------------------------------------------------
+MAX_YAML_DEPTH = 50  # nesting levels of mappings and lists (a recipe uses 3)
+MAX_YAML_NODES = 100_000  # values after alias expansion (a recipe holds a few hundred)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing what no config needs and a hostile file uses: nesting deeper than
+    MAX_YAML_DEPTH (the composer recurses per level), more than MAX_YAML_NODES values once
+    aliases are expanded (a "billion laughs" file is a few hundred bytes), and a key given twice
+    in one mapping (YAML would silently keep the last)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1}); a config has "
+                                  "sections of keys and short lists")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(f"key {key[:60]!r} is given twice (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """Values in `node` with every alias expanded, counted without expanding (memoized per node)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a recursive alias counts once here; its construction fails in yaml itself
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, MAX_YAML_NODES + 1)
+    return memo[id(node)]
+
+
+def load_yaml(text: str) -> Any:
+    """The value of one YAML document (safe types only), bounded as `_BoundedLoader` says.
+
+    Raises ConfigError (depth, size, duplicate keys) or yaml.YAMLError (syntax); callers add
+    the file name and the fix."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded; a config "
+                              "holds a few hundred (nested aliases multiply)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -347,9 +509,9 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"override {item!r} must look like section.key=value (for example optim.lr=0.5)")
     key, text = item.split("=", 1)
     try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {item!r}: cannot parse the value ({e})") from None
+        value = load_yaml(text) if text.strip() else None
+    except (yaml.YAMLError, ConfigError) as e:
+        raise ConfigError(f"override {item[:200]!r}: cannot parse the value ({one_line(e)})") from None
     return key.strip(), value
 
 
@@ -361,10 +523,12 @@ def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         if parts[0] not in SECTIONS:
             raise ConfigError(f"unknown config section '{parts[0]}' in {item!r}; valid sections: {', '.join(SECTIONS)}")
-        depth = 3 if parts[0] in ("method", "eval") and len(parts) == 3 else 2
+        parts = _coreset_key(parts)
+        depth = 3 if parts[0] in ("method", "coreset", "eval") and len(parts) == 3 else 2
         if len(parts) != depth:
             raise ConfigError(
-                f"override key {key!r} must be section.key (or method.<method>.key, eval.<attack or protocol>.key); "
+                f"override key {key!r} must be section.key (or method.<method>.key, coreset.<selector>.key, "
+                f"eval.<attack or protocol>.key); "
                 f"sections: {', '.join(SECTIONS)}"
             )
         node = raw
@@ -376,16 +540,36 @@ def merge(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return raw
 
 
+OVERRIDES_ENV = "ROBUSTSSL_OVERRIDES"
+_env_noted: set[str] = set()
+
+
+def env_overrides() -> list[str]:
+    """The key=value overrides of $ROBUSTSSL_OVERRIDES (whitespace-separated, shell quoting), applied
+    after every other override to every config robustssl builds: recipes, run folders, the API and
+    the CLI alike. For smoke runs of scripts and documentation (tests/test_readme.py runs README's
+    commands as written with tiny settings this way). Said once per process on stderr when set."""
+    text = os.environ.get(OVERRIDES_ENV, "").strip()
+    if not text:
+        return []
+    if text not in _env_noted:
+        _env_noted.add(text)
+        print(f"note: ${OVERRIDES_ENV} applies to every config: {text}", file=sys.stderr)
+    return shlex.split(text)
+
+
 def from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Validated RunConfig from a nested dict plus overrides; raises ConfigError before any work."""
+    """Validated RunConfig from a nested dict plus overrides (then those of $ROBUSTSSL_OVERRIDES, if
+    set: `env_overrides`); raises ConfigError before any work."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
-    raw = merge(raw, overrides or [])
-    method_raw, eval_raw = raw.pop("method", None), raw.pop("eval", None)
+    raw = merge(raw, [*(overrides or []), *env_overrides()])
+    method_raw, coreset_raw, eval_raw = raw.pop("method", None), raw.pop("coreset", None), raw.pop("eval", None)
     cfg = build_settings(RunConfig, raw, "")
     cfg.method = _build_method(method_raw)
+    cfg.coreset = _build_coreset(coreset_raw)
     cfg.eval = _build_eval(eval_raw)
     _validate(cfg)
     return cfg
@@ -397,13 +581,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = resolve_recipe(path)
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: not valid YAML ({e}); fix the file or pass another --config") from None
+            raw = load_yaml(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+            raise ConfigError(f"{p}: not a valid config file ({one_line(e)}); fix the file or pass another --config") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(SECTIONS)}), "
                               f"got {type(raw).__name__}; fix the file or pass another --config")
     return from_dict(raw, overrides)
+
+
+def one_line(e: BaseException, limit: int = 300) -> str:
+    """An error's message on one line, at most `limit` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def recipe_dir() -> Path:
@@ -425,6 +615,9 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The nested plain-data form (what config.yaml holds); `from_dict(to_dict(cfg)) == cfg`."""
     out = dataclasses.asdict(cfg)
     out["method"] = {"name": cfg.method.name, **{k: dataclasses.asdict(v) for k, v in cfg.method.settings.items()}}
+    c = cfg.coreset
+    out["coreset"] = {**{f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "settings"},
+                      **{k: dataclasses.asdict(v) for k, v in c.settings.items()}}
     components = out["eval"].pop("components")
     out["eval"].update(components)
     return out

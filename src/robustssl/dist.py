@@ -136,6 +136,19 @@ def on_main(fn: Callable[[], T]) -> T:
     return value  # type: ignore[no-any-return]
 
 
+def main_first(fn: Callable[[], T], then: Callable[[], T]) -> T:
+    """Rank 0 runs `fn` while the other ranks wait; then the others run `then` (one process: fn()).
+
+    For work that must happen once, such as a download: rank 0 fetches, the others then find
+    its files. An error of `fn` reaches every rank as the same exception (`on_main`), so a
+    failed download is one error, not one per process.
+    """
+    if not is_distributed():
+        return fn()
+    value = on_main(fn)
+    return value if is_main() else then()
+
+
 def _collective_device() -> torch.device:
     """Where small tensors for a collective live: the current GPU under NCCL, the CPU under gloo."""
     if tdist.get_backend() == "nccl":

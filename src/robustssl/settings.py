@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -56,6 +57,17 @@ def choices_of(f: dataclasses.Field) -> tuple[str, ...] | None:
 
 
 # --- building and checking ------------------------------------------------------------------
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxdict = 8
+INT_LIMIT = 2**63  # config integers are int64 (torch, numpy); larger ones are refused
+
+
+def show(value: Any) -> str:
+    """repr(value) cut to a few dozen characters, built without walking a huge value (error messages)."""
+    return _REPR.repr(value)
+
+
 def coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; ints become floats where a float is expected."""
     origin = typing.get_origin(tp)
@@ -70,20 +82,22 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 return coerce(value, arg, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {show(value)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r} (write it as [a, b] or a YAML list)")
+            raise ConfigError(f"{key}: expected a list, got {show(value)} (write it as [a, b] or a YAML list)")
         (item,) = typing.get_args(tp)
         return [coerce(v, item, key) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:
+                raise ConfigError(f"{key}: {show(value)} is out of range; integers must lie in -2^63..2^63-1")
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {show(value)}")
     if tp is float:
         number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -92,14 +106,14 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             with contextlib.suppress(ValueError):
                 number = float(value)
         if number is None:
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+            raise ConfigError(f"{key}: expected a number, got {show(value)}")
         if not math.isfinite(number):
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            raise ConfigError(f"{key}: expected a finite number, got {show(value)}")
         return number
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {show(value)}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
@@ -119,7 +133,7 @@ def build_settings(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys to values, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {show(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -145,7 +159,7 @@ def check_fields(obj: Any, prefix: str) -> None:
         if options is not None:
             for v in value if isinstance(value, list) else [value]:
                 if v is not None and v not in options:
-                    raise ConfigError(f"{key}={v!r} is not valid; choose one of: {', '.join(map(str, options))}")
+                    raise ConfigError(f"{key}={show(v)} is not valid; choose one of: {', '.join(map(str, options))}")
         rule = f.metadata.get("range")
         for v in value if isinstance(value, list) else [value]:
             if rule is None or v is None:

@@ -1,8 +1,8 @@
 """Per-class budgets for selectors that select inside each class (Adv. CRAIG, Adv. GradMatch).
 
-Used by coreset/craig.py and coreset/gradmatch.py, the ACS selectors for supervised AT
-(issue #9; Dolatabadi et al., arXiv:2209.05785, the method section: selection per class, budget
-proportional to class size; summarized in shared/reference/methods.md section 6).
+Used by coreset/craig.py and coreset/gradmatch.py (the ACS selectors for supervised AT with
+coreset.unit=sample) and by class-balanced RCS (coreset/rcs.py) (Dolatabadi et al.,
+arXiv:2209.05785, the method section: selection per class, budget proportional to class size; summarized in shared/reference/methods.md section 6).
 
 Rounding (largest remainder): class c of n_c examples (N in all) gets floor(total * n_c / N);
 the units left over go one each to the classes with the largest fractional parts

@@ -1,12 +1,14 @@
 """Adversarial CRAIG's numerical core: facility location on gradient similarities, lazy greedy.
 
-For the Adv. CRAIG selector of supervised adversarial training (issue #9; not registered yet; Dolatabadi et
-al., "Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023,
-arXiv:2209.05785, the method section's Adversarial CRAIG, after Mirzasoleiman et al. 2020;
-summarized in shared/reference/methods.md section 6): the rows are per-example last-layer gradients at
-adversarial inputs (coreset/last_layer.py).
+The core of the Adv. CRAIG selector (`CraigSelector` in coreset/acs.py, registered as `craig`)
+of supervised adversarial training (Dolatabadi et al., "Adversarial Coreset Selection for
+Efficient Robust Training", IJCV 2023, arXiv:2209.05785, the method section's Adversarial
+CRAIG, after Mirzasoleiman et al. 2020; summarized in shared/reference/methods.md section 6):
+the rows are per-example last-layer gradients at adversarial inputs (coreset/last_layer.py),
+or the mean gradients of fixed minibatches (coreset.unit=batch, ACS's CRAIGPB).
 
-    D_ij = ||g_i - g_j||,  s_ij = max(D) - D_ij >= 0
+    D_ij = ||g_i - g_j||^2 (squared="True", the ACS/CORDS code's distance) or ||g_i - g_j||
+    s_ij = max(D) - D_ij >= 0
     F(S) = sum_i max_{j in S} s_ij   (F({}) = 0), monotone submodular
     greedy: S += argmax_e F(S + e) - F(S), k times
     weight of s in S = #{i : s is the selected element nearest to g_i}
@@ -32,7 +34,7 @@ import torch
 
 from .class_budget import split_by_class
 
-__all__ = ["CraigResult", "craig_per_class", "facility_location", "max_distance"]
+__all__ = ["DISTANCES", "CraigResult", "craig_per_class", "facility_location", "max_distance"]
 
 
 @dataclass
@@ -48,31 +50,38 @@ class CraigResult:
     evaluations: int
 
 
-def _distances(grads: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """[len(rows), N] Euclidean distances of grads[rows] to every row; exact 0 on each row's own column."""
+DISTANCES = ("squared", "euclidean")
+
+
+def _distances(grads: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor, squared: bool = False) -> torch.Tensor:
+    """[len(rows), N] Euclidean (squared: squared Euclidean) distances of grads[rows] to every row;
+    exact 0 on each row's own column."""
     sub = grads[rows]
     d2 = sq[rows, None] + sq[None, :] - 2.0 * sub @ grads.T
-    dist = d2.clamp_min_(0.0).sqrt_()
+    dist = d2.clamp_min_(0.0) if squared else d2.clamp_min_(0.0).sqrt_()
     # the expansion leaves round-off on the diagonal; a point is at distance 0 from itself
     dist[torch.arange(len(rows), device=grads.device), rows] = 0.0
     return dist
 
 
-def max_distance(grads: torch.Tensor, chunk: int) -> torch.Tensor:
-    """max_ij ||g_i - g_j|| of grads [N, dim], `chunk` rows at a time (a 0-dim tensor)."""
+def max_distance(grads: torch.Tensor, chunk: int, squared: bool = False) -> torch.Tensor:
+    """max_ij ||g_i - g_j|| (squared: its square) of grads [N, dim], `chunk` rows at a time (a 0-dim tensor)."""
     sq = grads.pow(2).sum(1)
     n = grads.shape[0]
     best = grads.new_zeros(())
     for s in range(0, n, chunk):
         rows = torch.arange(s, min(s + chunk, n), device=grads.device)
-        best = torch.maximum(best, _distances(grads, sq, rows).max())
+        best = torch.maximum(best, _distances(grads, sq, rows, squared).max())
     return best
 
 
 def facility_location(
-    grads: torch.Tensor, k: int, chunk: int = 1024, lazy: bool = True, tie_rtol: float | None = None
+    grads: torch.Tensor, k: int, chunk: int = 1024, lazy: bool = True, tie_rtol: float | None = None,
+    distance: str = "squared",
 ) -> CraigResult:
     """Greedy facility location on s = max(D) - D over the rows of grads [N, dim]; k picks.
+
+    distance: "squared" (D = squared Euclidean distance, as the ACS/CORDS code) or "euclidean".
 
     chunk: rows of D computed at once (memory chunk * N). lazy: Minoux's lazy greedy (same
     picks as the plain greedy, which re-evaluates every candidate each round).
@@ -86,18 +95,21 @@ def facility_location(
         raise ValueError(f"k must be in 0..{n} points, got {k}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; valid: {', '.join(DISTANCES)}")
+    squared = distance == "squared"
     dev = grads.device
     # distances do not change under translation; centring shrinks the cancellation in |a|^2 + |b|^2 - 2ab
     grads = grads - grads.mean(0, keepdim=True)
     sq = grads.pow(2).sum(1)
-    top = max_distance(grads, chunk)
+    top = max_distance(grads, chunk, squared)
     cover = grads.new_zeros(n)  # max_{j in S} s_ij, 0 for the empty set
     nearest_dist = torch.full((n,), float("inf"), dtype=grads.dtype, device=dev)
     nearest = torch.full((n,), -1, dtype=torch.int64, device=dev)
     taken = torch.zeros(n, dtype=torch.bool, device=dev)
 
     def gains_of(rows: torch.Tensor) -> torch.Tensor:
-        sim = top - _distances(grads, sq, rows)
+        sim = top - _distances(grads, sq, rows, squared)
         return (sim - cover[None, :]).clamp_min_(0.0).sum(1)
 
     def gains_of_list(rows: list[int]) -> list[float]:  # `chunk` rows of D at a time
@@ -125,7 +137,7 @@ def facility_location(
             best = float(scores.max())
             pick = int(torch.nonzero(scores >= best - tol)[0])  # ties (within tol): the lower index
             gain = float(scores[pick])
-        dist = _distances(grads, sq, torch.tensor([pick], device=dev))[0]
+        dist = _distances(grads, sq, torch.tensor([pick], device=dev), squared)[0]
         closer = dist < nearest_dist  # strict: ties stay with the earlier pick
         nearest = torch.where(closer, torch.full_like(nearest, step), nearest)
         nearest_dist = torch.where(closer, dist, nearest_dist)
@@ -177,7 +189,7 @@ def _lazy_pick(
 
 def craig_per_class(
     grads: torch.Tensor, labels: torch.Tensor, budget: int, chunk: int = 1024, lazy: bool = True,
-    tie_rtol: float | None = None,
+    tie_rtol: float | None = None, distance: str = "squared",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Facility location inside each class, budgets proportional to class size (class_budget.py).
 
@@ -191,7 +203,7 @@ def craig_per_class(
     for rows, k in split_by_class(labels, budget):
         if k == 0:
             continue
-        result = facility_location(grads[rows], k, chunk, lazy, tie_rtol)
+        result = facility_location(grads[rows], k, chunk, lazy, tie_rtol, distance)
         positions.append(rows[result.picks])
         weights.append(result.weights)
     if not positions:

@@ -127,7 +127,7 @@ class ValidationRD(ValidationObjective):
 
 class ValidationCE(ValidationObjective):
     """RCS for supervised adversarial training: the validation objective is the cross-entropy at
-    PGD examples (RCS's SAT variant: one step, `coreset.rd_*`) of the labelled validation split,
+    PGD examples (RCS's SAT variant: one step, `coreset.rcs.rd_*`) of the labelled validation split,
     as a function of the differentiated classifier parameters w; the gradient is the full flattened one (the RCS code's
     mean over the outputs is identically zero for a softmax head). Eval mode throughout.
     """

@@ -8,7 +8,6 @@ Never the mean over output units: for a softmax/CE head that mean is identically
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -18,9 +17,10 @@ from ..data.batch import Batch, make_batch
 from ..data.dataset import ImageSource
 from ..timer import PhaseTimer
 from .head import HeadView, only_head_trainable
+from .selectors import SelectionMethod
 
 
-def _shares(model: torch.nn.Module, method: Any, batch: Batch, view: HeadView, attack: PGDConfig | None,
+def _shares(model: torch.nn.Module, method: SelectionMethod, batch: Batch, view: HeadView, attack: PGDConfig | None,
             timer: PhaseTimer | None, owner: torch.Tensor, n_owners: int, scale: float = 1.0) -> torch.Tensor:
     """[n_owners, dim]: each owner's share of d(scale * method.training_loss)/d(head) (the rows sum to it).
 
@@ -57,7 +57,7 @@ def layer_dim(layer: torch.nn.Linear) -> int:
 
 
 def candidate_gradients(
-    model: torch.nn.Module, method: Any, data: ImageSource, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
+    model: torch.nn.Module, method: SelectionMethod, data: ImageSource, units: list[torch.Tensor], unit: str, view: HeadView, chunk: int,
     attack: PGDConfig | None = None, timer: PhaseTimer | None = None, per_forward: int = 1, distributed: bool | None = None,
 ) -> torch.Tensor:
     """G [n_units, view.dim]: d(method.training_loss)/d(head) for each candidate unit.
@@ -82,7 +82,7 @@ def candidate_gradients(
     with only_head_trainable(model, view):
         jobs: list[tuple[int, Callable[[], torch.Tensor]]] = []  # (rows, compute) per forward
         if unit == "batch":
-            step = per_forward if getattr(method, "supports_groups", False) else 1
+            step = per_forward if method.supports_groups else 1
             for s in range(0, len(units), step):
                 group = units[s : s + step]
                 b = len(group[0])

@@ -1,10 +1,11 @@
 """Adversarial GradMatch's numerical core: non-negative orthogonal matching pursuit (OMP).
 
-For the Adv. GradMatch selector of supervised adversarial training (issue #9; not registered yet; Dolatabadi
-et al., "Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023,
-arXiv:2209.05785, the method section's Adversarial GradMatch, after Killamsetty et al. 2021;
+The core of the Adv. GradMatch selector (`GradMatchSelector` in coreset/acs.py, registered as
+`gradmatch`) of supervised adversarial training (Dolatabadi et al., "Adversarial Coreset
+Selection for Efficient Robust Training", IJCV 2023, arXiv:2209.05785, the method section's Adversarial GradMatch, after Killamsetty et al. 2021;
 summarized in shared/reference/methods.md section 6): the atoms are per-example last-layer gradients at
-adversarial inputs (coreset/last_layer.py), or mean gradients of fixed batches.
+adversarial inputs (coreset/last_layer.py), or mean gradients of fixed minibatches
+(coreset.unit=batch, ACS's GradMatchPB; one OMP over all batches, no classes).
 
     min_{S, |S| <= k, w >= 0}  || sum_{i in S} w_i g_i - target ||^2 + lam * ||w||^2
 

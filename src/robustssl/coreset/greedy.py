@@ -9,6 +9,10 @@
 
 With refresh_every = r, the r picks between refreshes are the top-r scores at once (the
 scores do not change until g_val does), which is exactly the sequential loop, vectorized.
+
+Class caps (optional): candidate b belongs to class groups[b], and class c may take at most
+caps[c] picks; the argmax then runs over the candidates of classes not yet full (with r > 1:
+the best r scores that respect the caps, taken in score order, again the sequential loop).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ def greedy_select(
     eta: float,
     refresh_every: int = 1,
     sketch: torch.Tensor | None = None,
+    caps: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> GreedyResult:
     """grads [n, dim] candidate gradients; w0 [dim] head parameters; val_gradient(w) -> [dim].
 
@@ -42,10 +47,18 @@ def greedy_select(
 
     sketch [dim, k] (optional): score with <g_b P, g_val P> instead of the full inner product
     (the simulated step still uses the full gradient). Returns picks and their gains.
+
+    caps (optional): (groups int64 [n] in 0..K-1, caps int64 [K]) with sum(caps) == budget and
+    caps[c] <= the candidates of class c: at most caps[c] picks from class c.
     """
     n = grads.shape[0]
     if not 0 < budget <= n:
         raise ValueError(f"budget must be in 1..{n} candidates, got {budget}")
+    left = None
+    if caps is not None:
+        groups, left = caps[0].to(grads.device), caps[1].to(grads.device).clone()
+        if int(left.sum()) != budget or groups.shape != (n,) or (left > torch.bincount(groups, minlength=len(left))).any():
+            raise ValueError("class caps must sum to the budget and not exceed each class's candidates")
     if refresh_every < 1:
         raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
     scored = grads if sketch is None else grads @ sketch
@@ -58,10 +71,29 @@ def greedy_select(
         scores = scored @ (g_val if sketch is None else g_val @ sketch)
         scores = scores.masked_fill(taken, float("-inf"))
         k = min(refresh_every, budget - done)
-        top = torch.topk(scores, k).indices
+        top = torch.topk(scores, k).indices if left is None else _capped_top(scores, groups, left, k)
         done += k
         taken[top] = True
         picks.append(top)
         gains.append(scores[top])
         w = w - eta * grads[top].sum(0)  # one step per pick, eta each
     return GreedyResult(torch.cat(picks), torch.cat(gains), refreshes, w)
+
+
+def _capped_top(scores: torch.Tensor, groups: torch.Tensor, left: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best candidates, in score order, taking at most left[c] from class c (updates `left`).
+
+    scores [n] (-inf: taken); every class with left > 0 has enough untaken candidates."""
+    chosen: list[torch.Tensor] = []
+    scores = scores.clone()
+    while k > 0:
+        masked = scores.masked_fill(left[groups] <= 0, float("-inf"))
+        top = torch.topk(masked, k).indices  # descending scores
+        cls = groups[top]
+        rank = torch.nn.functional.one_hot(cls, len(left)).cumsum(0)[torch.arange(len(top), device=top.device), cls] - 1
+        keep = top[rank < left[cls]]  # the first left[c] of each class, in score order (at least the best one)
+        left -= torch.bincount(groups[keep], minlength=len(left))
+        scores[keep] = float("-inf")
+        chosen.append(keep)
+        k -= len(keep)
+    return torch.cat(chosen)

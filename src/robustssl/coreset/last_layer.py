@@ -1,8 +1,8 @@
 """Closed-form per-example gradients of a supervised loss w.r.t. the classifier's last Linear.
 
-For the ACS selectors of supervised adversarial training (Adv. CRAIG, Adv. GradMatch; not registered yet;
-issue #9): they rank examples by these gradients at adversarial inputs (Dolatabadi et al.,
-"Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023, arXiv:2209.05785,
+For the ACS selectors of supervised adversarial training (Adv. CRAIG and Adv. GradMatch,
+`craig` and `gradmatch` in coreset/acs.py): they rank examples by these gradients at
+adversarial inputs (Dolatabadi et al., "Adversarial Coreset Selection for Efficient Robust Training", IJCV 2023, arXiv:2209.05785,
 the method section's last-layer approximation of the per-example gradients of the robust
 training objective; summarized in shared/reference/methods.md section 6).
 

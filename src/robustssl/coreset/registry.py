@@ -1,6 +1,7 @@
-"""SELECTORS: the one list of coreset selectors (the config's `coreset.method` vocabulary, the
-CLI's choices and the schedule all read it). To add a selector: a `Selector` subclass in its
-own file, and one entry here."""
+"""SELECTORS: the one list of coreset selectors (the config's `coreset.selector` vocabulary and
+its `coreset.<name>.*` sections, the CLI's choices and the schedule all read it). To add a
+selector: a `Selector` subclass in its own file, and one entry here (docs/design.md, "Adding a
+selector")."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ SELECTORS: dict[str, type[Selector]] = {s.name: s for s in (FullSelector, Random
 
 
 def build_selector(cfg: CoresetConfig, seed: int) -> Selector:
-    if cfg.method not in SELECTORS:
-        raise ValueError(f"unknown coreset.method {cfg.method!r}; valid: {', '.join(SELECTORS)}")
-    return SELECTORS[cfg.method](cfg, seed)
+    """The configured selector (`cfg.selector`) with its own settings and a generator seeded from `seed`."""
+    if cfg.selector not in SELECTORS:
+        raise ValueError(f"unknown coreset.selector {cfg.selector!r}; valid: {', '.join(SELECTORS)}")
+    return SELECTORS[cfg.selector](cfg, seed)

@@ -5,6 +5,7 @@ resumed after a selection trains on the same subset.
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -13,7 +14,11 @@ from .. import dist
 from ..config import CoresetConfig
 from ..data.dataset import ImageSource
 from .registry import build_selector
-from .selectors import Selection
+from .selectors import Selection, SelectionMethod
+
+
+class CoresetRoundingWarning(UserWarning):
+    """A batch-unit coreset whose whole batches make a share of the pool far from coreset.fraction."""
 
 
 class CoresetSchedule:
@@ -25,9 +30,10 @@ class CoresetSchedule:
     def __init__(self, cfg: CoresetConfig, epochs: int, n: int, batch_size: int, seed: int) -> None:
         self.cfg, self.epochs, self.batch_size = cfg, epochs, batch_size
         self.selector = build_selector(cfg, seed)
+        self.unit_size = self.selector.unit_size(batch_size) if cfg.unit == "batch" else 1  # images per picked unit
         g = torch.Generator().manual_seed(seed + 7919)
         perm = torch.randperm(n, generator=g)
-        n_val = max(1, round(cfg.val_fraction * n)) if self.selector.needs_validation_split else 0
+        n_val = max(1, round(self.selector.validation_fraction() * n)) if self.selector.needs_validation_split else 0
         # The validation split is removed from the pool: it is never trained on.
         self.val = perm[:n_val].sort().values
         self.pool = perm[n_val:].sort().values
@@ -38,14 +44,29 @@ class CoresetSchedule:
 
     # --- budget -------------------------------------------------------------------------
     def budget(self) -> int:
-        """Number of selected units: samples, or whole batches when coreset.unit=batch."""
-        if self.cfg.unit == "batch":
-            return max(1, round(self.cfg.fraction * (len(self.pool) // self.batch_size)))
-        return max(1, round(self.cfg.fraction * len(self.pool)))
+        """Number of selected units: samples, or whole batches (of `unit_size` images) when coreset.unit=batch."""
+        return max(1, round(self.cfg.fraction * (len(self.pool) // self.unit_size)))
 
     def coreset_size(self) -> int:
         """Images in a coreset (the real fraction is this over len(pool))."""
-        return self.budget() * self.batch_size if self.cfg.unit == "batch" else self.budget()
+        return self.budget() * self.unit_size
+
+    def rounding_note(self) -> str | None:
+        """A note when whole batches make a coreset far (over 10% relative) from coreset.fraction; None otherwise."""
+        if not self.selector.trains_on_subset or self.cfg.unit != "batch":
+            return None
+        real = self.coreset_size() / max(1, len(self.pool))
+        if abs(real - self.cfg.fraction) <= 0.1 * self.cfg.fraction:
+            return None
+        return (f"coreset.fraction={self.cfg.fraction:g} becomes {self.budget()} whole batch(es) of {self.unit_size} images out "
+                f"of {len(self.pool) // self.unit_size}: the coreset is {100 * real:.1f}% of the pool; use coreset.unit=sample "
+                "or a smaller batch for a closer fraction")
+
+    def warn_rounding(self) -> None:
+        """Warn (CoresetRoundingWarning) when `rounding_note` has something to say."""
+        note = self.rounding_note()
+        if note is not None:
+            warnings.warn(note, CoresetRoundingWarning, stacklevel=2)
 
     def uses_coreset(self, epoch: int) -> bool:
         return self.selector.trains_on_subset and epoch >= self.cfg.warmup_epochs
@@ -57,13 +78,13 @@ class CoresetSchedule:
         return len(self.pool) // self.batch_size
 
     def total_steps(self) -> int:
-        """Optimizer steps of the whole run (the lr schedule spans exactly these)."""
+        """Optimizer steps of the whole run (the legacy lr clock, optim.lr_clock=updates, spans exactly these)."""
         full = len(self.pool) // self.batch_size
         core = self.coreset_size() // self.batch_size
         return sum(core if self.uses_coreset(e) else full for e in range(self.epochs))
 
     # --- the hook the trainer calls -------------------------------------------------------
-    def positions_for_epoch(self, epoch: int, model: torch.nn.Module, method: Any,
+    def positions_for_epoch(self, epoch: int, model: torch.nn.Module, method: SelectionMethod,
                             data: ImageSource) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(positions, weights) to train on in `epoch`, selecting a new coreset first when one is due.
 
@@ -76,7 +97,7 @@ class CoresetSchedule:
         assert self.current is not None
         return self.current, self.weights
 
-    def select(self, epoch: int, model: torch.nn.Module, method: Any, data: ImageSource) -> Selection:
+    def select(self, epoch: int, model: torch.nn.Module, method: SelectionMethod, data: ImageSource) -> Selection:
         start = time.perf_counter()
         sel = self.selector.select(model, method, data, self.pool, self.val, self.budget(), self.batch_size)
         seconds = time.perf_counter() - start
@@ -97,9 +118,10 @@ class CoresetSchedule:
     def summary(self) -> dict[str, Any]:
         """What run.json records: the settings and the selections; a full run has no coreset to describe."""
         if not self.selector.trains_on_subset:
-            return {"method": self.cfg.method, "pool_size": len(self.pool)}
+            return {"selector": self.cfg.selector, "pool_size": len(self.pool)}
         return {
-            "method": self.cfg.method, "fraction_requested": self.cfg.fraction, "unit": self.cfg.unit,
+            "selector": self.cfg.selector, "fraction_requested": self.cfg.fraction, "unit": self.cfg.unit,
+            "unit_size": self.unit_size,
             "pool_size": len(self.pool), "validation_size": len(self.val), "coreset_size": self.coreset_size(),
             "fraction_real": self.coreset_size() / max(1, len(self.pool)), "warmup_epochs": self.cfg.warmup_epochs,
             "every": self.cfg.every, "n_selections": len(self.selections),

@@ -17,10 +17,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustssl import dist
 from robustssl.data.readers import DatasetError
 
 __all__ = [
-    "ARCHIVES",
     "Archive",
     "download_and_verify",
     "extract_archive",
@@ -36,7 +36,9 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class Archive:
-    """An official archive: where to get it, its md5, and the folder it extracts to."""
+    """An official archive (or data file): where to get it, its md5, and the folder it extracts to
+    (for a file that is not an archive, the folder it is stored in). Each dataset's archives are
+    listed in its `DatasetSpec` (data/catalog.py)."""
 
     url: str
     md5: str
@@ -45,25 +47,6 @@ class Archive:
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
-
-
-ARCHIVES: dict[str, Archive] = {
-    "cifar10": Archive(
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "c58f30108f718f92721af3b95e74349a",
-        "cifar-10-batches-py",
-    ),
-    "cifar100": Archive(
-        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "eb9058c3a382ffc7106e4002c42a8d85",
-        "cifar-100-python",
-    ),
-    "stl10": Archive(
-        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-        "91f7769df0f17e558f3565bffb0c7dfb",
-        "stl10_binary",
-    ),
-}
 
 
 def file_md5(path: str | Path) -> str:
@@ -172,7 +155,26 @@ def download_and_verify(
     timeouts (`timeout` seconds per socket operation) and md5 mismatches raise
     DatasetError with instructions for a manual download; no partial file is left.
     Returns the archive path.
+
+    Under torchrun only rank 0 downloads (and extracts); the other ranks wait for it, then use
+    its files, and a failed download is raised on every rank as the same one-line error.
     """
+    return dist.main_first(lambda: _download_and_verify(url, dest, md5, timeout, extract),
+                           then=lambda: _downloaded_by_rank0(url, Path(dest)))
+
+
+def _downloaded_by_rank0(url: str, dest: Path) -> Path:
+    """On a rank > 0, after rank 0's download: the archive it saved (and extracted) in `dest`."""
+    archive = dest / url.rsplit("/", 1)[-1]
+    if not archive.is_file():
+        raise DatasetError(
+            f"rank 0 downloaded {url} into {dest}, which process rank {dist.rank()} does not see. Under torchrun on "
+            "several nodes put data.root on a shared filesystem, or the dataset on every node."
+        )
+    return archive
+
+
+def _download_and_verify(url: str, dest: str | Path, md5: str, timeout: float, extract: bool) -> Path:
     dest = Path(dest)
     archive = dest / url.rsplit("/", 1)[-1]
     try:

@@ -10,6 +10,7 @@ import gzip
 import importlib
 import logging
 import pickle
+import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import torch
 from robustssl.data.dataset import ImageDataset
 from robustssl.errors import RobustSSLError
 
-__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "read_cifar", "read_idx", "read_image_folder", "read_stl10", "read_svhn"]
+__all__ = ["IMAGE_EXTENSIONS", "DatasetError", "check_same_classes", "read_cifar", "read_idx", "read_image_folder", "read_stl10", "read_svhn"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,26 @@ def _check_label_range(labels: np.ndarray, n_classes: int, source: str | Path, f
             f"but valid labels are {low}..{high} ({n_classes} classes). The file is corrupt or belongs to another "
             f"dataset. {fix}"
         )
+
+
+def check_same_classes(expected: Sequence[str], found: Sequence[str], expected_from: str, found_from: str, fix: str) -> None:
+    """Refuse two class lists that differ (labels are positions in the list, so a split with one
+    more or one other class folder numbers every class differently). Empty lists are not compared.
+
+    expected_from / found_from say where each list comes from ("the run's training classes (RUN/run.json)",
+    "the test split FOLDER"); the error names both lists and `fix`."""
+    expected, found = list(expected), list(found)
+    if not expected or not found or expected == found:
+        return
+    raise DatasetError(
+        f"the class lists differ: {expected_from} has {_class_list(expected)} but {found_from} has "
+        f"{_class_list(found)}; labels are positions in these lists, so the accuracies would be wrong. {fix}"
+    )
+
+
+def _class_list(classes: list[str]) -> str:
+    shown = ", ".join(repr(c)[1:-1] if isinstance(c, str) else str(c) for c in classes[:12])
+    return f"{len(classes)} classes [{shown}{', ...' if len(classes) > 12 else ''}]"
 
 
 def _require_file(path: Path, fix: str) -> None:
@@ -302,7 +323,13 @@ def _stl_classes(path: Path) -> list[str]:
     # class_names.txt ships with the archive; fall back to the published names if it was lost
     if not path.is_file():
         return list(_STL_DEFAULT_CLASSES)
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as err:
+        raise DatasetError(
+            f"{path} is not a text file of class names ({err.reason} at byte {err.start}). Delete the file to use "
+            "the published names, or re-extract the official archive."
+        ) from None
     if len(names) != len(_STL_DEFAULT_CLASSES):
         raise DatasetError(
             f"{path} lists {len(names)} class names; STL-10 has {len(_STL_DEFAULT_CLASSES)}. "
@@ -344,6 +371,7 @@ def _loadmat(path: Path, keys: Sequence[str], fix: str) -> dict:
     """
     try:
         from scipy.io import loadmat, whosmat
+        from scipy.io.matlab import MatReadError
     except ImportError as err:
         raise DatasetError(f"Reading {path} (MATLAB .mat) needs scipy: run `pip install 'scipy>=1.10'`.") from err
     _require_file(path, fix)
@@ -351,8 +379,8 @@ def _loadmat(path: Path, keys: Sequence[str], fix: str) -> dict:
         data = loadmat(path, variable_names=list(keys))
     except NotImplementedError as err:  # v7.3 files are HDF5
         raise DatasetError(f"{path} is a MATLAB v7.3 (HDF5) file; SVHN's official files are v5 ({err}). {fix}") from err
-    except (ValueError, TypeError, OSError, EOFError, zlib.error) as err:
-        raise DatasetError(f"{path} is not a readable MATLAB v5 file, or it is truncated ({type(err).__name__}: {err}). {fix}") from err
+    except (ValueError, TypeError, OSError, EOFError, zlib.error, MatReadError) as err:
+        raise DatasetError(f"{path} ({path.stat().st_size} bytes) is not a readable MATLAB v5 file, or it is truncated ({type(err).__name__}: {err}). {fix}") from err
     missing = [k for k in keys if k not in data]
     if missing:
         found = sorted(name for name, _, _ in whosmat(path))  # loadmat read only the names asked for
@@ -374,10 +402,13 @@ def read_svhn(path: str | Path, split: str) -> ImageDataset:
     if images.ndim != 4 or images.shape[:3] != (32, 32, 3) or images.dtype != np.uint8:
         raise DatasetError(f"{path}: 'X' is {images.dtype} {list(images.shape)}; SVHN's is uint8 [32, 32, 3, N]. {fix}")
     n = images.shape[3]
+    if n == 0:
+        raise DatasetError(f"{path} holds no images ('X' is [32, 32, 3, 0]). {fix}")
     if labels.size != n or (labels.ndim == 2 and labels.shape[1] != 1) or labels.ndim > 2:
         raise DatasetError(f"{path}: 'y' has shape {list(labels.shape)} for {n} images; SVHN's is [N, 1]. {fix}")
     labels = labels.reshape(n)
-    if not np.issubdtype(labels.dtype, np.number) or not np.array_equal(labels, np.round(labels)):
+    real = np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+    if not real or not np.array_equal(labels, np.round(labels)):
         raise DatasetError(f"{path}: 'y' holds non-integer labels ({labels.dtype}). {fix}")
     labels = labels.astype(np.int64)
     _check_label_range(labels, 10, path, fix, offset=1)  # stored as 1..10
@@ -394,6 +425,19 @@ def _import_pil():
     except ImportError as err:
         raise DatasetError("Reading an image folder needs Pillow: run `pip install pillow`.") from err
     return Image
+
+
+# What Pillow raises for a damaged or hostile file: OSError (truncated, unidentified), SyntaxError
+# (a broken PNG chunk), ValueError / struct.error / EOFError / zlib.error (bad headers, streams), and
+# DecompressionBombError (more than twice Image.MAX_IMAGE_PIXELS pixels; not an OSError).
+def _pil_errors(Image) -> tuple[type[BaseException], ...]:
+    return (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error, MemoryError, Image.DecompressionBombError)
+
+
+def _pil_reason(err: BaseException) -> str:
+    if type(err).__name__ == "DecompressionBombError":
+        return f"{err}; a decompression bomb, or a real image too large to decode"
+    return f"{type(err).__name__}: {err}" if isinstance(err, SyntaxError) else str(err)
 
 
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -423,8 +467,8 @@ def _probe(Image, path: Path) -> tuple[int, tuple[int, int]]:
     try:
         with Image.open(path) as img:
             return (1 if img.mode in _GRAY_MODES else 3), img.size
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DatasetError(f"Cannot read image {path} ({err}). Replace or delete the file.") from err
+    except _pil_errors(Image) as err:
+        raise DatasetError(f"Cannot read image {path} ({_pil_reason(err)}). Replace or delete the file.") from None
 
 
 def _decide_channels(found: list[int], files: list[Path], channels: int | None) -> int:
@@ -473,8 +517,8 @@ def _decode(Image, path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
                 # bilinear; Pillow widens the filter when shrinking, so it antialiases
                 img = img.resize(size, Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"Cannot decode image {path} ({err}). Replace or delete the file.") from err
+    except _pil_errors(Image) as err:
+        raise DatasetError(f"Cannot decode image {path} ({_pil_reason(err)}). Replace or delete the file.") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
@@ -536,7 +580,15 @@ def read_image_folder(
     """
     index = index_image_folder(root, image_size, channels)
     width, height = index.size
-    images = np.empty((len(index.files), height, width, index.channels), dtype=np.uint8)
+    shape = (len(index.files), height, width, index.channels)
+    try:
+        images = np.empty(shape, dtype=np.uint8)
+    except MemoryError:
+        raise DatasetError(
+            f"{root}: {shape[0]} images of {width}x{height}x{shape[3]} need {np.prod(shape, dtype=np.float64) / 2**30:.1f} "
+            "GiB of memory, more than this machine has. Pass a smaller data.image_size, or data.stream=true to decode "
+            "each batch's files only."
+        ) from None
     for i in range(len(index.files)):
         images[i] = index.decode(i)
     return _make_dataset(images.transpose(0, 3, 1, 2), index.labels, name, split_name, index.classes)

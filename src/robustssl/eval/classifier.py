@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models.dual_bn import BRANCHES, DualBatchNorm, has_dual_bn
+from ..models.dual_bn import BRANCHES, DualBatchNorm, default_branch, has_dual_bn
 from ..models.encoder import SSLModel
 
 log = logging.getLogger(__name__)
@@ -19,20 +19,6 @@ log = logging.getLogger(__name__)
 
 class UntrainedBranchWarning(UserWarning):
     """Evaluation runs on a dual-BN branch that training never updated (its BN statistics are the init's)."""
-
-
-def default_branch(encoder: nn.Module, trained_branches: Sequence[str] | None = None) -> str | None:
-    """The BN branch evaluation uses by default.
-
-    Single-BN encoders: None (no choice). Dual-BN encoders: "pgd" when it was trained or when
-    the trained branches are unknown (None, exports from before they were recorded); else
-    the first trained branch ("normal" for SimCLR with dual BN, which trains only that one).
-    """
-    if not has_dual_bn(encoder):
-        return None
-    if not trained_branches or "pgd" in trained_branches:  # None (unknown), none trained, or pgd trained
-        return "pgd"
-    return next(iter(trained_branches))
 
 
 def untrained_branch_note(branch: str, trained_branches: Sequence[str]) -> str:

@@ -18,22 +18,28 @@ post-processed folder). Written into DIR:
     time_breakdown.png       training seconds per run, stacked by phase (augment, attack,
                              update, selection, post-processing, other)
 
-Every folder is checked before anything is written: a folder that is not a run, or has no
-evaluation report, is an error naming it and the command that fixes it. matplotlib is
-imported only when the figures are drawn.
+Every folder is checked before anything is written: a folder that is not a run, has no
+evaluation report, or holds a report, run.json or metrics.jsonl with missing, mistyped or
+non-finite fields, is an error naming the file and the fix. DIR is locked while compare
+writes it (io.FolderLock), and an earlier compare.md / compare.json there is replaced only
+with force=True (--force). Every text taken from a run (folder names, methods, notes) is
+escaped in compare.md (`md_text`) and in the figures (`plot_text`). matplotlib is imported
+only when the figures are drawn.
 """
 from __future__ import annotations
 
+import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..config import RunConfig
 from ..errors import RunError
-from ..io import atomic_write_text
+from ..io import FolderLock, atomic_write_text, check_output_path
 from ..train.metrics import read_metrics
-from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config
+from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config, read_summary
 from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_pgd_curves, save_axes, save_figure, threat_of
 from .report import SCHEMA as REPORT_SCHEMA
 from .threat import LP_NORMS, fmt_eps
@@ -72,6 +78,54 @@ class RunRecord:
         return None if seconds is None else float(seconds)
 
 
+def md_text(text: object) -> str:
+    """`text` safe inside one Markdown table cell or list item: one line, HTML special characters
+    as entities, and the characters that end a cell or start Markdown syntax (| \\ ` * [ ] $) escaped."""
+    out = html.escape(" ".join(str(text).split()), quote=False)
+    for ch in "\\|`*[]$":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def plot_text(text: object) -> str:
+    """`text` shown literally by matplotlib: one line, `$` escaped (no mathtext), no leading `_`
+    (matplotlib hides legend entries whose label starts with one)."""
+    out = " ".join(str(text).split()).replace("$", r"\$")
+    return " " + out if out.startswith("_") else out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_accuracies(path: Path, report: dict[str, Any]) -> None:
+    """Every accuracy compare shows is a number in [0, 1]: a crafted or damaged report is refused."""
+    for name, p in report["protocols"].items():
+        values = [("clean.accuracy", p["clean"]["accuracy"])]
+        values += [(f"attacks.{a['attack']}.accuracy", a["accuracy"]) for a in p["attacks"]]
+        values += [(f"curve[{i}].accuracy", c["accuracy"]) for i, c in enumerate(p["curve"])]
+        values += [(f"curve[{i}].eps", c["eps"]) for i, c in enumerate(p["curve"])]
+        for key, v in values:
+            if not _number(v) or not math.isfinite(v) or (key.endswith("accuracy") and not 0 <= v <= 1):
+                raise RunError(f"{path / REPORT_FILE}: protocols.{name}.{key} is {str(v)[:40]}, not a finite accuracy "
+                               f"in [0, 1]; the report is damaged or was edited. {_fix(path)}")
+
+
+def _epoch_losses(path: Path) -> list[tuple[int, float]]:
+    """(epoch, mean loss) of the epoch records; a record with loss null (an epoch with no step) is skipped."""
+    losses = []
+    for i, r in enumerate(read_metrics(path / METRICS)):
+        if not isinstance(r, dict) or r.get("type") != "epoch" or r.get("loss", 0) is None:
+            continue
+        epoch, loss = r.get("epoch"), r.get("loss")
+        if not isinstance(epoch, int) or not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            raise RunError(f"{path / METRICS}: record {i + 1} (an epoch record) has epoch {str(epoch)[:20]} and loss {str(loss)[:20]}, "
+                           "not an integer and a number; the log is damaged. Restore it, or delete it (the loss plot "
+                           "then leaves this run out)")
+        losses.append((epoch, float(loss)))
+    return losses
+
+
 def _fix(path: Path) -> str:
     return f"run `robustssl evaluate --run {path}` first"
 
@@ -95,16 +149,17 @@ def load_run(path: str | Path, label: str | None = None) -> RunRecord:
     except (ValueError, UnicodeDecodeError) as e:
         raise RunError(f"{path / REPORT_FILE} is damaged or not a robustssl evaluation report ({e}); "
                        f"run `robustssl evaluate --run {path}` again") from None
-    summary = None
-    if (path / SUMMARY).is_file():
-        try:
-            summary = json.loads((path / SUMMARY).read_text())
-        except (ValueError, UnicodeDecodeError) as e:
-            raise RunError(f"{path / SUMMARY} is damaged ({e}); it is rewritten when `robustssl pretrain` finishes") from None
-    losses = []
-    if (path / METRICS).is_file():
-        losses = [(int(r["epoch"]), float(r["loss"])) for r in read_metrics(path / METRICS) if r.get("type") == "epoch"]
-    return RunRecord(path, label or path.name, cfg, report, summary, losses)
+    summary = read_summary(path)
+    losses = _epoch_losses(path) if (path / METRICS).is_file() else []
+    record = RunRecord(path, label or path.name, cfg, report, summary, losses)
+    try:  # every field compare reads, read once now: a missing or mistyped one names this report
+        _check_accuracies(path, report)
+        compare_rows([record])
+        _notes([record])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise RunError(f"{path / REPORT_FILE} lacks a field compare reads, or holds one of the wrong type "
+                       f"({type(e).__name__}: {str(e)[:80]}); it is damaged or from another version. {_fix(path)}") from None
+    return record
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -224,10 +279,10 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     names = row_attacks(rows)
     header = ["run", "method", "selector", "epochs", "train time", "protocol", "clean %",
               *(f"{attack_label(n, rows)} %" for n in names), "examples", "threat model", "sanity"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines = ["| " + " | ".join(md_text(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        cells = [r["run"], r["method"], r["selector"], str(r["epochs"]), _seconds(r["train_seconds"]), r["protocol"],
-                 _pct(r["clean"])]
+        cells = [str(r["run"]), str(r["method"]), str(r["selector"]), str(r["epochs"]), _seconds(r["train_seconds"]),
+                 str(r["protocol"]), _pct(r["clean"])]
         for n in names:
             cell = _pct(r.get(n))
             k = r["attack_examples"].get(n)
@@ -237,8 +292,8 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
             if tm is not None and tm != r["threat_model"]:
                 cell += f" ({tm})"
             cells.append(cell)
-        cells += [str(r["n_examples"]), f"{LP_NORMS[r['norm']][0]} {fmt_eps(r['eps'], r['norm'])}",
-                  "pass" if r["sanity"] == "pass" else "**FAIL**"]
+        cells += [str(r["n_examples"]), f"{LP_NORMS[r['norm']][0]} {fmt_eps(r['eps'], r['norm'])}"]
+        cells = [md_text(c) for c in cells] + ["pass" if r["sanity"] == "pass" else "**FAIL**"]  # every text escaped
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -246,7 +301,7 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
 def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, str | None]) -> str:
     lines = ["# Run comparison", "", table_markdown(rows), ""]
     if notes:
-        lines += ["Notes:", "", *(f"- {n}" for n in notes), ""]
+        lines += ["Notes:", "", *(f"- {md_text(n)}" for n in notes), ""]
     titles = {"robustness": "Robust accuracy vs eps (PGD-20)", "losses": "Training loss", "times": "Training time by phase"}
     for key, title in titles.items():
         if figures.get(key):
@@ -263,7 +318,7 @@ def plot_robustness(runs: list[RunRecord], path: Path) -> Path:
     for i, norm in enumerate(norms):
         ax = fig.add_subplot(1, len(norms), i + 1)
         mine = [r for r in runs if threat_of(r.report["settings"]).norm == norm]
-        curves = [(f"{r.label} {name.upper()}" + (" (SUBSET)" if r.report["test_subset"]["used"] else ""), p["curve"])
+        curves = [(plot_text(f"{r.label} {name.upper()}" + (" (SUBSET)" if r.report["test_subset"]["used"] else "")), p["curve"])
                   for r in mine for name, p in r.report["protocols"].items()]
         plot_pgd_curves(ax, curves, sorted({r.report["settings"]["eps"] for r in mine}), norm)
         if i < len(norms) - 1:
@@ -279,7 +334,7 @@ def plot_losses(runs: list[RunRecord], path: Path) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     for r in runs:
         if r.epoch_loss:
-            ax.plot([e + 1 for e, _ in r.epoch_loss], [v for _, v in r.epoch_loss], marker=".", label=f"{r.label} ({r.method})")
+            ax.plot([e + 1 for e, _ in r.epoch_loss], [v for _, v in r.epoch_loss], marker=".", label=plot_text(f"{r.label} ({r.method})"))
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -308,7 +363,7 @@ def plot_times(runs: list[RunRecord], path: Path) -> Path:
     left = [0.0] * len(runs)
     for phase in phases:
         widths = [b.get(phase, 0.0) for b in breakdowns]
-        ax.barh([r.label for r in runs], widths, left=left, label=phase)
+        ax.barh([plot_text(r.label) for r in runs], widths, left=left, label=phase)
         left = [a + w for a, w in zip(left, widths)]
     ax.invert_yaxis()
     ax.set_xlabel("training seconds")
@@ -318,21 +373,31 @@ def plot_times(runs: list[RunRecord], path: Path) -> Path:
     return path
 
 
-def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare") -> dict[str, Any]:
+def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False) -> dict[str, Any]:
     """Compare evaluated runs; writes FILES into `out` (created if needed) and returns the compare.json content.
 
     Every folder is read and checked first; nothing is written when one of them is not an
-    evaluated run. A figure with nothing to show (no run logged a loss, or no run has a
+    evaluated run. `out` is locked while it is written; an earlier compare.md or compare.json
+    in it is replaced only with force=True. A figure with nothing to show (no run logged a loss, or no run has a
     run.json) is not drawn; compare.json records it as null and the notes say why.
     """
     if not run_dirs:
         raise RunError("compare needs at least one run folder")
     paths = [Path(p) for p in run_dirs]
-    runs = [load_run(p, label) for p, label in zip(paths, _labels(paths))]
-    out = Path(out)
+    out = check_output_path(out, "--out")
     check_folder(out)
+    runs = [load_run(p, label) for p, label in zip(paths, _labels(paths))]
     rows, notes = compare_rows(runs), _notes(runs)
-    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out, "robustssl compare"):
+        earlier = [FILES[k] for k in ("markdown", "json") if (out / FILES[k]).exists()]
+        if earlier and not force:
+            raise RunError(f"{out} already holds {' and '.join(earlier)} of an earlier comparison; nothing was "
+                           "overwritten. Choose another --out, or pass --force to replace them")
+        return _write(runs, rows, notes, out)
+
+
+def _write(runs: list[RunRecord], rows: list[dict[str, Any]], notes: list[str], out: Path) -> dict[str, Any]:
+    """The figures, compare.json and compare.md of checked runs into the (locked) folder `out`."""
     figures: dict[str, str | None] = {"robustness": FILES["robustness"], "losses": None, "times": None}
     plot_robustness(runs, out / FILES["robustness"])
     if any(r.epoch_loss for r in runs):

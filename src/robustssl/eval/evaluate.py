@@ -10,7 +10,7 @@ import dataclasses
 import datetime
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -225,8 +225,11 @@ def evaluate_encoder(
     device: torch.device | str,
     branch: str | None = None,
     trained_branches: Sequence[str] | None = None,
+    keep_classifier: Callable[[str, nn.Module, dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Run every protocol of `cfg.protocols` on copies of `model` and return the report dict.
+    keep_classifier(protocol, trained classifier, its report entry), when given, is called after
+    each protocol (`robustssl evaluate` saves the classifier with it: models/hub.py).
 
     train / test: labelled uint8 splits. For each protocol a classifier (encoder + a fresh
     linear head) is trained on `train` (a seeded subset of cfg.train_examples when set):
@@ -261,6 +264,8 @@ def evaluate_encoder(
         clf = protocol.classifier(encoder, n_classes, used_branch, cfg).to(device)
         training = protocol.train(clf, train, cfg, device)
         protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
+        if keep_classifier is not None:
+            keep_classifier(name, clf, protocols[name])
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)
 
     big = large_eps(cfg.eps, cfg.norm, x[0].numel())  # the large-eps check's radius, as evaluate_classifier uses it

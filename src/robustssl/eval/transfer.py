@@ -22,6 +22,7 @@ from ..config import RunConfig
 from ..data.catalog import canonical_name, image_shape, load_dataset
 from ..data.convert import convert_dataset, describe_conversion
 from ..data.dataset import ImageDataset
+from ..data.readers import check_same_classes
 from ..errors import ConfigError
 
 __all__ = ["load_transfer_splits", "source_image_shape", "transfer_folder_name"]
@@ -85,6 +86,8 @@ def load_transfer_splits(
         target_shape = _shape(train)
         conversion = describe_conversion(source, (target_shape[0], target_shape[1], target_shape[2]))
         train, test = convert_dataset(train, c, (h, w)), convert_dataset(test, c, (h, w))
+    check_same_classes(train.classes, test.classes, f"the {name} train split", "its test split",
+                       "Give both splits the same class folders (an empty folder is not a class: remove it).")
     record = {
         "source": {"dataset": cfg.data.name, "image_shape": list(source)},
         "target": {"dataset": name, "root": root, "image_shape": target_shape, "evaluated_shape": _shape(test),

@@ -61,8 +61,9 @@ class PAT(SupervisedMethod):
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
         super().check_config(cfg)
-        if cfg.coreset.candidate_attack_steps is not None:
-            raise ConfigError("coreset.candidate_attack_steps sets PGD steps, which method pat does not use; "
+        rcs = cfg.coreset.settings.get("rcs")
+        if rcs is not None and rcs.candidate_attack_steps is not None:
+            raise ConfigError("coreset.rcs.candidate_attack_steps sets PGD steps, which method pat does not use; "
                               "unset it (PAT's attack is Fast-LPA, method.pat.steps)")
         path = cfg.method.params.lpips_model
         if path is not None and not Path(path).is_file():

@@ -8,17 +8,22 @@ every forward call:
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 BRANCHES = ("normal", "pgd")
 
 
 class DualBatchNorm(nn.Module):
     """Two BatchNorms of the same shape; `self.branch` picks which one a forward uses."""
+
+    normal: _BatchNorm
+    pgd: _BatchNorm
 
     def __init__(self, num_features: int, dims: int = 2) -> None:
         super().__init__()
@@ -30,6 +35,30 @@ class DualBatchNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pgd(x) if self.branch == "pgd" else self.normal(x)
 
+    @classmethod
+    def of(cls, bn: _BatchNorm) -> DualBatchNorm:
+        """A dual BN whose `normal` branch is `bn` itself and whose `pgd` branch is a copy of it (any
+        BatchNorm class, e.g. a library's BatchNorm fused with its activation)."""
+        dual = cls.__new__(cls)
+        nn.Module.__init__(dual)
+        dual.normal = bn
+        dual.pgd = copy.deepcopy(bn)
+        dual.branch = "normal"
+        return dual
+
+
+def convert_dual_bn(model: nn.Module) -> nn.Module:
+    """Make every BatchNorm of `model` (any subclass of torch's _BatchNorm) a `DualBatchNorm`, in place;
+    for backbones built elsewhere (timm). Returns `model`."""
+    for name, child in model.named_children():
+        if isinstance(child, DualBatchNorm):
+            continue
+        if isinstance(child, _BatchNorm):
+            setattr(model, name, DualBatchNorm.of(child))
+        else:
+            convert_dual_bn(child)
+    return model
+
 
 def make_bn(num_features: int, dual: bool, dims: int = 2) -> nn.Module:
     """A BatchNorm layer: dual (two branches) or plain."""
@@ -40,6 +69,22 @@ def make_bn(num_features: int, dual: bool, dims: int = 2) -> nn.Module:
 
 def has_dual_bn(model: nn.Module) -> bool:
     return any(isinstance(m, DualBatchNorm) for m in model.modules())
+
+
+def default_branch(model: nn.Module, trained_branches: Sequence[str] | None = None) -> str | None:
+    """The BN branch a dual-BN model is evaluated and used on by default (methods.md §7).
+
+    Single-BN models: None (no choice). Dual-BN models: "pgd" when it was trained or when
+    the trained branches are unknown (None: exports from before they were recorded); else
+    the first trained branch ("normal" for SimCLR with dual BN, which trains only that one).
+    `evaluate` and `load_encoder` both follow this rule, so a loaded encoder computes the
+    features its report measured.
+    """
+    if not has_dual_bn(model):
+        return None
+    if not trained_branches or "pgd" in trained_branches:  # None (unknown), none trained, or pgd trained
+        return "pgd"
+    return next(iter(trained_branches))
 
 
 def current_branch(model: nn.Module) -> str | None:

@@ -33,7 +33,7 @@ from safetensors.torch import save as save_bytes
 
 from ..errors import RunError
 from ..io import atomic_write
-from .dual_bn import BRANCHES
+from .dual_bn import BRANCHES, default_branch, has_dual_bn, set_bn_branch
 from .encoder import ModelSpec, SSLModel, build_model
 
 SPEC_KEY = "robustssl_model_spec"
@@ -169,16 +169,25 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise RunError(f"{path} is damaged ({e}); {_fix()}") from None
 
 
-def load_encoder(path: str | Path, device: str = "cpu") -> tuple[SSLModel, ModelSpec]:
-    """Rebuild the model from an export; the projector is freshly initialised unless the export holds it
-    (a supervised run's classifier layer: the model is then marked `head_trained`).
+def load_encoder(path: str | Path, device: str = "cpu", branch: str | None = None) -> tuple[SSLModel, ModelSpec]:
+    """Rebuild the model from an export, in eval mode, ready for features:
+
+        model, spec = load_encoder("runs/acl/encoder.safetensors")
+        features = model.features(images)   # images [B, C, H, W] in [0, 1] -> [B, feature_dim]
+
+    A dual-BN encoder is set to `branch`, by default the one `robustssl evaluate` uses and its
+    report names (`dual_bn.default_branch`: "pgd" when it was trained or the export does not
+    say, else the trained one), so the features are the ones the report measured; switch with
+    `bn_branch(model, "normal")`. The projector is freshly initialised unless the export holds
+    it (a supervised run's classifier layer: the model is then marked `head_trained`).
 
     The trained BN branches are not part of the return value; read them with
     `read_export_metadata(path)["trained_branches"]`. Raises FileNotFoundError for a missing
     file and RunError for anything that is not a complete robustssl export of a known architecture.
     """
     path = Path(path)
-    spec = _spec_from_dict(path, read_export_metadata(path)["spec"])
+    meta = read_export_metadata(path)
+    spec = _spec_from_dict(path, meta["spec"])
     try:
         model = build_model(spec)
     except (TypeError, ValueError) as e:
@@ -193,4 +202,7 @@ def load_encoder(path: str | Path, device: str = "cpu") -> tuple[SSLModel, Model
     if missing or unexpected:
         raise RunError(f"{path} does not match its architecture: missing {missing[:5]}, unexpected {unexpected[:5]}; {_fix()}")
     model.head_trained = not head_missing and any(k.startswith("projector.") for k in tensors)
-    return model.to(device), spec
+    chosen = branch if branch is not None else default_branch(model, meta["trained_branches"])
+    if chosen is not None and has_dual_bn(model):
+        set_bn_branch(model, chosen)
+    return model.to(device).eval(), spec

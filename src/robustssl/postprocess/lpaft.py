@@ -34,7 +34,41 @@ from .kmeans import kmeans
 AFT_WEIGHT_DECAY = 1e-4  # DynACL++'s LP-AFT script
 AFT_LR_MILESTONES = (0.4, 0.8)  # epochs 10 and 20 of 25, as in that script
 
-__all__ = ["AFT_LR_MILESTONES", "AFT_WEIGHT_DECAY", "aft_settings", "cluster_features", "lp_aft", "purity"]
+__all__ = [
+    "AFT_LR_MILESTONES", "AFT_WEIGHT_DECAY", "DIVERGENCE_GROWTH", "aft_settings", "cluster_features", "finetune_divergence",
+    "lp_aft", "purity",
+]
+
+
+DIVERGENCE_GROWTH = 2.0  # an epoch whose mean loss is more than this times the lowest before it has diverged
+
+
+def finetune_divergence(epoch_loss: list[float], growth: float = DIVERGENCE_GROWTH) -> dict[str, Any]:
+    """Did a finetune's training loss diverge? (flagged as an unconverged probe is)
+
+    epoch_loss: the per-epoch mean training loss. Diverged when the last epoch's loss is above
+    the first epoch's (the finetune made its own objective worse), or when an epoch's loss is
+    more than `growth` times the lowest loss of the epochs before it (a blow-up, even if later
+    epochs come back down). One epoch cannot be judged (diverged False, said in the detail).
+    Returns {diverged, growth, detail}.
+    """
+    losses = [float(v) for v in epoch_loss]
+    trace = " -> ".join(f"{v:.4g}" for v in losses)
+    if len(losses) < 2:
+        return {"diverged": False, "growth": growth, "detail": f"not judged: {len(losses)} epoch ({trace})"}
+    problems = []
+    if losses[-1] > losses[0]:
+        problems.append(f"the last epoch's loss is above the first's ({trace})")
+    for e in range(1, len(losses)):
+        low = min(losses[:e])
+        if losses[e] > growth * low:
+            problems.append(f"epoch {e + 1}'s loss {losses[e]:.4g} is {losses[e] / low:.3g}x the lowest before it ({low:.4g})")
+            break
+    if problems:
+        detail = "; ".join(problems) + "; lower postprocess.aft_lr"
+    else:
+        detail = f"the loss fell ({trace})"
+    return {"diverged": bool(problems), "growth": growth, "detail": detail}
 
 
 def aft_settings(pp: PostprocessConfig, ev: EvalConfig) -> FinetuneSettings:
@@ -116,6 +150,7 @@ def lp_aft(
     clf.head.load_state_dict(lp_model.head.state_dict())
     aft_record = finetune_trades(clf, pseudo, aft_settings(pp, ev), device, head_init="the LP head", what="LP-AFT")
     aft_record["protocol"] = "aft"
+    aft_record["divergence"] = finetune_divergence(aft_record["epoch_loss"])
     encoder = clf.encoder.eval()
     return encoder, {"kmeans": kmeans_record, "lp": lp_record, "aft": aft_record,
                      "seconds": round(time.perf_counter() - t0, 3)}

@@ -14,8 +14,11 @@ OUT is a folder that `robustssl evaluate --run OUT` (and `robustssl compare`) ac
                          the source's training seconds plus the post-processing seconds (phase
                          "postprocess"), the source's coreset record
 
-The source run is only read. OUT must not hold run files already; everything is written at
-the end (config.yaml last), so an interrupted post-processing leaves no config.yaml behind.
+The source run is only read. OUT must not hold run files already, and is locked while the
+post-processing runs (io.FolderLock: a second one into OUT is refused); everything is written
+at the end (config.yaml last), so an interrupted post-processing leaves no config.yaml behind.
+Overrides: postprocess.* and eval.* (plus data.root, data.download, train.device); others
+would be recorded as facts of the encoder without being true, and are refused.
 """
 from __future__ import annotations
 
@@ -28,19 +31,30 @@ from typing import Any
 
 import torch
 
+from ..config import RunConfig
 from ..errors import RunError
 from ..eval.classifier import choose_branch
-from ..io import atomic_write_text
+from ..io import FolderLock, atomic_write_text, check_output_path
 from ..models.dual_bn import has_dual_bn
 from ..models.export import export_encoder, load_encoder, read_export_metadata
 from ..run_setup import load_train_set, resolve_device
-from ..train.run_dir import CONFIG, ENCODER, RUN_FILES, SUMMARY, check_folder, read_run_config, write_config
+from ..train.run_dir import (
+    CONFIG,
+    ENCODER,
+    RUN_FILES,
+    SUMMARY,
+    check_folder,
+    check_override_keys,
+    read_run_config,
+    read_summary,
+    write_config,
+)
 from .lpaft import lp_aft
 
 POSTPROCESS = "postprocess.json"
 SCHEMA = "robustssl.postprocess/1"
 
-__all__ = ["POSTPROCESS", "postprocess_run"]
+__all__ = ["POSTPROCESS", "divergence_note", "postprocess_run", "read_divergence_note"]
 
 
 def _claim(out: Path, run_dir: Path) -> None:
@@ -73,16 +87,44 @@ def _cluster_branch(model: torch.nn.Module, wanted: str, trained: list[str] | No
     return wanted
 
 
+def divergence_note(record: dict[str, Any]) -> str | None:
+    """The warning for a post-processing record (postprocess.json, or the stages of `lp_aft`) whose
+    AFT finetune diverged; None when it did not (or the record predates the check)."""
+    div = record.get("aft", {}).get("divergence") or {}
+    if not div.get("diverged"):
+        return None
+    return f"the LP-AFT finetune (TRADES) DIVERGED: {div['detail']}; this encoder is not a trained result"
+
+
+def read_divergence_note(run_dir: str | Path) -> str | None:
+    """`divergence_note` of a run folder's postprocess.json (None for a run that is not post-processed)."""
+    path = Path(run_dir) / POSTPROCESS
+    if not path.is_file():
+        return None
+    try:
+        return divergence_note(json.loads(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise RunError(f"{path} is damaged (not a postprocess record); run `robustssl postprocess` again") from None
+
+
 def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Post-process the encoder of `run_dir` with k-means pseudo-labels + LP-AFT into the new folder `out`.
 
     overrides: `postprocess.*` (and `eval.*`: eps, pgd_alpha, linear_batch_size, ...) keys,
     validated before any work. Returns the postprocess.json record.
     """
-    t0 = time.perf_counter()
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), check_output_path(out, "--out")
+    check_override_keys(list(overrides or []), "postprocess", ("postprocess", "eval"))
     cfg = read_run_config(run_dir, overrides)  # every key validated before the encoder or the data are touched
     _claim(out, run_dir)
+    source_summary = read_summary(run_dir) or {}  # a damaged run.json is refused before the work
+    with FolderLock(out, "robustssl postprocess"):  # a second postprocess into `out` is refused while this one runs
+        _claim(out, run_dir)  # again, under the lock: a postprocess that finished meanwhile
+        return _postprocess(cfg, run_dir, out, source_summary)
+
+
+def _postprocess(cfg: RunConfig, run_dir: Path, out: Path, source_summary: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
     source = run_dir / ENCODER
     meta = read_export_metadata(source)
     trained = meta["trained_branches"]
@@ -95,8 +137,6 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
     encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
 
     seconds = time.perf_counter() - t0
-    summary_path = run_dir / SUMMARY
-    source_summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     record = {
         "schema": SCHEMA,
         "method": "DynACL++ post-processing: k-means pseudo-labels, then LP-AFT (linear probe, then TRADES full finetuning)",
@@ -106,7 +146,7 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
         "data": {"name": cfg.data.name, "split": train.split, "images": len(train)},
         "bn_branch": branch,
         "trained_branches": trained,
-        "notes": [note] if note else [],
+        "notes": [n for n in (note, divergence_note(stages)) if n],
         "settings": dataclasses.asdict(cfg.postprocess),
         "threat_model": {"norm": cfg.eval.norm, "eps": cfg.eval.eps, "alpha": cfg.eval.pgd_alpha},
         **stages,
@@ -123,7 +163,9 @@ def postprocess_run(run_dir: str | Path, out: str | Path, overrides: list[str] |
         "phase_seconds": phases,
         "trained_branches": trained,
         "coreset": source_summary.get("coreset"),
+        "classes": source_summary.get("classes"),
         "postprocess": POSTPROCESS,
+        "diverged": bool(stages["aft"]["divergence"]["diverged"]),
         "device": str(device),
         "torch": torch.__version__,
     }

@@ -11,6 +11,7 @@ runs `train_epoch` per epoch and finishes it;
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ..coreset.schedule import CoresetSchedule
 from ..data import DeviceLoader, StreamingLoader
 from ..data.dataset import ImageSource
 from ..errors import RunError
-from ..io import atomic_write_text
+from ..io import FolderLock, atomic_write_text, check_output_path
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, SSLModel, build_model, export_encoder, has_dual_bn
 from ..run_setup import load_train_source, model_spec, resolve_device
@@ -42,6 +43,7 @@ from .run_dir import (
     ENCODER,
     METRICS,
     SUMMARY,
+    check_new_run,
     claim_new_run,
     clear_orphans,
     config_differences,
@@ -61,6 +63,7 @@ class RunResult:
     steps: int
     seconds: float
     phase_seconds: dict[str, float]
+    nothing_left: bool = False  # a --resume of a run that had finished: nothing was trained or written
 
 
 def non_finite_tensors(model: torch.nn.Module) -> list[str]:
@@ -172,6 +175,7 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     batches_per_epoch = schedule.steps_per_epoch_bound()
     if batches_per_epoch < 1:
         raise TrainingError(f"{len(schedule.pool)} training images make no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
+    check_coreset_batches(cfg, schedule)
     networks = trained_networks(model, method)
     optimizer = build_optimizer(networks, cfg.optim)  # the model's parameters, then the owned ones that take gradients
     # The lr follows fractional epochs (each of the method's updates per batch advances it), or, on
@@ -180,6 +184,20 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, batches_per_epoch, k, schedule.total_steps() * k)
     replicate(networks, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
     return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
+
+
+def check_coreset_batches(cfg: RunConfig, schedule: CoresetSchedule) -> None:
+    """Refuse a coreset smaller than one batch (every selector): its epochs would train nothing."""
+    bs, pool, unit = cfg.optim.batch_size, len(schedule.pool), schedule.unit_size
+    if not any(schedule.uses_coreset(e) for e in range(cfg.train.epochs)) or schedule.coreset_size() >= bs:
+        return
+    units = -(-bs // unit)  # picked units (images, or batches of `unit` images) that make one batch
+    smallest = math.ceil(1000 * (units - 0.5) / max(1, pool // unit)) / 1000  # the budget is round(fraction * units in pool)
+    other = ", or coreset.unit=batch" if cfg.coreset.unit == "sample" else ""
+    raise TrainingError(
+        f"coreset.fraction={cfg.coreset.fraction:g} of the {pool}-image training pool is {schedule.coreset_size()} "
+        f"images, less than one batch of optim.batch_size={bs}: the coreset epochs would train nothing. Pass "
+        f"coreset.fraction={smallest:g} or more, a smaller optim.batch_size{other}")
 
 
 # --- one epoch -----------------------------------------------------------------------------------
@@ -227,7 +245,8 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
             save_checkpoint(state, run)
     seconds = time.perf_counter() - epoch_start
     run.metrics.write({
-        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / max(1, len(losses)),
+        # an epoch (or the rest of one, after a resume) with no step has no loss: null, never 0
+        "type": "epoch", "epoch": epoch, "step": state.step, "loss": sum(losses) / len(losses) if losses else None,
         "images": n_images, "pool_size": int(positions.numel()), "seconds": seconds,
         "images_per_s": n_images / max(1e-9, seconds), "lr": state.scheduler.get_last_lr()[0],
         "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
@@ -293,12 +312,17 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = False) -> RunRe
     on CUDA with the GPU LOCAL_RANK, gloo on CPU), trains its shard of each global batch of
     optim.batch_size images, and rank 0 alone writes the run folder.
     """
+    check_output_path(out_dir, "--out")
     device, created = dist.init_from_env(resolve_device(cfg.train.device))
+    lock = FolderLock(out_dir, "robustssl pretrain")  # rank 0 holds it; a second pretrain (--resume) is refused
     try:
+        dist.on_main(lock.acquire)
         result = _pretrain(cfg, Path(out_dir), resume, device)
     except BaseException:
+        lock.release()
         dist.shutdown(created, clean=False)
         raise
+    lock.release()
     dist.shutdown(created)
     return result
 
@@ -309,11 +333,13 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
         raise TrainingError(f"optim.batch_size={cfg.optim.batch_size} is the global batch and must split evenly over "
                             f"{world} processes; use a multiple of {world}")
     if not resume:
-        dist.on_main(lambda: claim_new_run(out, cfg))
-    dist.on_main(lambda: clear_orphans(out))
+        dist.on_main(lambda: check_new_run(out, cfg))  # a taken folder is refused before any work
     torch.manual_seed(cfg.train.seed)
     data = load_train_source(cfg, device)
     state = build_state(cfg, data, device)
+    if not resume:  # claimed only now: a missing dataset or a model that cannot be built leaves no config.yaml
+        dist.on_main(lambda: claim_new_run(out, cfg))
+    dist.on_main(lambda: clear_orphans(out))
     if dist.rank() > 0:  # each rank its own augmentations and attack starts; rank 0 keeps the run's stream
         torch.manual_seed(rank_seed(cfg.train.seed, dist.rank()))
     metrics = MetricsLog(out / METRICS) if dist.is_main() else _RankMetrics(out / METRICS)
@@ -335,6 +361,9 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
     run = RunContext(cfg, out, data, loader, metrics, bar)
+    if resume and state.epoch >= cfg.train.epochs and dist.on_main(lambda: (out / ENCODER).is_file() and (out / SUMMARY).is_file()):
+        bar.close()  # a finished run: its export and summary stay as they are
+        return RunResult(out, state.step, state.elapsed, dict(state.phase_seconds), nothing_left=True)
     while state.epoch < cfg.train.epochs:
         train_epoch(state, run)
     bar.close()
@@ -355,7 +384,7 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
                    with_head=state.method.supervised, encoder=name)
     summary: dict[str, Any] = {
         "method": run.cfg.method.name, "encoder": name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
-        "trained_branches": trained, "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
+        "trained_branches": trained, "classes": list(run.data.classes), "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
     }
     if dist.is_distributed():
         summary.update(world_size=dist.world_size(), sync_bn=run.cfg.train.sync_bn,
