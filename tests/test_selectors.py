@@ -23,7 +23,7 @@ from robustssl.coreset.schedule import CoresetRoundingWarning, CoresetSchedule
 from robustssl.data import AugmentSpec, ContrastiveAugment, ImageDataset, load_dataset
 from robustssl.data.batch import make_batch
 from robustssl.methods import PGDAT
-from robustssl.methods.supervised import SupervisedSettings
+from robustssl.methods.supervised import AdversarialTrainingSettings
 from robustssl.models import ModelSpec, build_model
 from robustssl.timer import PhaseTimer
 
@@ -40,7 +40,7 @@ def _trained_pgd_at(n: int = 64):
     """A PGD-AT model after a few steps, its method (deterministic attack) and labelled data."""
     images, labels = structured_images(n, seed=3)
     data = ImageDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), torch.arange(n), "synthetic", "train")
-    method = PGDAT(SupervisedSettings(), ContrastiveAugment(AugmentSpec(), 28, 1), PGDConfig(0.1, 0.03, 2, random_start=False))
+    method = PGDAT(AdversarialTrainingSettings(attack_mode="eval"), ContrastiveAugment(AugmentSpec(), 28, 1), PGDConfig(0.1, 0.03, 2, random_start=False))
     torch.manual_seed(0)
     model = build_model(SPEC)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
