@@ -21,7 +21,7 @@ def test_recipes_load_and_overrides_apply():
         ("optim.lr=fast", "optim.lr: expected a number"),
         ("optim.lr=-1", "optim.lr must be > 0"),
         ("method.name=byol", "choose one of: simclr, acl"),
-        ("eval.attacks=[pgd20, cw]", "eval.attacks=.cw. is not valid; choose one of: pgd20, autoattack"),
+        ("eval.attacks=[pgd20, fgsm]", "eval.attacks=.fgsm. is not valid; choose one of: pgd20, autoattack"),
         ("method.acl.tau=0", "method.acl.tau must be > 0"),
         ("method.acl.tau=.nan", "method.acl.tau: expected a finite number"),
         ("method.tau=0.5", "valid keys here: method.name, method.simclr.<key>, method.acl.<key>"),

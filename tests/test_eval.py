@@ -303,6 +303,28 @@ def test_randomized_model_fails_eps_zero_check(slf_model, test_xy):
     assert any(w.category is SanityCheckWarning and "'eps_zero' FAILED" in str(w.message) for w in caught)
 
 
+def test_cw_attack_maximizes_the_clamped_margin_and_is_reported(slf_model, test_xy):
+    from robustssl.eval.cw import margin_loss
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3]
+
+    x = torch.tensor([[[[1.0, 3.0, 0.0]]], [[[0.0, 0.5, 90.0]]]])
+    # example 0: y=0, best other 3 -> margin 2; example 1: y=1, best other 90 -> margin 89.5, clamped at kappa 50
+    assert margin_loss(50.0)(Fixed(), torch.tensor([0, 1]))(x).item() == pytest.approx(2.0 + 50.0)
+
+    model, _ = slf_model
+    x, y = test_xy[0][:64], test_xy[1][:64]
+    cfg = small_cfg(attacks=["pgd20", "cw"], batch_size=64)
+    cfg.components["cw"] = cfg.component("cw").__class__(steps=10, kappa=5.0)
+    result = evaluate_classifier(model, x, y, cfg)
+    cw = {r["attack"]: r for r in result["attacks"]}["cw"]
+    assert cw["steps"] == 10 and cw["loss"] == "CW margin, kappa 5" and cw["label"] == "CW (margin PGD)"
+    assert cw["accuracy"] < result["clean"]["accuracy"] and result["sanity_passed"]
+    assert "cw" in result["sanity"][1]["detail"]  # in the attack-order chain of its threat model
+
+
 def test_attack_order_check_flags_inversions():
     def res(name: str, correct: int, n: int = 100) -> AttackResult:
         return AttackResult(name, "linf", EPS, 20, 0, torch.arange(n) < correct)
@@ -380,22 +402,24 @@ def test_registry_tables_drive_evaluation_and_import_cheaply():
     from robustssl.errors import ConfigError
     from robustssl.eval import train_aff
     from robustssl.eval.direct import train_direct
+    from robustssl.eval.knn import train_knn
     from robustssl.eval.multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
     from robustssl.eval.registry import ATTACKS, PROTOCOLS
 
     assert {n: p.train for n, p in PROTOCOLS.items()} == {
         "slf": train_slf, "alf": train_alf, "aff": train_aff, "slf-mc": train_slf_mc, "alf-mc": train_alf_mc,
-        "direct": train_direct,
+        "direct": train_direct, "knn": train_knn,
     }
-    assert list(ATTACKS) == ["pgd20", "autoattack", "pgd50x10", "ppgd", "lpa", "union"]
-    assert [a.label for a in ATTACKS.values()] == ["PGD-20", "AutoAttack", "PGD-50x10", "PPGD", "LPA", "Union"]
+    assert list(ATTACKS) == ["pgd20", "autoattack", "pgd50x10", "cw", "ppgd", "lpa", "union"]
+    assert [a.label for a in ATTACKS.values()] == ["PGD-20", "AutoAttack", "PGD-50x10", "CW (margin PGD)", "PPGD", "LPA", "Union"]
     assert ATTACKS["autoattack"].rank > ATTACKS["pgd50x10"].rank > ATTACKS["pgd20"].rank
     assert [n for n, p in PROTOCOLS.items() if p.finetunes_encoder] == ["aff"]
     assert [n for n, p in PROTOCOLS.items() if p.build is multicrop_classifier] == ["slf-mc", "alf-mc"]
     assert evaluate_module.PROTOCOLS is PROTOCOLS and evaluate_module.ATTACKS is ATTACKS  # one table, not a copy
     assert not hasattr(evaluate_module, "TRAINERS")
-    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct; valid attacks: pgd20, autoattack, pgd50x10, ppgd, lpa, union"):
-        evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["cw"]), "cpu")
+    with pytest.raises(ConfigError, match="valid protocols: slf, alf, aff, slf-mc, alf-mc, direct, knn; valid attacks: "
+                                          "pgd20, autoattack, pgd50x10, cw, ppgd, lpa, union"):
+        evaluate_encoder(None, None, None, small_cfg(protocols=["slf"], attacks=["nope"]), "cpu")
     code = "import sys, robustssl.eval.registry; print([m for m in sys.modules if 'autoattack' in m or 'matplotlib' in m])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

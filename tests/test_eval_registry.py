@@ -7,6 +7,7 @@ Also: an l_2 evaluation is reported as l_2 everywhere (report.md, the plot, comp
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +98,14 @@ def run(tmp_path_factory):
     return out
 
 
+def _copy_without_reports(run, dest):
+    """The pretrained run folder, copied without its evaluation reports."""
+    shutil.copytree(run, dest)
+    for f in [*dest.glob("report.*"), *dest.glob("robustness_curve.*")]:
+        f.unlink()
+    return dest
+
+
 @pytest.fixture
 def toys(monkeypatch):
     monkeypatch.setitem(ATTACKS, "toy-shift", ShiftAttack())
@@ -158,6 +167,7 @@ def test_a_record_of_an_unregistered_protocol_is_not_rendered_as_a_linear_probe(
 
 
 def test_l2_evaluation_says_l2_in_report_plot_and_compare(run, tmp_path):
+    run = _copy_without_reports(run, tmp_path / "l2")
     api.evaluate(run, overrides=EVAL_TINY + ["eval.protocols=[slf,alf]", "eval.attacks=[pgd20]", "eval.norm=l2",
                                              "eval.eps=0.5", "eval.pgd_alpha=0.125", "eval.alf_steps=1"])
     report = json.loads((run / "report.json").read_text())
@@ -176,3 +186,14 @@ def test_l2_evaluation_says_l2_in_report_plot_and_compare(run, tmp_path):
     assert {r["norm"] for r in result["rows"]} == {"l2"}
     assert "| l_2 0.5 |" in (out / "compare.md").read_text()
     assert "eps (l_2" in (out / "robustness_vs_eps.svg").read_text()
+
+
+def test_aff_and_lp_aft_attack_in_the_evaluations_norm():
+    from robustssl.config import EvalConfig, PostprocessConfig
+    from robustssl.eval.finetune import aff_settings
+    from robustssl.postprocess.lpaft import aft_settings
+
+    for norm, eps in (("linf", 8 / 255), ("l2", 0.5)):
+        ev = EvalConfig(norm=norm, eps=eps, aff_alpha=eps / 4)
+        for attack in (aff_settings(ev).attack, aft_settings(PostprocessConfig(aft_alpha=eps / 4), ev).attack):
+            assert (attack.norm, attack.eps) == (norm, eps)

@@ -55,14 +55,17 @@ def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunCo
 
 def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: str | None = None,
              data: str | None = None, data_root: str | None = None) -> dict[str, Any]:
-    """Evaluate a run's encoder with its config's `eval` section (plus overrides) and return the report.
+    """Evaluate a run's encoder with its config's `eval` section (plus overrides) and return the report
+    of this evaluation (its "report_changes": what it added to or replaced in report.json).
 
     Without `data`: on the run's own dataset; report.json, report.md and robustness_curve.png
-    go into the run folder. With `data` (a dataset name, files under `data_root` or the usual
-    places): a transfer evaluation on that dataset, its images converted to the encoder's
+    go into the run folder. report.json accumulates: a protocol, attack or threat model evaluated
+    before and not re-run here is kept; a re-run replaces only its own entry (eval/accumulate.py).
+    With `data` (a dataset name, files under `data_root` or the usual places): a transfer evaluation on that dataset, its images converted to the encoder's
     input channels and size (eval/transfer.py); the report goes into RUN/transfer/<name>/ and
     records the source, the target and the conversion."""
-    from .eval import evaluate_encoder, write_report  # only evaluation needs the eval stack (AutoAttack, plots)
+    from .eval import evaluate_encoder  # only evaluation needs the eval stack (AutoAttack, plots)
+    from .eval.report import REPORT_FILE, read_report, save_report
     from .eval.threat import ThreatModel
     from .eval.transfer import load_transfer_splits, transfer_folder_name
     from .models.export import read_export_metadata
@@ -78,6 +81,7 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
         check_data_root(data_root, "--data-root")
     cfg = run_config(run_dir, overrides)  # every key validated before the encoder or data are touched
     out = run_dir if data is None else run_dir / "transfer" / transfer_folder_name(data, data_root)  # checks the name
+    read_report(out / REPORT_FILE)  # a damaged report.json is refused before any work (it is never overwritten)
     training = read_summary(run_dir)  # a damaged run.json is refused now, not after the evaluation
     device = resolve_device(cfg.train.device)
     model, spec = load_encoder(run_dir / ENCODER, device=str(device))
@@ -113,10 +117,11 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
     if training is not None:
         extra["training"] = training
     extra["classifiers"] = {name: classifier_path(out, name).name for name in saver.pending}
-    write_report(report, out, extra=extra)
+    _, changes = save_report(report, out, extra=extra)  # report.json accumulates (eval/accumulate.py)
     saver.write()  # after the report: a classifier file always has its report entry
     report["out"] = str(out)
     report["classifiers"] = extra["classifiers"]
+    report["report_changes"] = changes
     return report
 
 

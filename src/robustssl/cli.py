@@ -50,6 +50,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if t:
         print(f"transfer: {t['source']['dataset']} {t['source']['image_shape']} -> {t['target']['dataset']}; "
               f"channels: {t['conversion']['channels']}; resize: {t['conversion']['resize']}")
+    for change in report.get("report_changes", []):
+        print(f"report.json: {change}")
     print(f"report: {Path(report['out']) / 'report.md'}")
     return 0
 

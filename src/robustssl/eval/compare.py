@@ -40,8 +40,10 @@ from ..errors import RunError
 from ..io import FolderLock, atomic_write_text, check_output_path
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config, read_summary
-from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_pgd_curves, save_axes, save_figure, threat_of
+from .accumulate import groups
+from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_curve_panels, save_axes, save_figure, threat_of
 from .report import SCHEMA as REPORT_SCHEMA
+from .seeds import SeedGroup, aggregated, seed_groups, seeds_markdown
 from .threat import LP_NORMS, fmt_eps
 
 SCHEMA = "robustssl.compare/1"
@@ -99,8 +101,9 @@ def _number(value: Any) -> bool:
 
 
 def _check_accuracies(path: Path, report: dict[str, Any]) -> None:
-    """Every accuracy compare shows is a number in [0, 1]: a crafted or damaged report is refused."""
-    for name, p in report["protocols"].items():
+    """Every accuracy compare shows is a number in [0, 1], in every evaluation group: a crafted or damaged
+    report is refused."""
+    for name, p in ((name, p) for g in groups(report) for name, p in g["protocols"].items()):
         values = [("clean.accuracy", p["clean"]["accuracy"])]
         values += [(f"attacks.{a['attack']}.accuracy", a["accuracy"]) for a in p["attacks"]]
         values += [(f"curve[{i}].accuracy", c["accuracy"]) for i, c in enumerate(p["curve"])]
@@ -195,27 +198,29 @@ def attack_label(name: str, rows: list[dict[str, Any]] | None = None) -> str:
 
 
 def compare_rows(runs: list[RunRecord]) -> list[dict[str, Any]]:
-    """One row per run and protocol, in the order given; a column per attack any report holds
-    (None where this protocol was not attacked with it)."""
+    """One row per run, evaluation group (accumulate.py: the report's latest conditions, then the
+    others) and protocol, in the order given; a column per attack any report holds (None where this
+    protocol was not attacked with it)."""
     names = attack_columns(runs)
     rows = []
     for run in runs:
-        s = run.report["settings"]
-        tm = threat_of(s)
-        for name, p in run.report["protocols"].items():
-            recs = {n: _attack(p, n) for n in names}
-            rows.append({
-                "run": run.label, "method": run.method, "selector": run.selector, "epochs": run.cfg.train.epochs,
-                "train_seconds": run.train_seconds, "protocol": name.upper(), "clean": p["clean"]["accuracy"],
-                **{n: None if rec is None else rec["accuracy"] for n, rec in recs.items()},
-                "attack_examples": {n: rec["n_examples"] for n, rec in recs.items() if rec is not None},
-                "threat_models": {n: rec.get("threat_model", tm.describe()) for n, rec in recs.items() if rec is not None},
-                "labels": {n: rec.get("label") for n, rec in recs.items() if rec is not None},
-                "attacks": [n for n in names if recs[n] is not None],
-                "autoattack_examples": None if recs.get("autoattack") is None else recs["autoattack"]["n_examples"],  # type: ignore[index]
-                "n_examples": p["clean"]["n_examples"], "norm": tm.norm, "eps": s["eps"], "threat_model": tm.describe(),
-                "sanity": "pass" if p["sanity_passed"] else "FAIL",
-            })
+        for g in groups(run.report):
+            s = g["settings"]
+            tm = threat_of(s)
+            for name, p in g["protocols"].items():
+                recs = {n: _attack(p, n) for n in names}
+                rows.append({
+                    "run": run.label, "method": run.method, "selector": run.selector, "epochs": run.cfg.train.epochs,
+                    "train_seconds": run.train_seconds, "protocol": name.upper(), "clean": p["clean"]["accuracy"],
+                    **{n: None if rec is None else rec["accuracy"] for n, rec in recs.items()},
+                    "attack_examples": {n: rec["n_examples"] for n, rec in recs.items() if rec is not None},
+                    "threat_models": {n: rec.get("threat_model", tm.describe()) for n, rec in recs.items() if rec is not None},
+                    "labels": {n: rec.get("label") for n, rec in recs.items() if rec is not None},
+                    "attacks": [n for n in names if recs[n] is not None],
+                    "n_examples": p["clean"]["n_examples"], "subset": g["test_subset"]["used"],
+                    "norm": tm.norm, "eps": s["eps"], "threat_model": tm.describe(),
+                    "sanity": "pass" if p["sanity_passed"] else "FAIL",
+                })
     return rows
 
 
@@ -235,10 +240,10 @@ def _notes(runs: list[RunRecord]) -> list[str]:
         notes.append("the runs were evaluated on different test images (" + ", ".join(f"{k}: {n} x {d}" for k, (d, n) in tests.items())
                      + "); their accuracies are not comparable")
     for r in runs:
-        sub = r.report["test_subset"]
-        if sub["used"]:
-            notes.append(f"{r.label}: evaluated on the first {sub['n_examples']} of {sub['n_total']} test images (a subset)")
-        for name, p in r.report["protocols"].items():
+        subs = {(g["test_subset"]["n_examples"], g["test_subset"]["n_total"]) for g in groups(r.report) if g["test_subset"]["used"]}
+        for n, total in sorted(subs):
+            notes.append(f"{r.label}: evaluated on the first {n} of {total} test images (a subset)")
+        for name, p in ((name, p) for g in groups(r.report) for name, p in g["protocols"].items()):
             failed = [c["name"] for c in p["sanity"] if not c["passed"]]
             if failed:
                 notes.append(f"{r.label} {name.upper()}: sanity check(s) FAILED ({', '.join(failed)}); its robust accuracy is not trustworthy")
@@ -298,8 +303,11 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, str | None]) -> str:
+def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, str | None],
+              by_seed: list[SeedGroup] | None = None) -> str:
     lines = ["# Run comparison", "", table_markdown(rows), ""]
+    if by_seed:
+        lines += [seeds_markdown(by_seed, row_attacks(rows)), ""]
     if notes:
         lines += ["Notes:", "", *(f"- {md_text(n)}" for n in notes), ""]
     titles = {"robustness": "Robust accuracy vs eps (PGD-20)", "losses": "Training loss", "times": "Training time by phase"}
@@ -309,23 +317,31 @@ def _markdown(rows: list[dict[str, Any]], notes: list[str], figures: dict[str, s
     return "\n".join(lines)
 
 
-def plot_robustness(runs: list[RunRecord], path: Path) -> Path:
-    """PGD-20 accuracy vs eps for every run and protocol (dotted lines: the eps evaluated at), one panel
-    per norm (an l_2 eps is not on an l_inf axis); a run evaluated on a test subset is labelled SUBSET."""
-    norms = list(dict.fromkeys(threat_of(r.report["settings"]).norm for r in runs))
-    fig = agg_figure(6.4 * len(norms), 4.0)
-    ax = None
-    for i, norm in enumerate(norms):
-        ax = fig.add_subplot(1, len(norms), i + 1)
-        mine = [r for r in runs if threat_of(r.report["settings"]).norm == norm]
-        curves = [(plot_text(f"{r.label} {name.upper()}" + (" (SUBSET)" if r.report["test_subset"]["used"] else "")), p["curve"])
-                  for r in mine for name, p in r.report["protocols"].items()]
-        plot_pgd_curves(ax, curves, sorted({r.report["settings"]["eps"] for r in mine}), norm)
-        if i < len(norms) - 1:
-            ax.set_title(f"Robust accuracy vs eps ({LP_NORMS[norm][0]})")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
-    return save_axes(fig, ax, f"Robust accuracy vs eps ({LP_NORMS[norms[-1]][0]})", path, "small")
+def _curve_label(run: RunRecord, g: dict[str, Any], name: str, first: bool) -> str:
+    tm = threat_of(g["settings"])
+    return plot_text(f"{run.label} {name.upper()}" + ("" if first else f" [eps {fmt_eps(tm.eps, tm.norm)}]")
+                     + (" (SUBSET)" if g["test_subset"]["used"] else ""))
+
+
+def plot_robustness(runs: list[RunRecord], path: Path, seed_groups: list[SeedGroup] | None = None) -> Path:
+    """PGD-20 accuracy vs eps for every run, evaluation group and protocol (dotted lines: the eps evaluated
+    at), one panel per norm (an l_2 eps is not on an l_inf axis); a run evaluated on a test subset is
+    labelled SUBSET. Runs of a seed group are drawn once, as the mean over seeds with +- 1 sd error bars."""
+    panels: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    marks: dict[str, list[float]] = {}
+    for r in runs:
+        done = aggregated(seed_groups or [], r)
+        for i, g in enumerate(groups(r.report)):
+            tm = threat_of(g["settings"])
+            marks.setdefault(tm.norm, []).append(tm.eps)
+            for name, p in g["protocols"].items():
+                if (name, tm.norm, tm.eps, p["clean"]["n_examples"], g["test_subset"]["used"]) not in done:
+                    panels.setdefault(tm.norm, []).append((_curve_label(r, g, name, i == 0), p["curve"]))
+    for sg in seed_groups or []:
+        for agg in sg.rows:
+            label = plot_text(f"{sg.label} {agg['protocol']} (mean of {agg['n_runs']} seeds)" + (" (SUBSET)" if agg["subset"] else ""))
+            panels.setdefault(agg["norm"], []).append((label, agg["curve"]))
+    return plot_curve_panels(panels, marks, "Robust accuracy vs eps", path, 6.4, 4.0, "small")
 
 
 def plot_losses(runs: list[RunRecord], path: Path) -> Path:
@@ -388,18 +404,20 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare", force:
     check_folder(out)
     runs = [load_run(p, label) for p, label in zip(paths, _labels(paths))]
     rows, notes = compare_rows(runs), _notes(runs)
+    by_seed = seed_groups(runs)
     with FolderLock(out, "robustssl compare"):
         earlier = [FILES[k] for k in ("markdown", "json") if (out / FILES[k]).exists()]
         if earlier and not force:
             raise RunError(f"{out} already holds {' and '.join(earlier)} of an earlier comparison; nothing was "
                            "overwritten. Choose another --out, or pass --force to replace them")
-        return _write(runs, rows, notes, out)
+        return _write(runs, rows, notes, out, by_seed)
 
 
-def _write(runs: list[RunRecord], rows: list[dict[str, Any]], notes: list[str], out: Path) -> dict[str, Any]:
+def _write(runs: list[RunRecord], rows: list[dict[str, Any]], notes: list[str], out: Path,
+           by_seed: list[SeedGroup]) -> dict[str, Any]:
     """The figures, compare.json and compare.md of checked runs into the (locked) folder `out`."""
     figures: dict[str, str | None] = {"robustness": FILES["robustness"], "losses": None, "times": None}
-    plot_robustness(runs, out / FILES["robustness"])
+    plot_robustness(runs, out / FILES["robustness"], by_seed)
     if any(r.epoch_loss for r in runs):
         figures["losses"] = FILES["losses"]
         plot_losses(runs, out / FILES["losses"])
@@ -413,16 +431,23 @@ def _write(runs: list[RunRecord], rows: list[dict[str, Any]], notes: list[str], 
             "label": r.label, "path": str(r.path), "method": r.method, "selector": r.selector, "epochs": r.cfg.train.epochs,
             "data": r.cfg.data.name, "train_seconds": r.train_seconds,
             "phase_seconds": phase_breakdown(r) if r.summary is not None else None,
-            "eps": r.report["settings"]["eps"], "test_subset": r.report["test_subset"],
+            "eps": r.report["settings"]["eps"], "norm": threat_of(r.report["settings"]).norm,
+            "test_subset": r.report["test_subset"],
             "epoch_loss": [v for _, v in r.epoch_loss],
             "curves": {name: [{"eps": c["eps"], "accuracy": c["accuracy"]} for c in p["curve"]]
                        for name, p in r.report["protocols"].items()},
+            "other_evaluations": [{
+                "norm": threat_of(g["settings"]).norm, "eps": g["settings"]["eps"], "test_subset": g["test_subset"],
+                "curves": {name: [{"eps": c["eps"], "accuracy": c["accuracy"]} for c in p["curve"]]
+                           for name, p in g["protocols"].items()},
+            } for g in groups(r.report)[1:]],
             "sanity_passed": r.report["sanity_passed"],
         } for r in runs],
+        "seed_groups": [sg.record() for sg in by_seed],
         "notes": notes,
         "figures": figures,
         "figure_formats": list(FIGURE_FORMATS),
     }
     atomic_write_text(out / FILES["json"], json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures) + "\n")
+    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures, by_seed) + "\n")
     return result

@@ -24,7 +24,7 @@ from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
 from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
-from .registry import ATTACKS, PROTOCOLS, check_names
+from .registry import ATTACKS, PROTOCOLS, check_names, components_with_settings
 from .report import SCHEMA, write_report
 from .robust import AttackResult, clean_accuracy, pgd_accuracy
 from .sanity import (
@@ -206,12 +206,15 @@ def _versions() -> dict[str, str]:
 
 
 def _probe_notes(protocols: dict[str, Any]) -> list[str]:
-    """One note per protocol whose linear probe did not converge (see linear.probe_convergence)."""
+    """One note per protocol whose linear probe did not converge (see linear.probe_convergence); each is
+    also kept in its protocol's entry ("notes"), so it stays with the protocol when reports accumulate."""
     notes = []
     for name, p in protocols.items():
         conv = p["training"].get("convergence", {})
+        p["notes"] = []
         if conv and not conv["converged"]:
-            notes.append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            p["notes"].append(f"the {name.upper()} linear probe did not converge: {conv['detail']}")
+            notes.append(p["notes"][-1])
             log.warning(notes[-1])
             warnings.warn(notes[-1], ProbeNotConvergedWarning, stacklevel=3)
     return notes
@@ -289,6 +292,9 @@ def evaluate_encoder(
         "test_subset": {"used": subset, "n_examples": int(x.shape[0]), "n_total": len(test)},
         "settings": {
             **dataclasses.asdict(cfg),
+            # the own settings every selected attack and protocol ran with (defaults included)
+            "components": {n: dataclasses.asdict(cfg.component(n)) for n in [*cfg.protocols, *attack_run_order(cfg.attacks)]
+                           if n in components_with_settings()},
             "device": str(device),
             "bn_branch": used_branch,
             "trained_branches": trained,

@@ -10,11 +10,13 @@ choices from these tables:
                the whole model; "aff": encoder + head finetuned with TRADES; "slf-mc" /
                "alf-mc": SLF / ALF on the mean of the features of a fixed set of crops of
                the image, EMP-SSL's multi-patch aggregation, see multicrop.py; "direct": a
-               supervised run's own classifier)
+               supervised run's own classifier; "knn": weighted cosine kNN on the
+               frozen features, as solo-learn and lightly, see knn.py)
     ATTACKS    name -> EvalAttack (threat.py): how it runs, its settings, its threat model,
                its report label and its rank in the attack-order sanity check ("pgd20":
                PGD-20 with random start; "autoattack": the official AutoAttack, standard
-               version; "pgd50x10": PGD-50 with 10 random restarts, ACS's protocol)
+               version; "pgd50x10": PGD-50 with 10 random restarts, ACS's protocol; "cw": PGD on
+               the Carlini-Wagner margin loss, see cw.py)
 
 A protocol declares whether it finetunes the encoder. `evaluate_encoder` gives a protocol
 that does its own deep copy of the encoder (so the caller's encoder, and every other
@@ -37,8 +39,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from .classifier import finetune_classifier, linear_classifier
+from .cw import CWAttack
 from .direct import direct_markdown, train_direct
 from .finetune import finetune_markdown, train_aff
+from .knn import KNNSettings, knn_classifier, knn_markdown, train_knn
 from .linear import linear_markdown, train_alf, train_slf
 from .multicrop import multicrop_classifier, train_alf_mc, train_slf_mc
 from .perceptual import LPAAttack, PPGDAttack, UnionAttack
@@ -93,10 +97,14 @@ PROTOCOLS: dict[str, Protocol] = {
                  build=multicrop_classifier),
         Protocol("direct", "a supervised run's own classifier, as trained (no probe)", False, train_direct,
                  render=direct_markdown),
+        Protocol("knn", "weighted cosine kNN on the frozen features (attacked through its soft scores)", False, train_knn,
+                 build=knn_classifier, render=knn_markdown, Settings=KNNSettings),
     )
 }
 
-ATTACKS: dict[str, EvalAttack] = {a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack(), PPGDAttack(), LPAAttack(), UnionAttack())}
+ATTACKS: dict[str, EvalAttack] = {
+    a.name: a for a in (PGDAttack(), AutoAttackStandard(), PGD50x10Attack(), CWAttack(), PPGDAttack(), LPAAttack(), UnionAttack())
+}
 
 
 def component_settings_class(name: str) -> type:

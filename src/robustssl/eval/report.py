@@ -47,6 +47,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import RunError
 from ..io import atomic_write_text
 from .threat import LP_NORMS, ThreatModel, fmt_eps
 
@@ -111,7 +112,7 @@ def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def _probe_state(p: dict[str, Any]) -> str:
     """The probe column: converged or NOT CONVERGED for a linear probe (converged for reports that
     predate the record); n/a for full finetuning, whose loss is not judged."""
-    if p["training"].get("finetunes_encoder") or p["training"].get("direct"):
+    if p["training"].get("finetunes_encoder") or p["training"].get("direct") or "convergence" not in p["training"]:
         return "n/a"
     return "converged" if p["training"].get("convergence", {}).get("converged", True) else "NOT CONVERGED"
 
@@ -140,12 +141,18 @@ def training_markdown(name: str, training: dict[str, Any]) -> list[str]:
             json.dumps(training, indent=2, default=str), "```"]
 
 
-def _protocol_md(name: str, p: dict[str, Any]) -> list[str]:
+def _protocol_md(name: str, p: dict[str, Any], group_created: str | None = None) -> list[str]:
     out = [f"## {name.upper()}", ""]
+    if p.get("created") and p["created"] != group_created:
+        out += [f"Evaluated {p['created']} (an earlier evaluation under the same conditions).", ""]
     out += training_markdown(name, p["training"])
     out.append("")
     header = ["attack", "threat model", "eps", "steps", "accuracy", "examples", "seed"]
     out += _md_table(header, [_record_row(r) for r in [p["clean"], *p["attacks"]]])
+    carried = [r for r in p["attacks"] if r.get("from_evaluation")]
+    if carried:
+        out += ["", "Kept from earlier evaluations of the same classifier settings: "
+                + ", ".join(f"{r['attack']} ({r['from_evaluation']})" for r in carried) + "."]
     for rec in p["attacks"]:
         if rec.get("autoattack_warnings"):
             out += ["", "AutoAttack warned: " + " / ".join(rec["autoattack_warnings"])]
@@ -184,9 +191,9 @@ def _other_threats(report: dict[str, Any]) -> str:
     return "".join(f" Also attacked in: {tm} ({', '.join(names)})." for tm, names in other.items())
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """report.md: a loud subset / failed-check note, one table per protocol, the checks, the settings."""
-    out = ["# Robustness report", ""]
+def _group_md(report: dict[str, Any], encoder: dict[str, Any]) -> list[str]:
+    """One evaluation group (see accumulate.py): its warnings, data, threat model, summary table and protocols."""
+    out: list[str] = []
     sub = report["test_subset"]
     if sub["used"]:
         out += [
@@ -199,10 +206,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 "accuracies below are not trustworthy. See the checks of each protocol.", ""]
     for note in report.get("notes", []):
         out += [f"> **WARNING:** {note}.", ""]
-    enc, data, s = report["encoder"], report["data"], report["settings"]
+    enc, data, s = encoder, report["data"], report["settings"]
     out += [
         f"Encoder: {enc['feature_dim']}-d features, "
-        + (f"dual BN evaluated on the `{enc['bn_branch']}` branch" if enc["dual_bn"] else "single BN")
+        + (f"dual BN evaluated on the `{s.get('bn_branch', enc['bn_branch'])}` branch" if enc["dual_bn"] else "single BN")
         + f"; {enc['n_classes']} classes. Eval mode, fp32, inputs in [0, 1].",
         f"Train: {data['train']['name']}/{data['train']['split']}, {data['train']['n_used']} of {data['train']['n_total']} "
         f"({data['train']['selection']}). Test: {data['test']['name']}/{data['test']['split']}, "
@@ -218,10 +225,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += _md_table(list(rows[0]), [[_cell(v) for v in r.values()] for r in rows])
         out.append("")
     for name, p in report["protocols"].items():
-        out += _protocol_md(name, p)
+        out += _protocol_md(name, p, report.get("created"))
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: per evaluation group (the latest conditions first, then `other_evaluations`), a loud
+    subset / failed-check note, the threat model, one table per protocol, the checks; then the settings."""
+    from .accumulate import describe_conditions, groups
+
+    out = ["# Robustness report", ""]
+    out += _group_md(report, report["encoder"])
+    others = groups(report)[1:]
+    for g in others:
+        out += [f"# Earlier evaluation under other conditions: {describe_conditions(g)}", "",
+                f"Evaluated {g.get('created', 'at an unknown time')}.", ""]
+        out += _group_md(g, report["encoder"])
     if report.get("extra"):
         out += ["## Extra", "", "```json", json.dumps(report["extra"], indent=2, default=str), "```", ""]
-    out += ["## Settings", "", "```json", json.dumps(s, indent=2), "```", ""]
+    out += ["## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
     return "\n".join(out)
 
 
@@ -238,9 +260,13 @@ def agg_figure(width: float, height: float) -> Any:
 
 def plot_pgd_curves(ax: Any, curves: list[tuple[str, list[dict[str, Any]]]], eps_marks: list[float], norm: str = "linf") -> None:
     """PGD-20 accuracy (%) vs eps on `ax`: one line per (label, curve points), a dotted line at each eps in `eps_marks`;
-    the x axis names the norm the eps is measured in."""
+    the x axis names the norm the eps is measured in. Points with an "sd" (a mean over seeds) get error bars."""
     for label, curve in curves:
-        ax.plot([c["eps"] for c in curve], [100 * c["accuracy"] for c in curve], marker="o", label=label)
+        xs, ys = [c["eps"] for c in curve], [100 * c["accuracy"] for c in curve]
+        if any(c.get("sd") is not None for c in curve):  # mean over seeds: error bars of one sd
+            ax.errorbar(xs, ys, yerr=[100 * (c.get("sd") or 0.0) for c in curve], marker="o", capsize=3, label=label)
+        else:
+            ax.plot(xs, ys, marker="o", label=label)
     for eps in eps_marks:
         ax.axvline(eps, color="gray", linestyle=":", linewidth=1)
     label, units = LP_NORMS[norm]
@@ -273,28 +299,78 @@ def save_axes(fig: Any, ax: Any, title: str, path: str | Path, legend_size: str 
     return save_figure(fig, path)
 
 
+def plot_curve_panels(panels: dict[str, list[tuple[str, list[dict[str, Any]]]]], marks: dict[str, list[float]],
+                      title: str, path: str | Path, width: float = 5.0, height: float = 3.6, legend_size: str | None = None) -> Path:
+    """PGD-20 accuracy vs eps: one panel per norm (`panels`: norm -> (label, curve) lines; `marks`: norm -> the
+    eps evaluated at), the norm in each panel's axis and title; saved by `save_figure` (PNG, SVG, PDF)."""
+    fig = agg_figure(width * len(panels), height)
+    for i, (norm, curves) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        plot_pgd_curves(ax, curves, marks.get(norm, []), norm)
+        ax.set_title(f"{title}, {LP_NORMS[norm][0]}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_robustness_curve(report: dict[str, Any], path: str | Path) -> Path:
-    """PGD-20 accuracy vs eps, one line per protocol, saved as PNG (plus SVG and PDF beside it)."""
-    fig = agg_figure(5, 3.6)
-    ax = fig.add_subplot(1, 1, 1)
-    tm = threat_of(report["settings"])
-    plot_pgd_curves(ax, [(name.upper(), p["curve"]) for name, p in report["protocols"].items()], [tm.eps], tm.norm)
-    n = report["test_subset"]["n_examples"]
-    return save_axes(fig, ax, f"Robustness curve, {tm.label} ({n} test images" + (", SUBSET)" if report["test_subset"]["used"] else ")"),
-                     path)
+    """PGD-20 accuracy vs eps, one line per protocol and evaluation group (a panel per norm), saved as PNG
+    (plus SVG and PDF beside it). A group evaluated on a test subset is labelled SUBSET."""
+    from .accumulate import groups
+
+    panels: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    marks: dict[str, list[float]] = {}
+    all_groups = groups(report)
+    for i, g in enumerate(all_groups):
+        tm = threat_of(g["settings"])
+        sub = g["test_subset"]
+        suffix = f" ({sub['n_examples']} images" + (", SUBSET)" if sub["used"] else ")")
+        if i:
+            suffix += f" [eps {fmt_eps(tm.eps, tm.norm)}]"
+        for name, p in g["protocols"].items():
+            panels.setdefault(tm.norm, []).append((name.upper() + suffix, p["curve"]))
+        marks.setdefault(tm.norm, []).append(tm.eps)
+    return plot_curve_panels(panels, marks, "Robustness curve", path)
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write report.json, report.md and robustness_curve.png into `out_dir` (created if needed).
+def read_report(path: str | Path) -> dict[str, Any] | None:
+    """report.json at `path` (None when absent); RunError naming the file and the fix when it is damaged."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        if not isinstance(report, dict) or report.get("schema") != SCHEMA or not isinstance(report.get("protocols"), dict):
+            raise ValueError(f"not a {SCHEMA} report")
+    except (ValueError, UnicodeDecodeError, OSError) as e:
+        raise RunError(f"{path} is damaged or not a robustssl evaluation report ({e}); it is not overwritten: move it "
+                       "away and evaluate again") from None
+    return report
 
-    `extra` (JSON-serializable, e.g. training time or coreset info) is merged into
-    report["extra"] of the written files; `report` itself is not modified. Returns the paths.
-    """
+
+def save_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None
+                ) -> tuple[dict[str, Path], list[str]]:
+    """Add one evaluation's `report` to `out_dir`'s report.json (accumulate.py: earlier protocols,
+    attacks and evaluation conditions are kept; a re-run replaces only its own entries), then
+    rewrite report.md and the curve (PNG, SVG, PDF) from the accumulated report. `extra`
+    (JSON-serializable) is merged into report["extra"]. Returns (paths, one line per change);
+    `report` itself is not modified. A damaged report.json is an error and stays as it is."""
+    from .accumulate import merge_reports
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    full = {**report, "extra": {**report.get("extra", {}), **(extra or {})}}
     paths = {"json": out / REPORT_FILE, "markdown": out / "report.md", "curve": out / "robustness_curve.png"}
+    old = read_report(paths["json"])
+    out.mkdir(parents=True, exist_ok=True)
+    new = {**report, "extra": {**report.get("extra", {}), **(extra or {})}}
+    full, changes = merge_reports(old, new)
     atomic_write_text(paths["json"], json.dumps(full, indent=2, default=str) + "\n")
     atomic_write_text(paths["markdown"], render_markdown(full))
     plot_robustness_curve(full, paths["curve"])
-    return paths
+    return paths, changes
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """`save_report` without the change lines: add `report` to out_dir's report.json, rewrite report.md
+    and the curve; returns the paths."""
+    return save_report(report, out_dir, extra)[0]

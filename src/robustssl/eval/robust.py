@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +119,7 @@ def pgd_accuracy(
     batch_size: int = 500,
     name: str | None = None,
     restarts: int = 1,
+    loss: Callable[[nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] = summed_ce,
 ) -> AttackResult:
     """Accuracy under PGD maximizing the cross-entropy (the shared engine, eval mode, fp32).
 
@@ -127,6 +128,7 @@ def pgd_accuracy(
     flags equal clean_accuracy's. `name` labels the record (default "pgd{steps}").
     restarts: independent random starts per example; an example survives only if it survives
     every one (the per-example worst case, ACS's PGD-50 with 10 restarts).
+    loss(model, y) -> (x_adv -> scalar): what PGD maximizes (default the summed cross-entropy).
     """
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
@@ -141,7 +143,7 @@ def pgd_accuracy(
             xb, yb = x[s].to(device).float(), y[s].to(device)
             survived = torch.ones_like(yb, dtype=torch.bool)
             for _ in range(restarts):
-                x_adv = pgd(model, xb, summed_ce(model, yb), cfg, mode="eval", generator=gen)
+                x_adv = pgd(model, xb, loss(model, yb), cfg, mode="eval", generator=gen)
                 with torch.no_grad():
                     survived &= model(x_adv).argmax(1) == yb
             flags.append(survived.cpu())

@@ -207,8 +207,8 @@ class ClassifierSaver:
     written, so a classifier file never exists without its report entry.
 
     Kept: classifiers that are an encoder + one linear head on its features (SLF, ALF, AFF, direct).
-    Multi-crop probes are not (their features average a crop set: a plain encoder + head would not
-    reproduce their accuracies); `skipped` names them."""
+    Multi-crop probes and kNN are not (their features average a crop set, or they vote over a bank of
+    training features: a plain encoder + head would not reproduce their accuracies); `skipped` names them."""
 
     def __init__(self, ctx: EvaluationContext) -> None:
         self.ctx = ctx
@@ -217,9 +217,10 @@ class ClassifierSaver:
 
     def __call__(self, protocol: str, clf: nn.Module, record: dict[str, Any]) -> None:
         from ..eval.classifier import FinetuneClassifier, LinearEvalModel
+        from ..eval.knn import KNNClassifier
         from ..eval.multicrop import MultiCropEvalModel
 
-        if not isinstance(clf, (LinearEvalModel, FinetuneClassifier)) or isinstance(clf, MultiCropEvalModel):
+        if not isinstance(clf, (LinearEvalModel, FinetuneClassifier)) or isinstance(clf, (MultiCropEvalModel, KNNClassifier)):
             self.skipped.append(protocol)
             return
         ctx = self.ctx
