@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from . import progress
 from .config import RunConfig, from_dict, load_config, one_line, to_dict
 from .coreset.registry import SELECTORS
 from .coreset.schedule import CoresetSchedule
@@ -106,8 +107,9 @@ def evaluate(run_dir: str | Path, overrides: list[str] | None = None, branch: st
               "channels": int(test.images.shape[1]), "size": [int(s) for s in test.images.shape[2:]]},
         train={"name": train.name, "split": train.split}, run=str(run_dir), method=cfg.method.name,
     ))
-    report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained,
-                              keep_classifier=saver)
+    with progress.showing("evaluate", enabled=cfg.train.progress):  # which protocol and attack runs, examples done, ETA
+        report = evaluate_encoder(model, train, test, cfg.eval, device, branch=branch, trained_branches=trained,
+                                  keep_classifier=saver)
     if transfer is not None:
         report["transfer"] = transfer
     diverged = read_divergence_note(run_dir)  # a post-processed run whose finetune diverged says so in its report
@@ -163,13 +165,19 @@ def postprocess(run_dir: str | Path, out: str | Path, overrides: list[str] | Non
     return postprocess_run(run_dir, out, list(overrides or []) + extra)
 
 
-def compare(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False) -> dict[str, Any]:
+def compare(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False,
+            target: float | None = None) -> dict[str, Any]:
     """Compare evaluated run folders: compare.md, compare.json and the robustness, loss and time
-    figures in `out` (see eval/compare.py). Every folder is checked before anything is written;
-    an earlier comparison in `out` is replaced only with force=True."""
+    figures in `out` (see eval/compare.py), and for runs trained with the online probe the
+    robustness-vs-time and -epoch curves (eval/curves.py). Every folder is checked before anything
+    is written; an earlier comparison in `out` is replaced only with force=True. target: the robust
+    accuracy in (0, 1] of the "time to reach" column (None: 90% of the best run's final probe value)."""
     from .eval.compare import compare_runs
 
-    return compare_runs(run_dirs, out, force=force)
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"target must be a robust accuracy in (0, 1], got {target}")
+    with progress.showing("compare"):  # once every folder is read: the probe curves per run
+        return compare_runs(run_dirs, out, force=force, target=target)
 
 
 def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,

@@ -74,12 +74,23 @@ def cmd_postprocess(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .eval.compare import FILES, table_markdown
 
-    result = api.compare(args.runs, args.out, force=args.force)
+    if args.target is not None and not 0 < args.target <= 100:
+        raise ConfigError(f"--target is a robust accuracy in percent, 0 < X <= 100; got {args.target:g}")
+    result = api.compare(args.runs, args.out, force=args.force, target=None if args.target is None else args.target / 100)
     out = Path(args.out)
     print(table_markdown(result["rows"]))
-    for note in result["notes"]:
+    curves = result["probe_curves"]
+    for note in result["notes"] + curves["notes"]:
         print(f"note: {note}")
-    drawn = [name for name in result["figures"].values() if name]
+    if curves["rows"]:
+        print(f"robustness over training (target {100 * curves['target']:.1f}%, {curves['target_rule']}; "
+              f"shortest run {curves['shortest_seconds']:.1f} s):")
+        for r in curves["rows"]:
+            reach = "not reached" if r["time_to_target"] is None else f"{r['time_to_target']:.1f} s"
+            at = "-" if r["robust_at_shortest"] is None else f"{100 * r['robust_at_shortest']:.2f}%"
+            print(f"  {r['run']}: final probe {100 * r['final_probe_robust']:.2f}% at {r['final_train_seconds']:.1f} s; "
+                  f"target reached: {reach}; at the shortest run's time: {at}")
+    drawn = [name for name in [*result["figures"].values(), *curves["figures"].values()] if name]
     print(f"written to {out}: {FILES['markdown']}, {FILES['json']}, {', '.join(drawn)}")
     return 0
 
@@ -153,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="compare evaluated runs: one table (Markdown, JSON) and robustness, loss and time plots")
     cp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders that `robustssl evaluate` has been run on")
     cp.add_argument("--out", default="compare", help="folder for compare.md, compare.json and the PNGs (default: ./compare)")
+    cp.add_argument("--target", type=float, help="robust accuracy in percent for the 'time to reach' column of probed runs "
+                    "(default: 90%% of the best run's final probe value)")
     cp.add_argument("--force", action="store_true", help="replace an earlier compare.md / compare.json in --out")
     cp.set_defaults(func=cmd_compare)
 

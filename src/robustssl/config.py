@@ -145,6 +145,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's forward in place (state_dict keys unchanged)
     timing: str = one_of("auto", TIMING_MODES)  # phase timing on CUDA: events (auto) or sync; CPU: perf_counter
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch (dual-BN branches included)
+    probe_every: int = non_negative(0)  # the online robust probe after every K-th epoch and the last (0: off); train/probe.py
+    probe_attack_steps: int = positive(10)  # its PGD-k (eps eval.eps, step eval.pgd_alpha)
+    probe_train_examples: int = positive(512)  # images its linear head is fitted on (self-supervised methods)
+    probe_test_examples: int = positive(256)  # images its clean and PGD-k accuracy are measured on
+    tensorboard: bool = False  # also write loss, lr, phase times and probe numbers as TensorBoard scalars (RUN/tensorboard)
 
 
 # Keys of the old flat CoresetConfig that are RCS's own now (`coreset.rcs.<key>`). Read as
@@ -427,6 +432,9 @@ def _validate(cfg: RunConfig) -> None:
     METHODS[cfg.method.name].check_config(cfg)
     SELECTORS[cfg.coreset.selector].check_config(cfg)
     check_eval_config(cfg)
+    from .train.probe import check_probe_config
+
+    check_probe_config(cfg)
 
 
 # --- YAML: bounded, duplicate-free -------------------------------------------------------------

@@ -19,7 +19,7 @@ RUNS = {"ACL": ("acl_fmnist_cpu", "acl"), "SimCLR": ("simclr_fmnist_cpu", "simcl
 MARKER = "quickstart.json"  # written last: its presence marks a finished quickstart of ours
 
 
-def _row(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
+def _row(name: str, report: dict[str, Any], seconds: float, eval_seconds: float) -> dict[str, Any]:
     slf = report["protocols"]["slf"]
     attacks = {a["attack"]: a for a in slf["attacks"]}
     aa = attacks.get("autoattack", {})
@@ -35,6 +35,7 @@ def _row(name: str, report: dict[str, Any], seconds: float) -> dict[str, Any]:
         "checks_passed": bool(slf["sanity_passed"]),
         "probe_converged": bool(slf["training"]["convergence"]["converged"]),
         "train_seconds": seconds,
+        "eval_seconds": eval_seconds,
     }
 
 
@@ -45,14 +46,14 @@ def render(rows: list[dict[str, Any]]) -> str:
     eps = rows[0]["eps"] if rows else 0.0
     lines = [
         f"Fashion-MNIST, linear probe (SLF) on frozen encoders, eps = {eps:g} (l_inf)",
-        "| method | clean % | PGD-20 % | AutoAttack % (PGD-20 % on the same images) | sanity checks | probe | pretrain s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | clean % | PGD-20 % | AutoAttack % (PGD-20 % on the same images) | sanity checks | probe | pretrain s | evaluate s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['method']} | {pct(r['clean'])} | {pct(r['pgd20'])} | {pct(r['autoattack'])} ({pct(r['pgd20_on_aa_examples']).strip()}) | "
             f"{'pass' if r['checks_passed'] else 'FAIL'} | {'converged' if r['probe_converged'] else 'NOT CONVERGED'} | "
-            f"{r['train_seconds']:.0f} |"
+            f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |"
         )
     if rows:
         lines.append(f"clean and PGD-20 on the first {rows[0]['n_examples']} test images; "
@@ -80,8 +81,9 @@ def quickstart(out: str | Path = "runs/quickstart", overrides: list[str] | None 
         api.pretrain(recipe, run, overrides=overrides)
         seconds = time.perf_counter() - start
         print(f"== evaluating {run}")
+        start = time.perf_counter()
         report = api.evaluate(run)
-        rows.append(_row(label, report, seconds))
+        rows.append(_row(label, report, seconds, time.perf_counter() - start))
     table = render(rows)
     atomic_write_text(out / "quickstart.md", table + "\n")
     atomic_write_text(out / MARKER, json.dumps(rows, indent=2))

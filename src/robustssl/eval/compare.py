@@ -41,6 +41,7 @@ from ..io import FolderLock, atomic_write_text, check_output_path
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config, read_summary
 from .accumulate import groups
+from .curves import probe_curves
 from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_curve_panels, save_axes, save_figure, threat_of
 from .report import SCHEMA as REPORT_SCHEMA
 from .seeds import SeedGroup, aggregated, seed_groups, seeds_markdown
@@ -389,7 +390,8 @@ def plot_times(runs: list[RunRecord], path: Path) -> Path:
     return path
 
 
-def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False) -> dict[str, Any]:
+def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare", force: bool = False,
+                 target: float | None = None) -> dict[str, Any]:
     """Compare evaluated runs; writes FILES into `out` (created if needed) and returns the compare.json content.
 
     Every folder is read and checked first; nothing is written when one of them is not an
@@ -410,11 +412,11 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path = "compare", force:
         if earlier and not force:
             raise RunError(f"{out} already holds {' and '.join(earlier)} of an earlier comparison; nothing was "
                            "overwritten. Choose another --out, or pass --force to replace them")
-        return _write(runs, rows, notes, out, by_seed)
+        return _write(runs, rows, notes, out, by_seed, target)
 
 
 def _write(runs: list[RunRecord], rows: list[dict[str, Any]], notes: list[str], out: Path,
-           by_seed: list[SeedGroup]) -> dict[str, Any]:
+           by_seed: list[SeedGroup], target: float | None = None) -> dict[str, Any]:
     """The figures, compare.json and compare.md of checked runs into the (locked) folder `out`."""
     figures: dict[str, str | None] = {"robustness": FILES["robustness"], "losses": None, "times": None}
     plot_robustness(runs, out / FILES["robustness"], by_seed)
@@ -448,6 +450,7 @@ def _write(runs: list[RunRecord], rows: list[dict[str, Any]], notes: list[str], 
         "figures": figures,
         "figure_formats": list(FIGURE_FORMATS),
     }
+    result["probe_curves"] = curves = probe_curves(runs, out, target)  # eval/curves.py: robustness vs training time and epoch
     atomic_write_text(out / FILES["json"], json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures, by_seed) + "\n")
+    atomic_write_text(out / FILES["markdown"], _markdown(rows, notes, figures, by_seed) + "\n" + curves["markdown"])
     return result

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import progress
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
 from ..errors import ConfigError
@@ -111,6 +112,7 @@ def run_attacks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: EvalCon
     for name in attack_run_order(cfg.attacks):
         attack = ATTACKS[name]
         n = attack.n_examples(cfg, x.shape[0])
+        progress.stage(attack.label, n)  # the name on the display (PGD and AutoAttack then count their examples)
         result = attack.run(model, x[:n], y[:n], cfg, dict(results))
         result.extra["threat_model"] = attack.threat_model(cfg).describe()
         result.extra["label"] = attack.label
@@ -265,8 +267,9 @@ def evaluate_encoder(
             frozen = frozen if frozen is not None else copy.deepcopy(model).to(device)
             encoder = frozen
         clf = protocol.classifier(encoder, n_classes, used_branch, cfg).to(device)
-        training = protocol.train(clf, train, cfg, device)
-        protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
+        with progress.section(name.upper()):  # the active progress display names the protocol
+            training = protocol.train(clf, train, cfg, device)
+            protocols[name] = {"training": training, **evaluate_classifier(clf, x, y, cfg, n_classes)}
         if keep_classifier is not None:
             keep_classifier(name, clf, protocols[name])
     notes = ([branch_note] if branch_note else []) + _probe_notes(protocols)

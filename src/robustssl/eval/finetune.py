@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .. import progress
 from ..attacks.pgd import PGDConfig
 from ..attacks.trades import trades_adversarial
 from ..config import EvalConfig
@@ -128,6 +129,7 @@ def finetune_trades(
     attack_gen = torch.Generator(device=device).manual_seed(s.seed)
     n = len(train)
     history: dict[str, list[float]] = {"loss": [], "ce": [], "kl": []}
+    progress.stage(f"{what} training (TRADES)", s.epochs * n)
     for epoch, lr in enumerate(s.epoch_lrs()):
         set_lr(opt, lr)
         order = torch.randperm(n, generator=order_gen)
@@ -151,6 +153,7 @@ def finetune_trades(
             sums["loss"] += float(loss.detach()) * k
             sums["ce"] += parts["ce"] * k
             sums["kl"] += parts["kl"] * k
+            progress.advance(k)
         for key in history:
             history[key].append(sums[key] / n)
     model.eval()

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .. import progress
 from ..attacks.pgd import PGDConfig, pgd
 from ..config import EvalConfig
 from ..data.dataset import ImageDataset
@@ -121,7 +122,11 @@ def to_unit(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 @torch.no_grad()
 def extract_features(model: LinearEvalModel, images: torch.Tensor, batch_size: int, device: torch.device | str) -> torch.Tensor:
     """Encoder features [N, feature_dim] (on `device`) of uint8 images [N, C, H, W]; eval mode, model's branch."""
-    out = [model.features(to_unit(images[s : s + batch_size], device)) for s in range(0, images.shape[0], batch_size)]
+    progress.stage("features", images.shape[0])
+    out = []
+    for s in range(0, images.shape[0], batch_size):
+        out.append(model.features(to_unit(images[s : s + batch_size], device)))
+        progress.advance(out[-1].shape[0])
     return torch.cat(out)
 
 
@@ -189,6 +194,7 @@ def train_slf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
     g = torch.Generator().manual_seed(cfg.seed)
     losses = []
     model.train()
+    progress.stage("head", cfg.linear_epochs, unit="epoch")
     for epoch in range(cfg.linear_epochs):
         set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
         order = torch.randperm(len(train), generator=g).to(device)
@@ -197,6 +203,7 @@ def train_slf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
             idx = order[s : s + cfg.linear_batch_size]
             total += _head_step(model, opt, model.logits(feats[idx]), labels[idx]) * idx.numel()
         losses.append(total / len(train))
+        progress.advance(1)
     model.fold_standardization()
     model.eval()
     return _summary("slf", cfg, len(train), losses, time.perf_counter() - t0, features="precomputed once (clean)")
@@ -224,6 +231,7 @@ def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
     attack_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     losses = []
     model.train()
+    progress.stage(f"training (PGD-{cfg.alf_steps})", cfg.linear_epochs * len(train))
     for epoch in range(cfg.linear_epochs):
         set_lr(opt, lr_at(epoch, cfg.linear_lr, cfg.linear_epochs))
         order = torch.randperm(len(train), generator=g)
@@ -234,6 +242,7 @@ def train_alf(model: LinearEvalModel, train: ImageDataset, cfg: EvalConfig, devi
             # pgd() switches the model to eval mode for the attack and restores train mode after.
             x_adv = pgd(model, x, summed_ce(model, y), attack, mode="eval", generator=attack_gen)
             total += _head_step(model, opt, model(x_adv), y) * idx.numel()
+            progress.advance(idx.numel())
         losses.append(total / len(train))
     model.fold_standardization()
     model.eval()

@@ -8,6 +8,7 @@ record every reported number carries (attack, norm, eps, steps, accuracy, n_exam
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .. import progress
 from ..attacks.pgd import PGDConfig, pgd
 from ..losses.ce import summed_ce
 from ..models.dual_bn import model_mode
@@ -94,6 +96,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
     with model_mode(model, "eval"):
         for s in _batches(x.shape[0], batch_size):
             out.append(model(x[s].to(device).float()).argmax(1).cpu())
+            progress.advance(s.stop - s.start)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
@@ -101,6 +104,7 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     """Accuracy on unperturbed inputs. x: float [N, C, H, W] in [0, 1]; y: int64 [N]; eval mode, fp32."""
     _check_inputs(x, y)
     t0 = time.perf_counter()
+    progress.stage("clean", x.shape[0])
     flags = predict(model, x, batch_size) == y.cpu()
     return AttackResult("clean", None, 0.0, 0, None, flags, time.perf_counter() - t0)
 
@@ -138,6 +142,7 @@ def pgd_accuracy(
     gen = torch.Generator(device=device).manual_seed(seed)
     t0 = time.perf_counter()
     flags = []
+    progress.stage(f"{name or f'pgd{steps}'} eps={eps:g}", x.shape[0])
     with model_mode(model, "eval"):
         for s in _batches(x.shape[0], batch_size):
             xb, yb = x[s].to(device).float(), y[s].to(device)
@@ -147,6 +152,7 @@ def pgd_accuracy(
                 with torch.no_grad():
                     survived &= model(x_adv).argmax(1) == yb
             flags.append(survived.cpu())
+            progress.advance(s.stop - s.start)
     result = torch.cat(flags) if flags else torch.empty(0, dtype=torch.bool)
     extra: dict[str, Any] = {"alpha": alpha, "random_start": random_start}
     if restarts > 1:
@@ -163,6 +169,36 @@ class _CollectWarnings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+
+
+class _FollowAutoAttack(logging.Filter):
+    """Shows AutoAttack's progress on the active display (`robustssl.progress`), from its own debug
+    lines ('initial accuracy: 81.00%', 'running apgd-ce', 'apgd-ce - 2/5 - 13 out of 100 successfully
+    perturbed'), and drops those lines; records at or above `level` (the logger's level before
+    it was lowered to DEBUG to see them) pass on to the handlers as before."""
+
+    PERTURBED = re.compile(r"\S+ - \d+/\d+ - (\d+) out of (\d+) successfully perturbed")
+
+    def __init__(self, n: int, attacks: list[str], level: int) -> None:
+        super().__init__()
+        self.remaining, self.attacks, self.level = n, attacks, level
+        self.n = n
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= self.level:
+            return True
+        message = record.getMessage()
+        if message.startswith("initial accuracy:"):  # the examples the first sub-attack runs on
+            self.remaining = round(float(message.split(":")[1].strip().rstrip("%")) / 100 * self.n)
+        elif message.startswith("running "):
+            name = message[len("running "):]
+            k = self.attacks.index(name) + 1 if name in self.attacks else 0
+            if self.remaining > 0:  # AutoAttack announces a sub-attack before it finds nothing left to attack
+                progress.stage(f"autoattack {name} ({k}/{len(self.attacks)})", self.remaining)
+        elif m := self.PERTURBED.match(message):
+            progress.advance(int(m.group(2)))
+            self.remaining -= int(m.group(1))
+        return False
 
 
 def autoattack_accuracy(
@@ -191,16 +227,26 @@ def autoattack_accuracy(
     aa_logger = logging.getLogger("auto-attack")
     collector = _CollectWarnings()
     aa_logger.addHandler(collector)
+    follow: _FollowAutoAttack | None = None
+    old_level = aa_logger.level
     t0 = time.perf_counter()
     fork_devices = [device] if device.type == "cuda" else []
     try:
         with model_mode(model, "eval"), torch.random.fork_rng(devices=fork_devices):
             aa = AutoAttack(model, norm=norm, eps=eps, version="standard", device=device, seed=seed)
             x_dev, y_dev = x.to(device).float(), y.to(device)
+            if progress.active():  # follow its sub-attacks on the display
+                follow = _FollowAutoAttack(x.shape[0], list(aa.attacks_to_run), aa_logger.getEffectiveLevel())
+                aa_logger.addFilter(follow)
+                aa_logger.setLevel(logging.DEBUG)
+                progress.stage("autoattack", x.shape[0])
             _, y_adv = aa.run_standard_evaluation(x_dev, y_dev, batch_size=batch_size)
             sub_attacks = list(aa.attacks_to_run)
     finally:
         aa_logger.removeHandler(collector)
+        if follow is not None:
+            aa_logger.removeFilter(follow)
+            aa_logger.setLevel(old_level)
     flags = (y_adv == y_dev).cpu()
     extra = {"version": "standard", "sub_attacks": sub_attacks, "autoattack_warnings": collector.messages}
     return AttackResult("autoattack", norm.lower(), eps, "standard", seed, flags, time.perf_counter() - t0, extra)

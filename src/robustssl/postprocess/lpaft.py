@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import progress
 from ..config import EvalConfig, PostprocessConfig
 from ..data.dataset import ImageDataset
 from ..errors import ConfigError
@@ -87,9 +88,11 @@ def cluster_features(model: SSLModel, images: torch.Tensor, branch: str | None, 
     """Encoder features [N, feature_dim] of uint8 images [N, C, H, W], eval mode, on BN `branch`
     (None: the model's current one), fp32, on `device`. The model's mode and branch are restored."""
     out = []
+    progress.stage("features for k-means", images.shape[0])
     with model_mode(model, "eval"), bn_branch(model, branch):
         for s in range(0, images.shape[0], batch_size):
             out.append(model.features(to_unit(images[s : s + batch_size], device)).float())
+            progress.advance(out[-1].shape[0])
     return torch.cat(out)
 
 
@@ -124,6 +127,8 @@ def lp_aft(
         raise ConfigError(f"postprocess.clusters={pp.clusters} is more than the {len(train)} training images; lower it")
     device = torch.device(device)
     feats = cluster_features(model, train.images, cluster_branch, ev.batch_size, device)
+    progress.stage(f"k-means ({pp.kmeans_inits} init(s), up to {pp.kmeans_iters} iterations each)", pp.kmeans_inits,
+                   unit="init")
     km = kmeans(feats, pp.clusters, seed=pp.seed, max_iter=pp.kmeans_iters, n_init=pp.kmeans_inits)
     pseudo = dataclasses.replace(
         train, labels=km.labels.to(train.images.device), name=f"{train.name} (k-means pseudo-labels)",
@@ -140,7 +145,8 @@ def lp_aft(
 
     lp_model = LinearEvalModel(copy.deepcopy(model).to(device), pp.clusters, branch)
     lp_cfg = dataclasses.replace(ev, linear_epochs=pp.lp_epochs, linear_lr=pp.lp_lr, train_examples=None, seed=pp.seed)
-    lp_record = train_slf(lp_model, pseudo, lp_cfg, device)
+    with progress.section("LP"):
+        lp_record = train_slf(lp_model, pseudo, lp_cfg, device)
     with torch.no_grad():
         predicted = lp_model.logits(extract_features(lp_model, pseudo.images, ev.batch_size, device)).argmax(1)
     lp_record["pseudo_label_accuracy"] = float((predicted.cpu() == km.labels.cpu()).float().mean())

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .. import progress
 from ..config import RunConfig
 from ..errors import RunError
 from ..eval.classifier import choose_branch
@@ -134,7 +135,8 @@ def _postprocess(cfg: RunConfig, run_dir: Path, out: Path, source_summary: dict[
     cluster_branch = _cluster_branch(model, cfg.postprocess.cluster_branch, trained)
     train = load_train_set(cfg)
     torch.manual_seed(cfg.postprocess.seed)
-    encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
+    with progress.showing("postprocess", enabled=cfg.train.progress):  # which stage runs, images done, ETA
+        encoder, stages = lp_aft(model, train, cfg.postprocess, cfg.eval, device, branch, cluster_branch)
 
     seconds = time.perf_counter() - t0
     record = {

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from tqdm import tqdm
 
 from .. import dist
 from ..config import RunConfig, to_dict
@@ -30,6 +28,7 @@ from ..errors import RunError
 from ..io import FolderLock, atomic_write_text, check_output_path
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, SSLModel, build_model, export_encoder, has_dual_bn
+from ..progress import progress_bar
 from ..run_setup import load_train_source, model_spec, resolve_device
 from ..timer import PhaseTimer
 from .accelerate import accelerate
@@ -37,6 +36,7 @@ from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import prepare_model, rank_seed, replicate
 from .metrics import MetricsLog
 from .optim import LRSchedule, build_optimizer, build_scheduler
+from .probe import OnlineProbe
 from .run_dir import (
     CHECKPOINT,
     CONFIG,
@@ -49,6 +49,7 @@ from .run_dir import (
     config_differences,
     with_defaults,
 )
+from .tensorboard import tensorboard_metrics
 
 CHECKPOINT_FORMAT = 2
 
@@ -211,6 +212,7 @@ class RunContext:
     loader: DeviceLoader
     metrics: MetricsLog
     bar: Any
+    probe: OnlineProbe | None = None  # train.probe_every: the online robust probe (train/probe.py)
 
 
 def train_epoch(state: TrainState, run: RunContext) -> None:
@@ -251,6 +253,8 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
         "images_per_s": n_images / max(1e-9, seconds), "lr": state.scheduler.get_last_lr()[0],
         "time": {k: v - phases_before.get(k, 0.0) for k, v in state.timer.seconds.items()},
     })
+    if run.probe is not None:  # before the checkpoint: a resumed run keeps exactly the probes it checkpointed
+        run.probe.after_epoch(epoch, state, run.metrics)
     state.epoch, state.batch = epoch + 1, 0
     if (cfg.checkpoint_every_epochs and state.epoch % cfg.checkpoint_every_epochs == 0) or state.epoch == cfg.epochs:
         save_checkpoint(state, run)
@@ -351,16 +355,15 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device) -> 
                                 f"{', '.join(differ[:5])}; restore config.yaml (the checkpoint's 'config' entry holds it)")
         state.load_state_dict(ck, out / CHECKPOINT)
         metrics.truncate_after(state.step)
+    metrics = tensorboard_metrics(metrics, cfg.train.tensorboard, out, state.step if resume else None)
+    probe = OnlineProbe.start(cfg, state, data, device, out / METRICS)
 
-    # In a log file (no terminal) the bar redraws once a minute at most (tqdm's monitor would
-    # otherwise force a redraw every 10 s): a 3-day run writes about 4,000 lines, not 100,000.
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=state.schedule.total_steps(), initial=state.step, disable=not (cfg.train.progress and dist.is_main()),
-               unit="step", dynamic_ncols=True, mininterval=0.1 if tty else 60.0, maxinterval=10.0 if tty else 600.0)
+    # In a log file (no terminal) the bar redraws once a minute at most: a 3-day run writes about 4,000 lines, not 100,000.
+    bar = progress_bar(state.schedule.total_steps(), initial=state.step, enabled=cfg.train.progress and dist.is_main())
     bs, seed, rank = cfg.optim.batch_size, cfg.train.seed, dist.rank()
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
-    run = RunContext(cfg, out, data, loader, metrics, bar)
+    run = RunContext(cfg, out, data, loader, metrics, bar, probe)
     if resume and state.epoch >= cfg.train.epochs and dist.on_main(lambda: (out / ENCODER).is_file() and (out / SUMMARY).is_file()):
         bar.close()  # a finished run: its export and summary stay as they are
         return RunResult(out, state.step, state.elapsed, dict(state.phase_seconds), nothing_left=True)
