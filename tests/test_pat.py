@@ -295,6 +295,27 @@ def test_pat_clips_gradient_values_before_the_step():
             assert change <= bound + 1e-6  # float32 rounding of p - lr g
 
 
+def test_pat_clips_after_a_gradient_hook_registered_before_training():
+    """torchrun's gradient averaging is an optimizer pre-hook registered when training starts; the clip
+    must see its result. A stand-in hook that scales the gradients by 1000 runs first, then the clip."""
+    model, _, _ = _fitted(2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def scale(optimizer, args, kwargs):
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(1000.0)
+
+    opt.register_step_pre_hook(scale)
+    torch.manual_seed(0)
+    _pat(clip_grad=1e-4).step(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                              make_batch(_data(), torch.arange(16)), PhaseTimer())
+    change = max(float((p.detach() - before[n]).abs().max()) for n, p in model.named_parameters())
+    assert 5e-5 < change <= 1e-4 + 1e-6
+
+
 def test_pat_weighted_loss_and_acs_head_gradients_at_its_own_examples():
     method = _pat()
     model, _, _ = _fitted()
