@@ -139,24 +139,24 @@ def test_supervised_rcs_on_single_images_has_a_class_balanced_budget(pgd_run):
     keys still work here (deprecated aliases)."""
     over = ["coreset.method=rcs", "coreset.unit=sample", "coreset.fraction=0.25", "coreset.rd_steps=1", "coreset.val_fraction=0.1"]
     with pytest.warns(FutureWarning, match="coreset.method is deprecated"):
-        sel = api.select(pgd_run, overrides=over)
+        sel = api.select(pgd_run, overrides=over, force=True)
     cfg = load_config(pgd_run / "config.yaml")
     train = load_dataset("fashion-mnist", "train", root=cfg.data.root)
     schedule = CoresetSchedule(load_config(pgd_run / "config.yaml", over).coreset, 1, len(train), 16, cfg.train.seed)
     pool_counts = torch.bincount(train.labels[schedule.pool], minlength=10)
     picked = torch.bincount(train.labels[torch.tensor(sel["sample_ids"])], minlength=10)
     assert picked.tolist() == class_budgets(pool_counts, schedule.budget()).tolist()
-    off = api.select(pgd_run, overrides=[*over, "coreset.rcs.class_balanced=false"])
+    off = api.select(pgd_run, overrides=[*over, "coreset.rcs.class_balanced=false"], force=True)
     assert len(off["sample_ids"]) == len(sel["sample_ids"])
 
 
 def test_select_warns_when_whole_batches_round_the_fraction_far_off(pgd_run):
     with pytest.warns(CoresetRoundingWarning, match=r"coreset.fraction=0.05 becomes 1 whole batch\(es\) of 16 images out of 7"):
-        sel = api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.05"])
+        sel = api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.05"], force=True)
     assert len(sel["sample_ids"]) == 16
     with warnings.catch_warnings():
         warnings.simplefilter("error", CoresetRoundingWarning)
-        api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.5"])  # 4 of 7
+        api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.5"], force=True)  # 4 of 7
 
 
 def test_selector_settings_and_the_deprecated_flat_keys():
