@@ -31,9 +31,9 @@ from robustssl.config import load_config
 from robustssl.data import Batch
 from robustssl.methods import build_method
 from robustssl.models import ModelSpec, build_model
+from robustssl.timer import TIMING_MODES, PhaseTimer
 from robustssl.train.accelerate import accelerate
 from robustssl.train.optim import build_optimizer, build_scheduler
-from robustssl.train.timer import TIMING_MODES, PhaseTimer
 from timing import machine, spread, time_it
 
 PRESETS = {
@@ -58,7 +58,7 @@ def build_variant(name: str, pr: dict[str, Any], cfg: Any, device: torch.device,
     method = build_method(cfg, pr["size"], pr["channels"])
     accelerate(model, method, **SWITCHES[name])
     opt = build_optimizer(model, cfg.optim)
-    sched = build_scheduler(opt, cfg.optim, total_steps=10**9, steps_per_epoch=1)
+    sched = build_scheduler(opt, cfg.optim, epochs=10**9, full_batches=1)
     timer = PhaseTimer(device, timing)
 
     def acl_step() -> None:

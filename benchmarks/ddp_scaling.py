@@ -36,9 +36,9 @@ def worker(args: argparse.Namespace) -> None:
     from robustssl.data import Batch
     from robustssl.methods import build_method
     from robustssl.models import ModelSpec, build_model
+    from robustssl.timer import PhaseTimer
     from robustssl.train.distributed import prepare_model, replicate
     from robustssl.train.optim import build_optimizer, build_scheduler
-    from robustssl.train.timer import PhaseTimer
 
     if args.device == "cpu":
         torch.set_num_threads(1)

@@ -55,9 +55,9 @@ def interleaved_step_ratio(extra: list[str], repeats: int, seed: int = 0) -> dic
     from robustssl.data.batch import make_batch
     from robustssl.methods import build_method
     from robustssl.models import build_model
+    from robustssl.run_setup import load_train_set, model_spec
+    from robustssl.timer import PhaseTimer
     from robustssl.train.optim import build_optimizer, build_scheduler
-    from robustssl.train.timer import PhaseTimer
-    from robustssl.train.trainer import load_train_set, model_spec
 
     cfgs = {arm: load_config(recipe, extra) for arm, recipe in ARMS.items()}
     data = load_train_set(cfgs["robust_emp"])

@@ -28,10 +28,10 @@ from robustssl.coreset.schedule import CoresetSchedule
 from robustssl.data import DeviceLoader, load_dataset
 from robustssl.methods import build_method
 from robustssl.models import build_model
+from robustssl.run_setup import load_train_set, model_spec
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.optim import build_optimizer
-from robustssl.train.timer import PhaseTimer
-from robustssl.train.trainer import load_train_set, model_spec
 
 
 class HeldLR:

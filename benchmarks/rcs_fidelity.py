@@ -36,8 +36,9 @@ from robustssl.coreset.selectors import RandomSelector
 from robustssl.data import DeviceLoader
 from robustssl.methods import build_method
 from robustssl.models import build_model, model_mode
+from robustssl.run_setup import load_train_set, model_spec
 from robustssl.train.metrics import MetricsLog
-from robustssl.train.trainer import RunContext, build_state, load_train_set, model_spec, train_epoch
+from robustssl.train.trainer import RunContext, build_state, train_epoch
 from timing import machine
 
 SETTINGS = {

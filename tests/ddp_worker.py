@@ -23,9 +23,10 @@ from robustssl.data.batch import Batch
 from robustssl.data.dataset import ImageDataset
 from robustssl.methods import Views, build_method
 from robustssl.models import ModelSpec, build_model, model_mode
+from robustssl.timer import PhaseTimer
 from robustssl.train.distributed import prepare_model, replicate
 from robustssl.train.optim import build_optimizer, build_scheduler
-from robustssl.train.timer import PhaseTimer
+from robustssl.train.trainer import trained_networks
 
 GLOBAL_BATCH = 8
 SIZE = 16
@@ -49,9 +50,11 @@ def setup(recipe: str, overrides: list[str], sync_bn: bool) -> tuple[Any, Any, A
     model = build_model(ModelSpec.from_config(cfg.model, 1, (0.5,), (0.25,)))
     prepare_model(model, torch.device("cpu"), sync_bn)
     method = build_method(cfg, SIZE, 1)
-    optimizer = build_optimizer(model, cfg.optim)
+    method.attach(model)  # the modules the method owns (DynACL's EMA encoder), as the trainer builds them
+    networks = trained_networks(model, method)
+    optimizer = build_optimizer(networks, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, 100, 10)
-    replicate(model, optimizer, sync_bn)
+    replicate(networks, optimizer, sync_bn)
     return cfg, model, method, optimizer, scheduler
 
 
@@ -66,12 +69,21 @@ def train_steps(model: Any, method: Any, optimizer: Any, scheduler: Any, steps: 
         out["loss"].append(dist.mean_values(logs)["loss"])
         out["grads"].append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
         out["state"].append({k: v.clone() for k, v in model.state_dict().items()})
+        out.setdefault("parts", []).append({k: v.clone() for k, v in method.parts.state_dict().items()})
     return out
 
 
 def acl_steps(sync_bn: bool = True) -> dict[str, Any]:
     """Two ACL steps (dual BN, PGD-2 without random start) with a deterministic augmentation."""
     _, model, method, optimizer, scheduler = setup("acl_fmnist_cpu", ["attack.steps=2", "optim.name=sgd"], sync_bn)
+    method.make_views = lambda b: Views([b.images, b.images.flip(3)], groups=b.groups)
+    return train_steps(model, method, optimizer, scheduler, 2)
+
+
+def dynacl_ema_steps(sync_bn: bool) -> dict[str, Any]:
+    """Two DynACL steps with a momentum encoder (m = 0.5, an owned EMA copy with its own BN statistics)."""
+    _, model, method, optimizer, scheduler = setup("dynacl_fmnist_cpu", ["attack.steps=1", "optim.name=sgd",
+                                                                        "method.dynacl.momentum=0.5"], sync_bn)
     method.make_views = lambda b: Views([b.images, b.images.flip(3)], groups=b.groups)
     return train_steps(model, method, optimizer, scheduler, 2)
 
@@ -131,7 +143,8 @@ def selection() -> dict[str, Any]:
 
 
 SCENARIOS = {"acl": acl_steps, "acl_local_bn": lambda: acl_steps(sync_bn=False), "emp": emp_steps, "gather": gather_gradient,
-             "selection": selection}
+             "selection": selection, "dynacl_ema": lambda: dynacl_ema_steps(sync_bn=True),
+             "dynacl_ema_local_bn": lambda: dynacl_ema_steps(sync_bn=False)}
 
 
 def main(out: Path) -> None:

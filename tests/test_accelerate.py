@@ -17,10 +17,10 @@ from robustssl.methods import ACL
 from robustssl.methods.base import ContrastiveSettings
 from robustssl.models import build_model
 from robustssl.models.export import load_encoder
+from robustssl.timer import PhaseTimer
 from robustssl.train import trainer
 from robustssl.train.accelerate import accelerate
 from robustssl.train.checkpoint import load_checkpoint
-from robustssl.train.timer import PhaseTimer
 
 from .coreset_runs import run_with_one_selection
 from .datafiles import structured_images, write_fashion_mnist

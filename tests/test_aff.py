@@ -21,7 +21,7 @@ from robustssl.losses import trades_attack_loss, trades_kl, trades_loss
 from robustssl.methods import ACL
 from robustssl.methods.base import ContrastiveSettings
 from robustssl.models import DualBatchNorm, ModelSpec, build_model
-from robustssl.train.timer import PhaseTimer
+from robustssl.timer import PhaseTimer
 
 from .datafiles import structured_images, write_fashion_mnist
 

@@ -18,8 +18,8 @@ from robustssl.data import DeviceLoader, ImageDataset
 from robustssl.data.batch import make_batch
 from robustssl.methods import build_method
 from robustssl.models import DualBatchNorm, ModelSpec, bn_branch, build_model, current_branch, model_mode
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
-from robustssl.train.timer import PhaseTimer
 
 from .datafiles import structured_images, write_fashion_mnist
 from .kill_resume import kill_when, pretrain, resume

@@ -84,6 +84,23 @@ def test_two_process_steps_give_the_one_process_loss_and_gradients(two_ranks, on
             assert_close(got["state"][step], ref["state"][step], f"{scenario} rank {r} weights after step {step}")
 
 
+def test_a_methods_owned_ema_encoder_is_replicated_under_torchrun(two_ranks, one_rank):
+    """DynACL's momentum encoder (an owned module): with sync BN, 2 ranks equal 1 process (model and
+    EMA copy); without it, the EMA copy's BN statistics (its own shard's) are averaged like the model's."""
+    ref = one_rank["dynacl_ema"]
+    for r in range(2):
+        got = two_ranks[r]["dynacl_ema"]
+        for step in range(2):
+            assert got["loss"][step] == pytest.approx(ref["loss"][step], rel=1e-5), (r, step)
+            assert_close(got["state"][step], ref["state"][step], f"rank {r} weights after step {step}")
+            assert got["parts"][step].keys() == ref["parts"][step].keys() and ref["parts"][step]
+            assert_close(got["parts"][step], ref["parts"][step], f"rank {r} EMA encoder after step {step}")
+    a, b = two_ranks[0]["dynacl_ema_local_bn"], two_ranks[1]["dynacl_ema_local_bn"]
+    for step in range(2):
+        for k in a["parts"][step]:
+            assert torch.equal(a["parts"][step][k], b["parts"][step][k]), (step, k)
+
+
 def test_replicas_stay_identical_without_sync_bn(two_ranks):
     """Each rank's BN statistics come from its own shard; averaged after every update, the replicas agree bit for bit."""
     a, b = two_ranks[0]["acl_local_bn"], two_ranks[1]["acl_local_bn"]

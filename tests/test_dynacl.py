@@ -161,3 +161,113 @@ def test_coreset_runs_train_dynacl_through_its_own_loss(selector, tmp_path, monk
     calls.clear()
     api.select(run)
     assert calls and {c[0] for c in calls} == {0.5}
+
+
+# --- the momentum encoder (method.dynacl.momentum > 0, the DynACL code) ----------------------------
+def _ema_dynacl(momentum=0.9):
+    torch.manual_seed(0)
+    model = build_model(SPEC)
+    aug = ContrastiveAugment(AugmentSpec(crop_scale=(0.2, 1.0)), 28, 1)
+    method = DynACL(DynACLSettings(tau=0.5, k=1, momentum=momentum), aug, PGDConfig(0.1, 0.04, 1), epochs=4)
+    method.attach(model)
+    return model, method
+
+
+def _batch(n=16):
+    images, labels = structured_images(n, 0)
+    data = ImageDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), torch.arange(n), "s", "train")
+    return make_batch(data, torch.arange(n))
+
+
+def test_ema_update_is_m_ema_plus_one_minus_m_online_with_the_pre_step_weights():
+    """One step: theta_ema <- m theta_ema + (1 - m) theta_online, with the online weights the loss was
+    computed with (the DynACL code updates the EMA before optimizer.step); its BN buffers are its own."""
+    from robustssl.methods.ema import ema_update_
+    from robustssl.timer import PhaseTimer
+
+    model, method = _ema_dynacl(0.9)
+    ema = method.parts["ema"]
+    assert all(not p.requires_grad for p in ema.parameters())
+    with torch.no_grad():  # make the copy differ from the online model, so the formula is visible
+        for p in ema.parameters():
+            p.add_(0.1)
+    ema0 = {k: v.clone() for k, v in ema.named_parameters()}
+    online0 = {k: v.clone() for k, v in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    method.step(model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), _batch(), PhaseTimer())
+    for k, p in ema.named_parameters():
+        assert torch.allclose(p, 0.9 * ema0[k] + 0.1 * online0[k], atol=1e-7, rtol=0), k
+        assert not torch.allclose(p, 0.9 * ema0[k] + 0.1 * dict(model.named_parameters())[k], atol=1e-6), k
+    assert any(not torch.equal(v, online0[k]) for k, v in model.named_parameters()), "the online model was updated"
+    # the helper alone, buffers untouched
+    a, b = torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        a.weight.fill_(2.0), b.weight.fill_(4.0), b.running_mean.fill_(7.0)
+    ema_update_(a, 0.75, b)
+    assert torch.allclose(a.weight, torch.full((3,), 0.75 * 2.0 + 0.25 * 4.0)) and torch.equal(a.running_mean, torch.zeros(3))
+    with pytest.raises(ConfigError, match="momentum must be < 1"):
+        load_config("dynacl_fmnist_cpu", ["method.dynacl.momentum=1.0"])
+
+
+def test_swapped_forward_view_one_online_view_two_ema_gradients_online_only():
+    model, method = _ema_dynacl(0.9)
+    ema = method.parts["ema"]
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(1.5)  # a different network, so that the swap matters
+    seen: dict[str, list[torch.Tensor]] = {"online": [], "ema": []}
+    modes: list[bool] = []
+    model.register_forward_pre_hook(lambda m, i: seen["online"].append(i[0].detach()))
+
+    def on_ema(m, i):
+        seen["ema"].append(i[0].detach())
+        modes.append(m.training)
+
+    ema.register_forward_pre_hook(on_ema)
+    model.train()
+    views = method.attack(model, method.make_views(_batch()), method.attack_cfg)
+    # the attack ran the pair too (eval mode, as ACL's): each PGD forward split into view 1 (online) and view 2 (EMA)
+    assert len(seen["online"]) == len(seen["ema"]) == method.attack_cfg.steps and modes == [False]
+    seen["online"].clear(), seen["ema"].clear()
+    model.train()
+    loss, _ = method.loss(model, views, None)
+    assert [x.shape[0] for x in seen["online"]] == [16, 16] and [x.shape[0] for x in seen["ema"]] == [16, 16]
+    assert torch.equal(seen["online"][0], views.natural[0]) and torch.equal(seen["ema"][0], views.natural[1])
+    assert torch.equal(seen["online"][1], views.adversarial[0]) and torch.equal(seen["ema"][1], views.adversarial[1])
+    assert ema.training, "the EMA copy runs in the online model's mode"
+    loss.backward()
+    assert all(p.grad is None for p in ema.parameters())
+    assert all(p.grad is not None for p in model.backbone.parameters())
+    with bn_branch(model, "normal"), bn_branch(ema, "normal"):
+        z = torch.cat([model(views.natural[0]), ema(views.natural[1])])
+    assert method.network(model)(torch.cat(views.natural)).shape == z.shape
+    no_ema = _ema_dynacl(0.0)[1]
+    assert len(no_ema.parts) == 0 and no_ema.network(model) is model
+
+
+def test_momentum_run_exports_the_ema_encoder_and_resumes_exactly_after_sigkill(tmp_path):
+    """The export holds the EMA copy's encoder (metadata and run.json say parts.ema); a run killed at
+    an epoch end and resumed ends bit-identical, model and EMA copy (it is in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    from robustssl.models.export import read_export_metadata
+
+    root = write_fashion_mnist(tmp_path / "fm", n_train=96, n_test=16)
+    overrides = TINY + [f"data.root={root}", "train.epochs=3", "method.dynacl.k=1", "train.seed=1",
+                        "method.dynacl.momentum=0.9", "train.checkpoint_every_epochs=1"]
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    pretrain(ref, overrides, recipe="dynacl_fmnist_cpu")
+    killed = kill_when(run, overrides, lambda ck: ck["epoch"] >= 1, recipe="dynacl_fmnist_cpu")
+    assert 1 <= killed["epoch"] < 3 and killed["parts"], "killed at an epoch end, with the EMA copy checkpointed"
+    resume(run)
+    a, b = load_checkpoint(ref / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")
+    for key in ("model", "parts"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    exported = load_file(run / "encoder.safetensors")
+    ema = {k[len("ema."):]: v for k, v in b["parts"].items() if k.startswith("ema.")}
+    assert exported.keys() and all(torch.equal(v, ema[k]) for k, v in exported.items())
+    assert any(not torch.equal(v, b["model"][k]) for k, v in exported.items()), "the EMA encoder, not the online one"
+    assert read_export_metadata(run / "encoder.safetensors")["encoder"] == "parts.ema"
+    assert '"encoder": "parts.ema"' in (run / "run.json").read_text()

@@ -18,10 +18,10 @@ from robustssl.methods import CFAMC, EMPSSL, RobustEMPSSL, build_method
 from robustssl.methods.cfamc import CFAMCSettings
 from robustssl.methods.emp import EMPSettings, RobustEMPSettings
 from robustssl.models import ModelSpec, build_model
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 from robustssl.train.optim import lr_factor
-from robustssl.train.timer import PhaseTimer
 
 from .coreset_runs import run_with_one_selection
 from .datafiles import write_fashion_mnist
@@ -137,7 +137,7 @@ def test_cfamc_lr_schedule_spans_every_replay(tmp_path):
     ck = load_checkpoint(run / "checkpoint.pt")
     batches = ck["step"]
     assert batches == 2 * (64 // 16)
-    assert ck["scheduler"]["last_epoch"] == 3 * batches  # m updates per batch, each a schedule step
+    assert ck["scheduler"]["updates"] == 3 * batches  # m updates per batch, each a schedule step
     lrs = [r["lr"] for r in read_metrics(run / "metrics.jsonl") if r["type"] == "step"]
     cfg = load_config("cfamc_fmnist_cpu", overrides)
     expected = [cfg.optim.lr * lr_factor(3 * (s + 1), 3 * batches, 0, "cosine") for s in range(batches)]

@@ -18,7 +18,7 @@ from robustssl.losses.lpips import LPIPS, load_lpips_network
 from robustssl.methods import PAT
 from robustssl.methods.pat import PATSettings
 from robustssl.models import ModelSpec, build_model
-from robustssl.train.timer import PhaseTimer
+from robustssl.timer import PhaseTimer
 
 from .datafiles import structured_images
 

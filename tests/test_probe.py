@@ -9,10 +9,10 @@ import torch
 from robustssl import api
 from robustssl.config import ConfigError, load_config
 from robustssl.data import load_dataset
+from robustssl.run_setup import load_train_set
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 from robustssl.train.probe import draw_slices, probe_due
-from robustssl.train.trainer import load_train_set
 
 from .datafiles import write_fashion_mnist
 from .kill_resume import kill_when

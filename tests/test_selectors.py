@@ -23,9 +23,9 @@ from robustssl.coreset.schedule import CoresetRoundingWarning, CoresetSchedule
 from robustssl.data import AugmentSpec, ContrastiveAugment, ImageDataset, load_dataset
 from robustssl.data.batch import make_batch
 from robustssl.methods import PGDAT
-from robustssl.methods.supervised import SupervisedSettings
+from robustssl.methods.supervised import AdversarialTrainingSettings
 from robustssl.models import ModelSpec, build_model
-from robustssl.train.timer import PhaseTimer
+from robustssl.timer import PhaseTimer
 
 from .datafiles import structured_images, write_fashion_mnist
 
@@ -40,7 +40,7 @@ def _trained_pgd_at(n: int = 64):
     """A PGD-AT model after a few steps, its method (deterministic attack) and labelled data."""
     images, labels = structured_images(n, seed=3)
     data = ImageDataset(torch.from_numpy(images)[:, None], torch.from_numpy(labels).long(), torch.arange(n), "synthetic", "train")
-    method = PGDAT(SupervisedSettings(), ContrastiveAugment(AugmentSpec(), 28, 1), PGDConfig(0.1, 0.03, 2, random_start=False))
+    method = PGDAT(AdversarialTrainingSettings(attack_mode="eval"), ContrastiveAugment(AugmentSpec(), 28, 1), PGDConfig(0.1, 0.03, 2, random_start=False))
     torch.manual_seed(0)
     model = build_model(SPEC)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -139,24 +139,24 @@ def test_supervised_rcs_on_single_images_has_a_class_balanced_budget(pgd_run):
     keys still work here (deprecated aliases)."""
     over = ["coreset.method=rcs", "coreset.unit=sample", "coreset.fraction=0.25", "coreset.rd_steps=1", "coreset.val_fraction=0.1"]
     with pytest.warns(FutureWarning, match="coreset.method is deprecated"):
-        sel = api.select(pgd_run, overrides=over)
+        sel = api.select(pgd_run, overrides=over, force=True)
     cfg = load_config(pgd_run / "config.yaml")
     train = load_dataset("fashion-mnist", "train", root=cfg.data.root)
     schedule = CoresetSchedule(load_config(pgd_run / "config.yaml", over).coreset, 1, len(train), 16, cfg.train.seed)
     pool_counts = torch.bincount(train.labels[schedule.pool], minlength=10)
     picked = torch.bincount(train.labels[torch.tensor(sel["sample_ids"])], minlength=10)
     assert picked.tolist() == class_budgets(pool_counts, schedule.budget()).tolist()
-    off = api.select(pgd_run, overrides=[*over, "coreset.rcs.class_balanced=false"])
+    off = api.select(pgd_run, overrides=[*over, "coreset.rcs.class_balanced=false"], force=True)
     assert len(off["sample_ids"]) == len(sel["sample_ids"])
 
 
 def test_select_warns_when_whole_batches_round_the_fraction_far_off(pgd_run):
     with pytest.warns(CoresetRoundingWarning, match=r"coreset.fraction=0.05 becomes 1 whole batch\(es\) of 16 images out of 7"):
-        sel = api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.05"])
+        sel = api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.05"], force=True)
     assert len(sel["sample_ids"]) == 16
     with warnings.catch_warnings():
         warnings.simplefilter("error", CoresetRoundingWarning)
-        api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.5"])  # 4 of 7
+        api.select(pgd_run, overrides=["coreset.selector=random", "coreset.unit=batch", "coreset.fraction=0.5"], force=True)  # 4 of 7
 
 
 def test_selector_settings_and_the_deprecated_flat_keys():

@@ -15,11 +15,11 @@ from robustssl.data import AugmentSpec, ContrastiveAugment, ImageDataset
 from robustssl.data.batch import make_batch
 from robustssl.eval.robust import pgd_accuracy
 from robustssl.losses import trades_kl
-from robustssl.methods import PGDAT, TRADES
-from robustssl.methods.supervised import SupervisedSettings, TRADESSettings
+from robustssl.methods import PGDAT, TRADES, FastAT
+from robustssl.methods.supervised import AdversarialTrainingSettings, TRADESSettings
 from robustssl.models import ModelSpec, build_model, load_encoder
+from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
-from robustssl.train.timer import PhaseTimer
 
 from .datafiles import structured_images, write_fashion_mnist
 from .kill_resume import kill_when, pretrain, resume
@@ -52,7 +52,7 @@ def _trained(method, steps: int = 4, seed: int = 0):
 @pytest.mark.parametrize("name", ["pgd_at", "trades"])
 def test_head_gradients_equal_autograd_of_the_methods_own_objective(name):
     attack = PGDConfig(0.1, 0.03, 2, random_start=False)  # deterministic: the autograd side sees the same x_adv
-    method = PGDAT(SupervisedSettings(), AUG, attack) if name == "pgd_at" else TRADES(TRADESSettings(beta=6.0), AUG, attack)
+    method = PGDAT(AdversarialTrainingSettings(), AUG, attack) if name == "pgd_at" else TRADES(TRADESSettings(beta=6.0), AUG, attack)
     model, data = _trained(method)
     batch = make_batch(data, torch.arange(10))
     torch.manual_seed(5)  # TRADES's attack starts from x + 0.001 N(0, 1): the same draw on both sides
@@ -96,6 +96,28 @@ def test_trades_updates_with_bn_in_train_mode_and_attacks_in_eval_mode():
     assert update_modes == {True}, "the update's forwards (natural and adversarial) run BN in train mode"
 
 
+@pytest.mark.parametrize("cls", [PGDAT, FastAT])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_pgd_at_and_fast_at_attack_in_the_configured_bn_mode_train_by_default(cls, mode):
+    """The ACS code and Wong et al. attack with BN in train mode: the attack's forwards use batch
+    statistics and move the running statistics; attack_mode=eval keeps them (TRADES is the test above)."""
+    assert AdversarialTrainingSettings().attack_mode == "train"
+    attack = PGDConfig(0.1, 0.125, 1) if cls is FastAT else PGDConfig(0.1, 0.03, 2)
+    method = cls(AdversarialTrainingSettings(attack_mode=mode), AUG, attack)
+    torch.manual_seed(0)
+    model = build_model(SPEC).train()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    modes: list[bool] = []
+    bn.register_forward_pre_hook(lambda m, i: modes.append(m.training))
+    views = method.make_views(make_batch(_data(), torch.arange(16)))
+    before = bn.running_mean.clone(), int(bn.num_batches_tracked)
+    method.attack(model, views, method.attack_cfg)
+    assert model.training and bn.training, "the caller's mode is restored after the attack"
+    assert set(modes) == {mode == "train"} and len(modes) == attack.steps
+    moved = not torch.equal(bn.running_mean, before[0])
+    assert moved == (mode == "train") and int(bn.num_batches_tracked) - before[1] == (attack.steps if mode == "train" else 0)
+
+
 def test_weighted_losses_scale_each_examples_term():
     method = TRADES(TRADESSettings(beta=2.0), AUG, PGDConfig(0.1, 0.03, 1, random_start=False))
     torch.manual_seed(0)
@@ -107,7 +129,7 @@ def test_weighted_losses_scale_each_examples_term():
     z_nat, z_adv, y = model(views.natural[0]), model(views.adversarial[0]), batch.labels
     per = F.cross_entropy(z_nat, y, reduction="none") + 2.0 * trades_kl(z_adv, z_nat, reduction="none")
     assert float(loss) == pytest.approx(float((w * per).mean()), rel=1e-5)
-    pgd_method = PGDAT(SupervisedSettings(), AUG, PGDConfig(0.1, 0.03, 1, random_start=False))
+    pgd_method = PGDAT(AdversarialTrainingSettings(), AUG, PGDConfig(0.1, 0.03, 1, random_start=False))
     loss, _ = pgd_method.loss(model, views, w)
     assert float(loss) == pytest.approx(float((w * F.cross_entropy(model(views.adversarial[0]), y, reduction="none")).mean()),
                                         rel=1e-5)
@@ -115,7 +137,7 @@ def test_weighted_losses_scale_each_examples_term():
 
 @pytest.mark.parametrize("selector", [CraigSelector, GradMatchSelector])
 def test_acs_selection_leaves_parameters_and_buffers_untouched_and_weights_average_one(selector):
-    method = PGDAT(SupervisedSettings(), AUG, PGDConfig(0.1, 0.03, 2))
+    method = PGDAT(AdversarialTrainingSettings(), AUG, PGDConfig(0.1, 0.03, 2))
     model, data = _trained(method)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -166,7 +188,7 @@ def test_supervised_run_exports_its_classifier_and_direct_evaluates_it(tmp_path)
 def test_direct_protocol_attacks_exactly_the_trained_model(tmp_path):
     from robustssl.eval.registry import PROTOCOLS
 
-    method = PGDAT(SupervisedSettings(), AUG, PGDConfig(0.1, 0.03, 2))
+    method = PGDAT(AdversarialTrainingSettings(), AUG, PGDConfig(0.1, 0.03, 2))
     model, data = _trained(method)
     model.head_trained = True
     clf = PROTOCOLS["direct"].classifier(model, 10, None)
@@ -217,7 +239,7 @@ def test_supervised_rcs_validation_is_the_full_ce_gradient_at_pgd_examples():
     from robustssl.coreset.divergence import ValidationCE
     from robustssl.coreset.head import HeadView
 
-    method = PGDAT(SupervisedSettings(), AUG, PGDConfig(0.1, 0.03, 2))
+    method = PGDAT(AdversarialTrainingSettings(), AUG, PGDConfig(0.1, 0.03, 2))
     model, data = _trained(method)
     model.eval()
     x, y = data.images[:12].float() / 255, data.labels[:12]
@@ -244,7 +266,7 @@ def test_l2_evaluation_attacks_in_the_l2_ball_with_its_own_large_radius():
     from robustssl.eval.registry import PROTOCOLS
     from robustssl.eval.sanity import large_eps
 
-    method = PGDAT(SupervisedSettings(), AUG, PGDConfig(0.1, 0.03, 2))
+    method = PGDAT(AdversarialTrainingSettings(), AUG, PGDConfig(0.1, 0.03, 2))
     model, data = _trained(method, steps=40)  # a classifier that learned: the large-eps check needs real predictions
     model.head_trained = True
     base = load_config("pgd_at_fmnist_cpu").eval

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from robustssl.train.timer import LazyIntervals, PhaseTimer, WallClock, resolve_timing
+from robustssl.timer import LazyIntervals, PhaseTimer, WallClock, resolve_timing
 
 
 class FakeGPUClock:

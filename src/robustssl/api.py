@@ -18,6 +18,7 @@ from .errors import ConfigError, RunError
 from .io import atomic_write_text
 from .methods import build_method
 from .models import build_model, load_encoder
+from .run_setup import data_options, load_train_set, model_spec, resolve_device
 from .train.checkpoint import load_checkpoint
 from .train.run_dir import (
     CHECKPOINT,
@@ -30,7 +31,7 @@ from .train.run_dir import (
     read_summary,
     resume_config,
 )
-from .train.trainer import RunResult, data_options, load_train_set, model_spec, resolve_device
+from .train.trainer import RunResult
 from .train.trainer import pretrain as _pretrain
 
 
@@ -207,6 +208,8 @@ def select(run_dir: str | Path, overrides: list[str] | None = None, out: str | P
         raise RunError(f"{run_dir / CHECKPOINT} does not match the run's {run_dir / 'config.yaml'} "
                        f"({one_line(e, 120)}); restore the run's own files") from None
     method = build_method(cfg, data.image_size, data.num_channels)
+    method.attach(model)  # the modules it owns (DynACL's EMA encoder), as checkpointed
+    method.parts.load_state_dict(ck.get("parts", {}))
     method.start_epoch(min(int(ck["epoch"]), cfg.train.epochs - 1))  # the epoch the run is in (or its last): DynACL's strength
     schedule = CoresetSchedule(cfg.coreset, cfg.train.epochs, len(data), cfg.optim.batch_size, cfg.train.seed)
     schedule.warn_rounding()

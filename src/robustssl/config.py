@@ -22,7 +22,7 @@ from .data.catalog import dataset_names
 from .errors import ConfigError
 from .models.encoder import ModelConfig, check_model_config
 from .settings import build_settings, check_fields, coerce, non_negative, one_of, positive, show, unit_interval
-from .train.timer import TIMING_MODES
+from .timer import TIMING_MODES
 
 __all__ = [
     "AttackConfig", "AugmentConfig", "ConfigError", "CoresetConfig", "DataConfig", "EvalConfig", "MethodConfig",
@@ -126,6 +126,9 @@ class OptimConfig:
     batch_size: int = positive(512)
     warmup_epochs: float = non_negative(10.0)
     schedule: str = one_of("cosine", ("cosine", "constant"))
+    # epochs: the lr is a function of fractional epoch progress (a coreset run has a full run's lr at every
+    # epoch boundary); updates: over the run's real number of updates (legacy; runs saved without this key)
+    lr_clock: str = one_of("epochs", ("epochs", "updates"))
 
 
 @dataclass

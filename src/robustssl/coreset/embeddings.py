@@ -15,7 +15,7 @@ from .. import dist
 from ..attacks import PGDConfig
 from ..data.batch import Batch, make_batch
 from ..data.dataset import ImageSource
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 from .head import HeadView, only_head_trainable
 from .selectors import SelectionMethod
 

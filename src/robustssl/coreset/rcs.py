@@ -27,7 +27,7 @@ from ..data.dataset import ImageSource
 from ..errors import ConfigError
 from ..models import model_mode
 from ..settings import non_negative, one_of, positive, unit_interval
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 from .class_budget import class_budgets
 from .divergence import ValidationCE, ValidationObjective, ValidationRD
 from .embeddings import candidate_gradients, gaussian_sketch

@@ -78,7 +78,7 @@ class CoresetSchedule:
         return len(self.pool) // self.batch_size
 
     def total_steps(self) -> int:
-        """Optimizer steps of the whole run (the lr schedule spans exactly these)."""
+        """Optimizer steps of the whole run (the legacy lr clock, optim.lr_clock=updates, spans exactly these)."""
         full = len(self.pool) // self.batch_size
         core = self.coreset_size() // self.batch_size
         return sum(core if self.uses_coreset(e) else full for e in range(self.epochs))

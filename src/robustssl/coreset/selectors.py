@@ -19,7 +19,7 @@ from ..data.dataset import ImageSource
 
 if TYPE_CHECKING:
     from ..config import CoresetConfig, RunConfig
-    from ..train.timer import PhaseTimer
+    from ..timer import PhaseTimer
 
 
 @runtime_checkable

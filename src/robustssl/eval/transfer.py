@@ -36,7 +36,7 @@ def source_image_shape(cfg: RunConfig, in_channels: int) -> tuple[int, int, int]
         return in_channels, fixed[1], fixed[2]
     if cfg.data.image_size is not None:
         return in_channels, cfg.data.image_size, cfg.data.image_size
-    from ..train.trainer import data_options  # reading the source folder: the run's own data options
+    from ..run_setup import data_options  # reading the source folder: the run's own data options
 
     test = load_dataset(cfg.data.name, "test", **data_options(cfg))
     return in_channels, int(test.images.shape[-2]), int(test.images.shape[-1])

@@ -34,19 +34,26 @@ class ACL(Method):
             raise ConfigError(f"method {cls.name} needs attack.steps >= 1 (it trains on PGD views); "
                               "use method.name=simclr for clean training")
 
+    def network(self, model: nn.Module) -> nn.Module:
+        """The network the views go through, cat(views) [nB, ...] -> [nB, d]: the model (DynACL with
+        a momentum encoder: its swapped pair)."""
+        return model
+
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
         x = torch.cat(views.natural)
         tau = self.settings.tau
         g = views.groups
-        x_adv = pgd(model, x, lambda xa: nt_xent(model(xa), self.n_views, tau, groups=g), attack, mode="eval", branch="pgd")
+        net = self.network(model)
+        x_adv = pgd(net, x, lambda xa: nt_xent(net(xa), self.n_views, tau, groups=g), attack, mode="eval", branch="pgd")
         return Views(views.natural, list(x_adv.chunk(self.n_views)), g)
 
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         tau = self.settings.tau
-        with bn_branch(model, "normal"):
-            l_nat = nt_xent(model(torch.cat(views.natural)), self.n_views, tau, weights, groups=views.groups)
-        with bn_branch(model, "pgd"):
-            l_adv = nt_xent(model(torch.cat(views.adversarial)), self.n_views, tau, weights, groups=views.groups)
+        net = self.network(model)
+        with bn_branch(net, "normal"):
+            l_nat = nt_xent(net(torch.cat(views.natural)), self.n_views, tau, weights, groups=views.groups)
+        with bn_branch(net, "pgd"):
+            l_adv = nt_xent(net(torch.cat(views.adversarial)), self.n_views, tau, weights, groups=views.groups)
         return self.weighted(l_nat, l_adv), {"loss_nat": float(l_nat.detach()), "loss_adv": float(l_adv.detach())}
 
     def weighted(self, l_nat: torch.Tensor, l_adv: torch.Tensor) -> torch.Tensor:

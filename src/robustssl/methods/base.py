@@ -9,6 +9,12 @@ and declare `updates_per_batch`, so the learning-rate schedule spans every updat
 To add a method: a file in this package with a `Method` subclass (its `name`, a `Settings`
 dataclass for its own `method.<name>.*` keys, `check_config` for rules on the whole config,
 `attack` and `loss`), and one line in `methods/__init__.py`'s METHODS.
+
+Modules a method owns (a momentum encoder, a predictor) are built from the model in
+`build_parts` and live in `self.parts`: the trainer optimizes their parameters that require a
+gradient, checkpoints and restores them, averages their BN statistics under torchrun; the
+method updates the others itself (an EMA, in `before_step`). `export_network` names the
+network released as the encoder.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from ..data.augment import ContrastiveAugment
 from ..data.batch import Batch
 from ..data.dataset import ImageSource
 from ..settings import positive
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -94,6 +100,30 @@ class Method:
         self.augment = augment
         self.attack_cfg = attack
         self.epochs = epochs
+        self.parts = nn.ModuleDict()  # modules the method owns (`attach` builds them)
+        self.online: nn.Module | None = None  # the model `attach` built them for
+
+    # --- modules the method owns -------------------------------------------------------------
+    def build_parts(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Modules this method owns besides the model, built once from the freshly built model (on its
+        device). Parameters that require a gradient are optimized with the model's; the others are
+        the method's to update (in `before_step`, e.g. an EMA copy with `requires_grad=False`)."""
+        return {}
+
+    def attach(self, model: nn.Module) -> None:
+        """Build the owned modules for `model` (once, before the optimizer is built); moved to its device."""
+        device = next(model.parameters()).device
+        self.parts = nn.ModuleDict(self.build_parts(model)).to(device)
+        self.online = model
+
+    def before_step(self) -> None:
+        """Called in every update after the backward and before the optimizer step (the parameters
+        are still those the loss was computed with): EMA updates of owned modules go here."""
+
+    def export_network(self, model: nn.Module) -> tuple[nn.Module, str]:
+        """(the network released as the encoder, its name in the export's metadata): the trained
+        model, "model", unless the method releases an owned one (DynACL's EMA encoder, "parts.ema")."""
+        return model, "model"
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:
@@ -163,12 +193,13 @@ class Method:
             self.update(optimizer, scheduler, loss)
         return {"loss": float(loss.detach()), **parts}
 
-    @staticmethod
-    def update(optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:
-        """One optimizer update on `loss` and the matching lr-schedule step; stops on a non-finite loss."""
+    def update(self, optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:
+        """One optimizer update on `loss` (`before_step` between its backward and the step) and the
+        matching lr-schedule step; stops on a non-finite loss."""
         check_finite(loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.before_step()
         optimizer.step()
         scheduler.step()
 

@@ -25,7 +25,7 @@ from ..data.augment import ContrastiveAugment
 from ..data.batch import Batch
 from ..errors import ConfigError
 from ..settings import positive
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 from .emp import RobustEMPSettings, RobustEMPSSL
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from ..data.batch import Batch
 from ..errors import ConfigError
 from ..losses import emp_ssl_loss
 from ..settings import non_negative, one_of, positive
-from ..train.timer import PhaseTimer
+from ..timer import PhaseTimer
 from .base import Method, Views
 
 if TYPE_CHECKING:

@@ -30,7 +30,6 @@ from ..errors import ConfigError
 from ..losses.lpips import LPIPS, load_lpips_network
 from ..models.dual_bn import model_mode
 from ..settings import non_negative, one_of, positive
-from .base import Method
 from .supervised import SupervisedMethod, SupervisedSettings
 
 if TYPE_CHECKING:
@@ -98,14 +97,14 @@ class PAT(SupervisedMethod):
                                       h=s.h, step=s.step, projection=s.projection, mode=None)
         return x_adv
 
-    def update(self, optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:  # type: ignore[override]
+    def update(self, optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:
         """The base update, with PAT's element-wise gradient clipping (`clip_grad`) as an optimizer step
         pre-hook registered on the first update, so under torchrun it runs after the replicas' gradient
         averaging (itself a pre-hook registered when training starts): the clip sees the global gradient."""
         if self.settings.clip_grad is not None and optimizer not in self._clipped:
             optimizer.register_step_pre_hook(self._clip)
             self._clipped.add(optimizer)
-        Method.update(optimizer, scheduler, loss)
+        super().update(optimizer, scheduler, loss)
 
     def _clip(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]

@@ -8,11 +8,16 @@ of classes), so `model(x)` gives logits and the projector's Linear is the "last 
 ACS selectors differentiate. Every perturbation is made on the fly for the very view that is
 trained on (one random crop + flip per image, then the attack on it).
 
-  PGD-AT:  x_adv = PGD maximizing CE (eval mode); loss = mean_i w_i CE(f(x_adv_i), y_i) (train mode)
+  PGD-AT:  x_adv = PGD maximizing CE, in train mode (`method.pgd_at.attack_mode`, as the ACS code: BN on
+           batch statistics, its running statistics updated by the attack's forwards; `eval` for eval mode);
+           loss = mean_i w_i CE(f(x_adv_i), y_i) (train mode)
   TRADES:  x_adv = PGD maximizing KL(f(x) || f(x_adv)) (eval mode, TRADES's start);
            loss = mean_i w_i (CE(f(x_i), y_i) + beta KL_i), BN back in TRAIN mode for the update
            (the ACS code left it in eval mode)
   fast AT: one FGSM step of attack.alpha (1.25 eps) from a uniform random start, then as PGD-AT
+           (train-mode attack by default, as Wong et al.'s code: `method.fast_at.attack_mode`)
+Coreset selection (`head_gradients`) attacks in eval mode for every method (no running statistics
+change while scoring candidates).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from ..data.dataset import ImageSource
 from ..errors import ConfigError
 from ..losses import summed_ce, trades_loss
 from ..models.dual_bn import model_mode
-from ..settings import non_negative
+from ..settings import non_negative, one_of
 from .base import Method, Views
 
 if TYPE_CHECKING:
@@ -50,6 +55,15 @@ def classifier_layer(model: nn.Module) -> nn.Linear:
 class SupervisedSettings:
     augment: bool = True  # random crop (zero padding 4) + horizontal flip of every training image
     padding: int = non_negative(4)
+
+
+@dataclass
+class AdversarialTrainingSettings(SupervisedSettings):
+    """PGD-AT's and fast AT's settings."""
+
+    # BN mode of the training attack: train (the ACS code, Wong et al.'s fast AT: batch statistics, and the
+    # attack's forwards update the running statistics) or eval (running statistics, left unchanged)
+    attack_mode: str = one_of("train", ("train", "eval"))
 
 
 @dataclass
@@ -93,13 +107,21 @@ class SupervisedMethod(Method):
         return Views([x], groups=batch.groups, labels=batch.labels)
 
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: PGDConfig) -> torch.Tensor:
-        """x_adv for images x [B, ...] in [0,1] with labels y, in eval mode: PGD on the summed CE."""
-        return pgd(model, x, summed_ce(model, y), attack, mode="eval")
+        """x_adv for images x [B, ...] in [0,1] with labels y: PGD on the summed CE, in the model's
+        current mode (`attack` sets the training attack's mode, selection sets eval)."""
+        return pgd(model, x, summed_ce(model, y), attack, mode=None)
+
+    def training_attack_mode(self) -> str:
+        """BN mode ('train' or 'eval') of the training attack: eval here (TRADES's code); PGD-AT and
+        fast AT take it from their `attack_mode` setting."""
+        return "eval"
 
     def attack(self, model: nn.Module, views: Views, attack: PGDConfig) -> Views:
+        """The training attack on the view, in `training_attack_mode()` (the model's mode restored after)."""
         assert views.labels is not None
-        return Views(views.natural, [self.adversarial(model, views.natural[0], views.labels, attack)], views.groups,
-                     views.labels)
+        with model_mode(model, self.training_attack_mode()):
+            x_adv = self.adversarial(model, views.natural[0], views.labels, attack)
+        return Views(views.natural, [x_adv], views.groups, views.labels)
 
     def loss(self, model: nn.Module, views: Views, weights: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted mean CE at the adversarial view (model in train mode)."""
@@ -130,9 +152,13 @@ class SupervisedMethod(Method):
 
 class PGDAT(SupervisedMethod):
     name = "pgd_at"
+    Settings = AdversarialTrainingSettings
+
+    def training_attack_mode(self) -> str:
+        return str(self.settings.attack_mode)
 
 
-class FastAT(SupervisedMethod):
+class FastAT(PGDAT):
     name = "fast_at"
 
     @classmethod

@@ -9,6 +9,9 @@ trained, on the CPU) and, in the file's string metadata,
                                 e.g. ["normal", "pgd"] for ACL, ["normal"] for SimCLR;
                                 absent in exports written before it was recorded
                                 (then unknown: None)
+    robustssl_encoder           which network of the run the weights are: "model" (the trained
+                                model) or a module the method owns ("parts.ema": DynACL's EMA
+                                encoder); absent in older exports (then "model")
 
 The file is written atomically (`robustssl.io.atomic_write`): a kill leaves the old export
 or none, never half of one. A file that is not a complete robustssl export raises
@@ -35,9 +38,10 @@ from .encoder import ModelSpec, SSLModel, build_model
 
 SPEC_KEY = "robustssl_model_spec"
 BRANCHES_KEY = "robustssl_trained_branches"
+ENCODER_KEY = "robustssl_encoder"
 _HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header length, JSON header, then the tensor data
 
-__all__ = ["BRANCHES_KEY", "SPEC_KEY", "export_encoder", "load_encoder", "read_export_metadata"]
+__all__ = ["BRANCHES_KEY", "ENCODER_KEY", "SPEC_KEY", "export_encoder", "load_encoder", "read_export_metadata"]
 
 
 def _fix() -> str:
@@ -60,7 +64,7 @@ def _check_branches(trained_branches: Sequence[str]) -> list[str]:
 
 def export_encoder(
     model: SSLModel, spec: ModelSpec, path: str | Path, trained_branches: Sequence[str] | None = None,
-    with_head: bool = False,
+    with_head: bool = False, encoder: str = "model",
 ) -> Path:
     """Write the encoder weights (normalize + backbone) and the architecture spec to `path`, atomically.
 
@@ -68,9 +72,10 @@ def export_encoder(
     metadata so evaluation can pick a trained branch. None records nothing (unknown).
     with_head: also write the projector, which for supervised methods is the trained
     classifier layer (`load_encoder` then marks the model `head_trained`).
+    encoder: which network of the run `model` is ("model", or an owned module such as "parts.ema").
     """
     path = Path(path)
-    metadata = {SPEC_KEY: json.dumps(asdict(spec))}
+    metadata = {SPEC_KEY: json.dumps(asdict(spec)), ENCODER_KEY: encoder}
     if trained_branches is not None:
         metadata[BRANCHES_KEY] = json.dumps(_check_branches(trained_branches))
     state = model.state_dict() if with_head else model.encoder_state_dict()
@@ -132,7 +137,8 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     """What an export says about itself, without loading the weights.
 
     Returns {"spec": the ModelSpec fields as a dict (JSON types), "trained_branches": list
-    of branch names, or None for exports that do not record them}. Raises FileNotFoundError
+    of branch names, or None for exports that do not record them, "encoder": the network the
+    weights are ("model", or e.g. "parts.ema")}. Raises FileNotFoundError
     for a missing file and RunError for a file that is not a complete robustssl export
     (junk, truncated, or a safetensors file without robustssl metadata).
     """
@@ -143,7 +149,8 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     if SPEC_KEY not in meta:
         raise RunError(f"{path} is a safetensors file but not a robustssl encoder export (no {SPEC_KEY} in its metadata); "
                        f"{_fix()}")
-    return {"spec": _parse_spec(path, meta[SPEC_KEY]), "trained_branches": _parse_branches(path, meta.get(BRANCHES_KEY))}
+    return {"spec": _parse_spec(path, meta[SPEC_KEY]), "trained_branches": _parse_branches(path, meta.get(BRANCHES_KEY)),
+            "encoder": str(meta.get(ENCODER_KEY, "model"))}
 
 
 def _spec_from_dict(path: Path, raw: dict[str, Any]) -> ModelSpec:

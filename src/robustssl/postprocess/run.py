@@ -38,6 +38,7 @@ from ..eval.classifier import choose_branch
 from ..io import FolderLock, atomic_write_text, check_output_path
 from ..models.dual_bn import has_dual_bn
 from ..models.export import export_encoder, load_encoder, read_export_metadata
+from ..run_setup import load_train_set, resolve_device
 from ..train.run_dir import (
     CONFIG,
     ENCODER,
@@ -49,7 +50,6 @@ from ..train.run_dir import (
     read_summary,
     write_config,
 )
-from ..train.trainer import load_train_set, resolve_device
 from .lpaft import lp_aft
 
 POSTPROCESS = "postprocess.json"

@@ -105,7 +105,7 @@ def _held_out(cfg: RunConfig, data: ImageSource, device: torch.device) -> tuple[
     """(the whole training split, positions in it of the images the run never trains on), or None
     when the run trains on the whole split."""
     from ..data import load_dataset, open_stream
-    from .trainer import data_options
+    from ..run_setup import data_options
 
     if cfg.data.train_subset is None:
         return None
@@ -167,7 +167,7 @@ class OnlineProbe:
 
     def __init__(self, cfg: RunConfig, state: TrainState, data: ImageSource, device: torch.device, metrics_path: Path) -> None:
         from ..eval.classifier import LinearEvalModel, default_branch
-        from .trainer import model_spec
+        from ..run_setup import model_spec
 
         self.cfg, self.device = cfg, device
         self.main = dist.is_main()
@@ -213,7 +213,7 @@ class OnlineProbe:
             train_seconds = state.seconds() - self.spent - self.pending  # the set-up ran inside this session's clock
             t0 = time.perf_counter()
             with _rng_kept(self.device):
-                clean, robust = self.measure(state.model)
+                clean, robust = self.measure(state.method.export_network(state.model)[0])  # the released network (DynACL: EMA)
             seconds = time.perf_counter() - t0 + self.pending
             self.pending = 0.0
             self.spent += seconds

@@ -6,6 +6,7 @@ config is read back (resume, evaluate, select).
 """
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import os
@@ -45,6 +46,32 @@ def check_output_file(path: str | Path, flag: str, force: bool) -> Path:
         raise RunError(f"{flag} {path} already exists; nothing was overwritten. Choose another file, or pass --force "
                        "to replace it")
     return path
+
+
+# Keys added after runs were saved whose new default would change how a saved run continues: a saved
+# config without the key gets the value that run was made with (a resumed run is the same run). A key
+# is filled in only where its parent mapping is there (a method's settings exist for the saved method).
+LEGACY_VALUES: dict[str, Any] = {
+    "optim.lr_clock": "updates",  # runs before the epoch clock followed the update count
+    "method.pgd_at.attack_mode": "eval",  # PGD-AT and fast AT attacked in eval mode before the setting
+    "method.fast_at.attack_mode": "eval",
+}
+
+
+def with_legacy_values(raw: Any) -> Any:
+    """A saved config dict with LEGACY_VALUES filled in where it lacks those keys (a copy; anything
+    that is not a config mapping is returned as it is, for the validation to name)."""
+    if not isinstance(raw, dict):
+        return raw
+    raw = copy.deepcopy(raw)
+    for dotted, value in LEGACY_VALUES.items():
+        *parents, key = dotted.split(".")
+        node: Any = raw
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
+    return raw
 
 
 def check_folder(out: Path) -> None:
@@ -131,7 +158,7 @@ def read_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     if not path.is_file():
         raise RunError(f"{run_dir} is not a robustssl run (no {CONFIG}); pass the --out folder of `robustssl pretrain`")
     try:
-        raw = load_yaml(path.read_text())
+        raw = with_legacy_values(load_yaml(path.read_text()))
         from_dict(raw)  # the file on its own must be a valid config
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
         raise RunError(f"{path} is damaged ({one_line(e)}); restore it (the checkpoint keeps a copy under 'config') "
@@ -202,11 +229,12 @@ def resume_config(run_dir: str | Path, config: str | Path | RunConfig | None, ov
 
 
 def with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """A saved config dict with every key this version knows, at its default where the dict has
-    none: a checkpoint written before a key was added then compares equal to its own run.
+    """A saved config dict with every key this version knows, at its default (or its LEGACY_VALUES
+    entry) where the dict has none: a checkpoint written before a key was added then compares
+    equal to its own run.
     A dict this version cannot read is returned as it is (the comparison then names the keys)."""
     try:
-        return to_dict(from_dict(raw))
+        return to_dict(from_dict(with_legacy_values(raw)))
     except ConfigError:
         return raw
 

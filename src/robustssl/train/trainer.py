@@ -4,7 +4,8 @@ config -> dataset (uint8 on device) -> index pool (all data or the current cores
 -> batched augmentation -> method step (attack -> loss -> update) -> selection schedule
 -> atomic checkpoint -> encoder export.
 
-`pretrain` sets a run up (`build_state`), runs `train_epoch` per epoch and finishes it;
+`pretrain` sets a run up (`build_state`; the device, data and architecture from `run_setup`),
+runs `train_epoch` per epoch and finishes it;
 `TrainState` is everything a resumed run needs, saved and restored as one dict.
 """
 from __future__ import annotations
@@ -21,18 +22,20 @@ import torch
 from .. import dist
 from ..config import RunConfig, to_dict
 from ..coreset.schedule import CoresetSchedule
-from ..data import DeviceLoader, StreamingLoader, dataset_stats, load_dataset, open_stream
-from ..data.dataset import ImageDataset, ImageSource
+from ..data import DeviceLoader, StreamingLoader
+from ..data.dataset import ImageSource
 from ..errors import RunError
 from ..io import FolderLock, atomic_write_text, check_output_path
 from ..methods import Method, NonFiniteLoss, build_method
-from ..models import BRANCHES, ModelSpec, SSLModel, build_model, export_encoder, has_dual_bn
+from ..models import BRANCHES, SSLModel, build_model, export_encoder, has_dual_bn
 from ..progress import progress_bar
+from ..run_setup import load_train_source, model_spec, resolve_device
+from ..timer import PhaseTimer
 from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .distributed import prepare_model, rank_seed, replicate
 from .metrics import MetricsLog
-from .optim import build_optimizer, build_scheduler
+from .optim import LRSchedule, build_optimizer, build_scheduler
 from .probe import OnlineProbe
 from .run_dir import (
     CHECKPOINT,
@@ -47,7 +50,6 @@ from .run_dir import (
     with_defaults,
 )
 from .tensorboard import tensorboard_metrics
-from .timer import PhaseTimer
 
 CHECKPOINT_FORMAT = 2
 
@@ -65,54 +67,17 @@ class RunResult:
     nothing_left: bool = False  # a --resume of a run that had finished: nothing was trained or written
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return torch.device(name)
-
-
-def load_train_set(cfg: RunConfig) -> ImageDataset:
-    """The training split, optionally a seeded random subset of `data.train_subset` images."""
-    data = load_dataset(cfg.data.name, "train", **data_options(cfg))
-    n = cfg.data.train_subset
-    if n is not None and n < len(data):
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-    return data
-
-
-def load_train_source(cfg: RunConfig, device: torch.device) -> ImageSource:
-    """The training split (`data.train_subset` applied) on `device`, or, with data.stream, streamed to it per batch."""
-    if not cfg.data.stream:
-        return load_train_set(cfg).to(device)
-    data = open_stream(cfg.data.name, "train", device, **data_options(cfg))
-    n = cfg.data.train_subset
-    if n is not None and n < len(data):  # the same seeded subset as load_train_set
-        g = torch.Generator().manual_seed(cfg.train.seed)
-        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
-    return data
-
-
-def data_options(cfg: RunConfig) -> dict[str, Any]:
-    """load_dataset's keyword arguments from the config's data section (shared by train and test splits)."""
-    d = cfg.data
-    options: dict[str, Any] = {"root": d.root, "download": d.download}
-    if d.name == "imagefolder":
-        options.update(image_size=d.image_size, channels=d.channels)
-    return options
-
-
-def model_spec(cfg: RunConfig, data: ImageSource) -> ModelSpec:
-    """The architecture: the config's model section plus what the data decides (channels, normalization)."""
-    mean, std = dataset_stats(cfg.data.name, data.num_channels)
-    return ModelSpec.from_config(cfg.model, data.num_channels, mean, std)
-
-
 def non_finite_tensors(model: torch.nn.Module) -> list[str]:
     """Names of the parameters and buffers holding NaN or inf (e.g. BN running_var after a blow-up)."""
     return [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+def trained_networks(model: torch.nn.Module, method: Method) -> torch.nn.Module:
+    """The model and the modules the method owns, as one module (model first: a method without
+    owned modules gives the optimizer the model's parameters in the model's order)."""
+    if not len(method.parts):
+        return model
+    return torch.nn.ModuleDict({"model": model, "parts": method.parts})
 
 
 # --- the state of a run ----------------------------------------------------------------------
@@ -123,7 +88,7 @@ class TrainState:
 
     model: SSLModel
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: LRSchedule
     method: Method
     schedule: CoresetSchedule
     timer: PhaseTimer
@@ -149,6 +114,7 @@ class TrainState:
         return {
             "format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+            "parts": self.method.parts.state_dict(),
             "coreset": self.schedule.state_dict(), "rng": rng_state(), "epoch": self.epoch, "batch": self.batch,
             "step": self.step, "elapsed": self.seconds(), "phase_seconds": self.phase_totals(), "config": to_dict(cfg),
         }
@@ -173,6 +139,7 @@ class TrainState:
         own = ck["ranks"][dist.rank()] if world > 1 else {"rng": ck["rng"], "method": ck["method"]}
         try:
             self.model.load_state_dict(ck["model"])
+            self.method.parts.load_state_dict(ck.get("parts", {}))  # absent before methods owned modules
             self.optimizer.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
             self.method.load_state_dict(own["method"])
@@ -196,6 +163,8 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     prepare_model(model, device, cfg.train.sync_bn)  # torchrun + train.sync_bn: synchronized BatchNorm
     method = build_method(cfg, data.image_size, data.num_channels)
     method.check_data(data, model)  # e.g. a supervised method's labels against its classifier's outputs
+    method.attach(model)  # the modules the method owns (an EMA encoder, a predictor), on the model's device
+    prepare_model(method.parts, device, cfg.train.sync_bn)
     accelerate(model, method, bf16=cfg.train.bf16, channels_last=cfg.train.channels_last, compile=cfg.train.compile)
     if method.needs_dual_bn and not cfg.model.dual_bn and dist.is_main():
         print(f"note: {method.name} is defined with dual BatchNorm; model.dual_bn=false trains one shared BN")
@@ -208,11 +177,13 @@ def build_state(cfg: RunConfig, data: ImageSource, device: torch.device) -> Trai
     if batches_per_epoch < 1:
         raise TrainingError(f"{len(schedule.pool)} training images make no full batch of {cfg.optim.batch_size}; lower optim.batch_size")
     check_coreset_batches(cfg, schedule)
-    optimizer = build_optimizer(model, cfg.optim)
-    # The lr schedule counts optimizer updates: a method may make several per batch.
+    networks = trained_networks(model, method)
+    optimizer = build_optimizer(networks, cfg.optim)  # the model's parameters, then the owned ones that take gradients
+    # The lr follows fractional epochs (each of the method's updates per batch advances it), or, on
+    # the legacy clock, the run's update count.
     k = method.updates_per_batch
-    scheduler = build_scheduler(optimizer, cfg.optim, schedule.total_steps() * k, batches_per_epoch * k)
-    replicate(model, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, batches_per_epoch, k, schedule.total_steps() * k)
+    replicate(networks, optimizer, cfg.train.sync_bn)  # torchrun: rank 0's weights everywhere, gradients averaged
     return TrainState(model, optimizer, scheduler, method, schedule, PhaseTimer(device, cfg.train.timing))
 
 
@@ -252,6 +223,7 @@ def train_epoch(state: TrainState, run: RunContext) -> None:
     epoch_start, phases_before = time.perf_counter(), dict(state.timer.seconds)
     with state.timer.phase("selection"):
         positions, weights = state.schedule.positions_for_epoch(epoch, state.model, state.method, run.data)
+    state.scheduler.start_epoch(epoch, run.loader.num_batches(int(positions.numel())), state.batch)
     losses: list[float] = []
     n_images = 0
     for batch in run.loader.epoch(positions, epoch, state.batch, weights):
@@ -304,7 +276,7 @@ def save_checkpoint(state: TrainState, run: RunContext) -> None:
 
 def require_finite(state: TrainState, run: RunContext) -> None:
     """Stop the run if any parameter or buffer holds NaN or inf (checked before every checkpoint and export)."""
-    bad = non_finite_tensors(state.model)
+    bad = non_finite_tensors(state.model) + [f"parts.{k}" for k in non_finite_tensors(state.method.parts)]
     if dist.any_rank(bool(bad)) and not bad:
         bad = ["a tensor on another rank"]
     if bad:
@@ -415,10 +387,13 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
     result = RunResult(run.out, state.step, state.seconds(), state.phase_totals())
     if not dist.is_main():
         return result
-    export_encoder(state.model, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained,
-                   with_head=state.method.supervised)
+    network, name = state.method.export_network(state.model)  # the model, or a network the method owns (an EMA encoder)
+    if not isinstance(network, SSLModel):
+        raise TrainingError(f"method {state.method.name} exports {type(network).__name__} as its encoder, not an SSLModel")
+    export_encoder(network, model_spec(run.cfg, run.data), run.out / ENCODER, trained_branches=trained,
+                   with_head=state.method.supervised, encoder=name)
     summary: dict[str, Any] = {
-        "method": run.cfg.method.name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
+        "method": run.cfg.method.name, "encoder": name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
         "trained_branches": trained, "classes": list(run.data.classes), "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
     }
     if dist.is_distributed():

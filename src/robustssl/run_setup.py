@@ -1,0 +1,62 @@
+"""Setting a run up from its config: the device, the training split, the architecture.
+
+Shared by pretraining (`train/trainer.py`), selection and evaluation (`api.py`), DynACL++
+post-processing and transfer, so none of them imports the trainer for it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .config import RunConfig
+from .data import dataset_stats, load_dataset, open_stream
+from .data.dataset import ImageDataset, ImageSource
+from .errors import ConfigError
+from .models import ModelSpec
+
+
+def resolve_device(name: str) -> torch.device:
+    """train.device ('auto', 'cpu', 'cuda') -> the torch device; ConfigError for cuda without a visible GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def load_train_set(cfg: RunConfig) -> ImageDataset:
+    """The training split, optionally a seeded random subset of `data.train_subset` images."""
+    data = load_dataset(cfg.data.name, "train", **data_options(cfg))
+    n = cfg.data.train_subset
+    if n is not None and n < len(data):
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
+    return data
+
+
+def load_train_source(cfg: RunConfig, device: torch.device) -> ImageSource:
+    """The training split (`data.train_subset` applied) on `device`, or, with data.stream, streamed to it per batch."""
+    if not cfg.data.stream:
+        return load_train_set(cfg).to(device)
+    data = open_stream(cfg.data.name, "train", device, **data_options(cfg))
+    n = cfg.data.train_subset
+    if n is not None and n < len(data):  # the same seeded subset as load_train_set
+        g = torch.Generator().manual_seed(cfg.train.seed)
+        data = data.subset(torch.randperm(len(data), generator=g)[:n].sort().values)
+    return data
+
+
+def data_options(cfg: RunConfig) -> dict[str, Any]:
+    """load_dataset's keyword arguments from the config's data section (shared by train and test splits)."""
+    d = cfg.data
+    options: dict[str, Any] = {"root": d.root, "download": d.download}
+    if d.name == "imagefolder":
+        options.update(image_size=d.image_size, channels=d.channels)
+    return options
+
+
+def model_spec(cfg: RunConfig, data: ImageSource) -> ModelSpec:
+    """The architecture: the config's model section plus what the data decides (channels, normalization)."""
+    mean, std = dataset_stats(cfg.data.name, data.num_channels)
+    return ModelSpec.from_config(cfg.model, data.num_channels, mean, std)
