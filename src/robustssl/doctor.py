@@ -61,10 +61,10 @@ from .io import atomic_write_text
 from .methods import METHODS
 from .models import has_dual_bn, load_encoder
 from .models.export import read_export_metadata
+from .run_setup import data_options
 from .train.checkpoint import load_checkpoint
 from .train.metrics import read_metrics
 from .train.run_dir import CHECKPOINT, ENCODER, METRICS, SUMMARY, check_folder
-from .train.trainer import data_options
 from .train.trainer import pretrain as train
 
 MARKER = "doctor.json"  # the JSON result; its presence marks a folder the doctor may clear and reuse
@@ -319,12 +319,19 @@ class Doctor:
         assert r.cfg is not None
         out = self.run_dir(r)
         model, spec = load_encoder(out / ENCODER, device=str(self.device))
-        saved = load_checkpoint(out / CHECKPOINT)["model"]
+        meta = read_export_metadata(out / ENCODER)
+        ck = load_checkpoint(out / CHECKPOINT)
+        name = meta.get("encoder", "model")  # the trained model, or a network the method owns ("parts.ema")
+        if name == "model":
+            saved = ck["model"]
+        else:
+            prefix = name.removeprefix("parts.") + "."
+            saved = {k[len(prefix):]: v for k, v in ck.get("parts", {}).items() if k.startswith(prefix)}
         state = model.state_dict() if model.head_trained else model.encoder_state_dict()
-        differ = [k for k, v in state.items() if not torch.equal(v.cpu(), saved[k])]
+        differ = [k for k, v in state.items() if k not in saved or not torch.equal(v.cpu(), saved[k])]
         if differ:
-            raise RunError(f"the export differs from the checkpoint in {', '.join(differ[:3])}")
-        trained = read_export_metadata(out / ENCODER).get("trained_branches")
+            raise RunError(f"the export ({name}) differs from the checkpoint in {', '.join(differ[:3])}")
+        trained = meta.get("trained_branches")
         expected = list(METHODS[r.cfg.method.name].trained_branches) if has_dual_bn(model) else None
         if trained != expected:
             raise RunError(f"the export records trained branches {trained}, the method trains {expected}")
@@ -336,7 +343,7 @@ class Doctor:
             f = model.features(x)
         if f.device.type != self.device.type or not torch.isfinite(f).all():
             raise RunError(f"features on {f.device} are not finite")
-        return f"{len(state)} tensors equal the checkpoint; features {tuple(f.shape)} on {f.device}"
+        return f"{len(state)} tensors equal the checkpoint's {name}; features {tuple(f.shape)} on {f.device}"
 
     def evaluate(self, r: Recipe) -> str:
         assert r.cfg is not None
