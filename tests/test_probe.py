@@ -159,3 +159,33 @@ def test_tensorboard_missing_is_a_clear_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
     with pytest.raises(ConfigError, match=r"pip install 'robustssl\[tensorboard\]'"):
         load_config("acl_fmnist_cpu", ["train.tensorboard=true"])
+
+
+def test_knn_probe_is_the_weighted_cosine_knn_on_its_slices(tmp_path, data_root):
+    """train.probe_head=knn (the online monitor of solo-learn and lightly): the probe's clean accuracy
+    is a weighted cosine kNN (eval.knn.k, eval.knn.temperature) over the head slice's features, recomputed
+    here by a plain per-image loop on the exported encoder; the weights are those of a run without probes."""
+
+    base = TINY + [f"data.root={data_root}", "train.epochs=2", "train.seed=3", "eval.knn.k=7", "eval.knn.temperature=0.5"]
+    knn_run, plain = tmp_path / "knn", tmp_path / "plain"
+    api.pretrain("acl_fmnist_cpu", knn_run, overrides=base + PROBE + ["train.probe_head=knn"])
+    api.pretrain("acl_fmnist_cpu", plain, overrides=base + ["train.probe_every=0"])
+    _same_weights(knn_run, plain)
+    last = _probes(knn_run)[-1]
+    assert last["head"] == "knn" and last["epoch"] == 1 and 0 <= last["robust"] <= last["clean"] <= 1
+    cfg = load_config(knn_run / "config.yaml")
+    data = load_train_set(cfg)
+    slices = draw_slices(cfg, data, torch.arange(len(data)), False, torch.device("cpu"))
+    encoder = api.load(knn_run / "encoder.safetensors")  # eval mode, the pgd branch the probe uses
+    with torch.no_grad():
+        bank = torch.nn.functional.normalize(encoder.features(slices.head.images.float() / 255), dim=1)
+        test = torch.nn.functional.normalize(encoder.features(slices.x), dim=1)
+    correct = 0
+    for f, y in zip(test, slices.y):
+        sims = bank @ f
+        top = sims.topk(7)
+        scores = torch.zeros(slices.n_classes)
+        for s, i in zip(top.values, top.indices):
+            scores[slices.head.labels[i]] += torch.exp(s / 0.5)
+        correct += int(scores.argmax() == y)
+    assert last["clean"] == pytest.approx(correct / len(slices.y))

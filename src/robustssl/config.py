@@ -149,6 +149,7 @@ class TrainConfig:
     probe_attack_steps: int = positive(10)  # its PGD-k (eps eval.eps, step eval.pgd_alpha)
     probe_train_examples: int = positive(512)  # images its linear head is fitted on (self-supervised methods)
     probe_test_examples: int = positive(256)  # images its clean and PGD-k accuracy are measured on
+    probe_head: str = one_of("linear", ("linear", "knn"))  # a self-supervised run's probe classifier: SLF head or kNN (eval.knn.*)
     tensorboard: bool = False  # also write loss, lr, phase times and probe numbers as TensorBoard scalars (RUN/tensorboard)
 
 

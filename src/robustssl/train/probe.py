@@ -12,7 +12,10 @@ After every K-th epoch and after the last one, `OnlineProbe.after_epoch`:
    on the full image (multi-crop methods too: their full-image representation). Self-supervised
    methods fit its linear head with the SLF trainer (`eval.linear.train_slf`) on standardized
    features of `train.probe_train_examples` images, PROBE_EPOCHS epochs of batch PROBE_BATCH
-   at lr PROBE_LR; a supervised method uses its own classifier (`eval.direct.train_direct`);
+   at lr PROBE_LR, or with `train.probe_head=knn` fill a weighted cosine kNN (`eval.knn`, its
+   `eval.knn.k` and `eval.knn.temperature`) with their clean features: the online monitor of
+   solo-learn and lightly, attacked through its soft scores like the knn protocol; a supervised
+   method uses its own classifier (`eval.direct.train_direct`);
 3. measures clean and PGD-k accuracy (`eval.robust`, the one PGD: k = train.probe_attack_steps,
    eps = eval.eps, step eval.pgd_alpha, eval.norm, seeded random start) on
    `train.probe_test_examples` images;
@@ -184,6 +187,7 @@ class OnlineProbe:
             self.done = {int(r["epoch"]) for r in previous}
         method = state.method
         self.supervised = bool(method.supervised)
+        self.head_kind = "direct" if self.supervised else ("knn" if cfg.train.probe_head == "knn" else "slf")
         with _rng_kept(device):
             try:
                 self.slices = draw_slices(cfg, data, state.schedule.pool, self.supervised, device)
@@ -194,7 +198,13 @@ class OnlineProbe:
             trained = list(method.trained_branches) if has_dual_bn(encoder) else None
             if self.supervised:
                 encoder.head_trained = True  # the projector is the run's classifier (eval.direct reads it)
-            self.clf = LinearEvalModel(encoder, self.slices.n_classes, default_branch(encoder, trained)).to(device)
+            branch = default_branch(encoder, trained)
+            if self.head_kind == "knn":  # solo-learn's and lightly's online monitor, on the same slices
+                from ..eval.knn import knn_classifier
+
+                self.clf = knn_classifier(encoder, self.slices.n_classes, branch, cfg.eval).to(device)
+            else:
+                self.clf = LinearEvalModel(encoder, self.slices.n_classes, branch).to(device)
         self.pending = time.perf_counter() - t0
 
     @classmethod
@@ -222,7 +232,7 @@ class OnlineProbe:
             record = {
                 "type": "probe", "epoch": epoch, "step": state.step, "train_seconds": train_seconds, "clean": clean,
                 "robust": robust, "eps": ev.eps, "n": int(self.slices.y.numel()), "probe_seconds": seconds,
-                "attack": f"pgd{t.probe_attack_steps}", "norm": ev.norm, "head": "direct" if self.supervised else "slf",
+                "attack": f"pgd{t.probe_attack_steps}", "norm": ev.norm, "head": self.head_kind,
                 "bn_branch": self.clf.branch,
             }
             metrics.write(record)
@@ -232,6 +242,7 @@ class OnlineProbe:
     def measure(self, model: torch.nn.Module) -> tuple[float, float]:
         """(clean, PGD-k accuracy) of the probe classifier built on `model`'s current weights."""
         from ..eval.direct import train_direct
+        from ..eval.knn import train_knn
         from ..eval.linear import train_slf
         from ..eval.robust import clean_accuracy, pgd_accuracy
 
@@ -241,6 +252,8 @@ class OnlineProbe:
         ev = cfg.eval
         if s.head is None:
             train_direct(clf, s.head, ev, self.device)  # type: ignore[arg-type]  # the run's own classifier: no data used
+        elif self.head_kind == "knn":
+            train_knn(clf, s.head, dataclasses.replace(ev, train_examples=None), self.device)  # the bank: every head image
         else:
             head_cfg = dataclasses.replace(ev, linear_epochs=PROBE_EPOCHS, linear_lr=PROBE_LR, linear_batch_size=PROBE_BATCH,
                                            linear_standardize=True, train_examples=None, seed=cfg.train.seed)
