@@ -22,13 +22,13 @@ from robustssl.train import trainer
 from robustssl.train.accelerate import accelerate
 from robustssl.train.checkpoint import load_checkpoint
 
+from . import tiny
 from .coreset_runs import run_with_one_selection
 from .datafiles import structured_images, write_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
-        "train.progress=false", "train.log_every_steps=1", "attack.steps=1", "train.device=cpu"]
+TINY = tiny.run("train.log_every_steps=1", "attack.steps=1", "train.device=cpu", cnn=True)
 
 
 @pytest.fixture(scope="module")

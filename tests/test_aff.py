@@ -23,12 +23,12 @@ from robustssl.methods.base import ContrastiveSettings
 from robustssl.models import DualBatchNorm, ModelSpec, build_model
 from robustssl.timer import PhaseTimer
 
+from . import tiny
 from .datafiles import structured_images, write_fashion_mnist
 
 SPEC = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=2,
                  mean=(0.5,), std=(0.25,))
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1")
 EVAL_TINY = ["eval.n_examples=24", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[]",
              "eval.linear_epochs=2", "eval.aff_epochs=2", "eval.aff_batch_size=32", "eval.aff_steps=2"]
 

@@ -5,11 +5,12 @@ import pytest
 
 from robustssl.cli import main
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=1", "eval.linear_epochs=2", "eval.n_examples=24", "eval.autoattack_examples=8",
-        "eval.train_examples=64", "eval.eps_curve=[0.2]"]
+TINY = tiny.run(
+    "attack.steps=1", "train.epochs=1", "eval.linear_epochs=2", "eval.n_examples=24", "eval.autoattack_examples=8", "eval.train_examples=64", "eval.eps_curve=[0.2]",
+)
 
 
 @pytest.fixture

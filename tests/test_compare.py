@@ -8,10 +8,10 @@ import pytest
 from robustssl import api
 from robustssl.cli import main
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=2"]
+TINY = tiny.run("attack.steps=1", "train.epochs=2")
 EVAL_TINY = ["eval.n_examples=16", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[0.05]",
              "eval.linear_epochs=2"]
 PNG = b"\x89PNG\r\n\x1a\n"

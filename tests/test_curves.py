@@ -9,10 +9,10 @@ from robustssl.cli import main
 from robustssl.eval.curves import robust_at, time_to_reach
 from robustssl.train.metrics import read_metrics
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.probe_train_examples=48", "train.probe_test_examples=24"]
+TINY = tiny.run("attack.steps=1", "train.probe_train_examples=48", "train.probe_test_examples=24")
 EVAL_TINY = ["eval.n_examples=16", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[]",
              "eval.linear_epochs=2", "eval.protocols=[slf]"]
 PNG = b"\x89PNG\r\n\x1a\n"

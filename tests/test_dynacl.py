@@ -18,14 +18,14 @@ from robustssl.models import ModelSpec, bn_branch, build_model
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 
+from . import tiny
 from .coreset_runs import run_with_one_selection
 from .datafiles import structured_images, write_fashion_mnist
 from .kill_resume import kill_when, pretrain, resume
 
 SPEC = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=3,
                  mean=(0.5,), std=(0.25,))
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "train.log_every_steps=1", "attack.steps=1"]
+TINY = tiny.run("train.log_every_steps=1", "attack.steps=1")
 
 
 def paper_strength(e: int, E: int, K: int) -> float:

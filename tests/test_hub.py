@@ -16,12 +16,12 @@ from robustssl.errors import RunError
 from robustssl.models import SSLModel, current_branch, load_encoder
 from robustssl.models.hub import RobustClassifier
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
-        "train.progress=false", "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1", cnn=True)
 N = 48
 EVAL = ["eval.protocols=[slf,aff]", "eval.attacks=[pgd20]", f"eval.n_examples={N}", "eval.train_examples=96",
         "eval.eps_curve=[]", "eval.linear_epochs=2", "eval.aff_epochs=1", "eval.aff_steps=1"]

@@ -14,11 +14,11 @@ from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 from robustssl.train.optim import LRSchedule, epoch_lr_factor, lr_factor
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 from .kill_resume import kill_when, pretrain, resume
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=16",
-        "train.progress=false", "train.log_every_steps=1"]
+TINY = tiny.run("train.log_every_steps=1", batch=16, cnn=True)
 CORESET = ["coreset.warmup_epochs=1", "coreset.every=1", "coreset.fraction=0.25"]
 
 

@@ -21,12 +21,12 @@ from robustssl.settings import positive
 from robustssl.timer import PhaseTimer
 from robustssl.train.checkpoint import load_checkpoint
 
+from . import tiny
 from .datafiles import structured_images, write_fashion_mnist
 
 SPEC = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=True, proj_hidden=16, proj_out=8, proj_layers=3,
                  mean=(0.5,), std=(0.25,))
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
-        "train.progress=false", "train.log_every_steps=1", "attack.steps=1"]
+TINY = tiny.run("train.log_every_steps=1", "attack.steps=1", cnn=True)
 
 
 def _data(n=64):

@@ -16,11 +16,12 @@ from robustssl.settings import positive
 from robustssl.train import trainer
 from robustssl.train.checkpoint import load_checkpoint
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=16",
-        "train.progress=false", "train.log_every_steps=1", "train.epochs=2", "method.name=predictor_test",
-        "eval.n_examples=32", "eval.attacks=[pgd20]", "eval.eps_curve=[]", "eval.linear_epochs=1", "eval.train_examples=64"]
+TINY = tiny.run(
+    "train.log_every_steps=1", "train.epochs=2", "method.name=predictor_test", "eval.n_examples=32", "eval.attacks=[pgd20]", "eval.eps_curve=[]", "eval.linear_epochs=1", "eval.train_examples=64", batch=16, cnn=True,
+)
 
 
 @dataclass

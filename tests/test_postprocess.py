@@ -13,10 +13,10 @@ from robustssl.models import DualBatchNorm, export_encoder, load_encoder
 from robustssl.models.export import read_export_metadata
 from robustssl.postprocess import kmeans, kmeans_plus_plus, purity
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1")
 PP_TINY = ["postprocess.lp_epochs=2", "postprocess.aft_epochs=1", "postprocess.aft_steps=1", "postprocess.aft_batch_size=32"]
 EVAL_TINY = ["eval.n_examples=24", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[]", "eval.linear_epochs=2"]
 

@@ -8,12 +8,12 @@ from robustssl import api
 from robustssl.cli import main
 from robustssl.postprocess import finetune_divergence
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1")
 PP = ["postprocess.lp_epochs=2", "postprocess.aft_epochs=3", "postprocess.aft_steps=1", "postprocess.aft_batch_size=32"]
 EVAL_TINY = ["eval.n_examples=16", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[]", "eval.linear_epochs=2"]
 

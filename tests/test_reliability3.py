@@ -23,10 +23,10 @@ from robustssl.config import ConfigError, load_config
 from robustssl.data import DatasetError, load_dataset
 from robustssl.train.metrics import read_metrics
 
+from . import tiny
 from .datafiles import write_fashion_mnist, write_image_folder
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
-        "train.progress=false", "train.log_every_steps=1", "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("train.log_every_steps=1", "attack.steps=1", "train.epochs=1", cnn=True)
 EVAL_TINY = ["eval.linear_epochs=1", "eval.n_examples=16", "eval.attacks=[pgd20]", "eval.train_examples=64",
              "eval.eps_curve=[]"]
 RUN_FILES = ("encoder.safetensors", "config.yaml", "checkpoint.pt", "metrics.jsonl", "run.json", "report.json", "report.md")

@@ -10,10 +10,10 @@ import pytest
 from robustssl import api
 from robustssl.cli import main
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1")
 EVAL_TINY = ["eval.n_examples=16", "eval.train_examples=64", "eval.linear_epochs=2", "eval.eps_curve=[0.05]", "eval.alf_steps=1"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,13 +19,13 @@ from robustssl.methods.rocl import RoCLSettings
 from robustssl.models import ModelSpec, build_model
 from robustssl.train.metrics import read_metrics
 
+from . import tiny
 from .coreset_runs import run_with_one_selection
 from .datafiles import structured_images, write_fashion_mnist
 
 SPEC = ModelSpec(arch="cnn", width=4, in_channels=1, dual_bn=False, proj_hidden=16, proj_out=8, proj_layers=2,
                  proj_bn=False, mean=(0.5,), std=(0.25,))
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "train.log_every_steps=1", "attack.steps=1"]
+TINY = tiny.run("train.log_every_steps=1", "attack.steps=1")
 
 
 def _rocl(lam=256.0, steps=3):

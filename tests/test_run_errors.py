@@ -18,11 +18,11 @@ from robustssl.train.checkpoint import load_checkpoint, save_atomic
 from robustssl.train.metrics import read_metrics
 from robustssl.train.trainer import TrainingError
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 from .kill_resume import ENV, cli, resume
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
-        "train.progress=false", "train.log_every_steps=1", "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("train.log_every_steps=1", "attack.steps=1", "train.epochs=1", cnn=True)
 EVAL_TINY = ["eval.linear_epochs=1", "eval.n_examples=16", "eval.attacks=[pgd20]", "eval.train_examples=64", "eval.eps_curve=[]"]
 
 

@@ -7,12 +7,12 @@ from robustssl.cli import main
 from robustssl.config import load_config, to_dict
 from robustssl.errors import RunError
 
+from . import tiny
 from .datafiles import write_fashion_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["model.arch=cnn", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",
-        "train.progress=false", "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1", cnn=True)
 
 
 def _cli(capsys, argv):

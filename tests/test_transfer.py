@@ -10,10 +10,10 @@ from robustssl import api
 from robustssl.cli import main
 from robustssl.data.convert import convert_images, describe_conversion
 
+from . import tiny
 from .datafiles import write_cifar100, write_fashion_mnist, write_image_folder, write_stl10
 
-TINY = ["model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32", "train.progress=false",
-        "attack.steps=1", "train.epochs=1"]
+TINY = tiny.run("attack.steps=1", "train.epochs=1")
 EVAL_TINY = ["eval.n_examples=8", "eval.attacks=[pgd20]", "eval.train_examples=20", "eval.eps_curve=[]", "eval.linear_epochs=2"]
 
 
