@@ -213,6 +213,7 @@ def test_compare_does_not_replace_an_earlier_comparison_without_force(base, tmp_
     _, run = base
     out = tmp_path / "cmp"
     assert main(["compare", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()  # the first comparison's output
     (out / "compare.md").write_text("my edited comparison")
     err = _cli_error(capsys, ["compare", str(run), "--out", str(out)])
     assert "compare.md and compare.json" in err and "--force" in err
@@ -232,10 +233,16 @@ def test_compare_escapes_forged_names_and_methods(base, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", str(run), str(forged), "--out", str(out)]) == 0, capsys.readouterr().err
     md = (out / "compare.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 2  # header, separator, one row per run
-    unescaped_pipes = {len([i for i, ch in enumerate(line) if ch == "|" and line[i - 1] != "\\"]) for line in table}
-    assert len(unescaped_pipes) == 1  # every row has the header's columns
+    tables: list[list[str]] = []  # runs of consecutive table lines: the runs' table first, then the probe curves' table
+    for i, line in enumerate(md.splitlines()):
+        if line.startswith("|"):
+            if i == 0 or not md.splitlines()[i - 1].startswith("|"):
+                tables.append([])
+            tables[-1].append(line)
+    assert len(tables[0]) == 2 + 2  # header, separator, one row per run
+    for table in tables:
+        unescaped_pipes = {len([i for i, ch in enumerate(line) if ch == "|" and line[i - 1] != "\\"]) for line in table}
+        assert len(unescaped_pipes) == 1  # every row has the header's columns
     assert "<script>" not in md and "&lt;script&gt;" in md
     for name in ("robustness_vs_eps.png", "loss_curves.png", "time_breakdown.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")

@@ -359,6 +359,8 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device, sto
         state.load_state_dict(ck, out / CHECKPOINT)
         metrics.truncate_after(state.step)
     metrics = tensorboard_metrics(metrics, cfg.train.tensorboard, out, state.step if resume else None)
+    if resume and state.epoch >= cfg.train.epochs and dist.on_main(lambda: (out / ENCODER).is_file() and (out / SUMMARY).is_file()):
+        return RunResult(out, state.step, state.elapsed, dict(state.phase_seconds), nothing_left=True)  # export, summary kept
     probe = OnlineProbe.start(cfg, state, data, device, out / METRICS)
 
     # In a log file (no terminal) the bar redraws once a minute at most: a 3-day run writes about 4,000 lines, not 100,000.
@@ -367,9 +369,6 @@ def _pretrain(cfg: RunConfig, out: Path, resume: bool, device: torch.device, sto
     loader = (StreamingLoader(data, bs, seed, prefetch=cfg.data.prefetch_batches, rank=rank, world_size=world)
               if cfg.data.stream else DeviceLoader(data, bs, seed, rank=rank, world_size=world))
     run = RunContext(cfg, out, data, loader, metrics, bar, probe)
-    if resume and state.epoch >= cfg.train.epochs and dist.on_main(lambda: (out / ENCODER).is_file() and (out / SUMMARY).is_file()):
-        bar.close()  # a finished run: its export and summary stay as they are
-        return RunResult(out, state.step, state.elapsed, dict(state.phase_seconds), nothing_left=True)
     end = cfg.train.epochs if stop_epoch is None else min(stop_epoch, cfg.train.epochs)
     while state.epoch < end:
         train_epoch(state, run)
