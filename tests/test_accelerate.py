@@ -179,6 +179,7 @@ def test_channels_last_run_resumes_bit_identically_and_exports(tmp_path, monkeyp
     assert set(encoder.encoder_state_dict()) == set(load_file(ref / "encoder.safetensors"))
 
 
+@pytest.mark.slow
 def test_compile_trains_exports_and_resumes_with_plain_keys(tmp_path, monkeypatch, data_root):
     from torch._dynamo.utils import counters
 
@@ -194,6 +195,7 @@ def test_compile_trains_exports_and_resumes_with_plain_keys(tmp_path, monkeypatc
     assert torch.isfinite(encoder.features(torch.rand(2, 1, 28, 28))).all()
 
 
+@pytest.mark.slow
 def test_all_switches_together_with_an_rcs_selection(tmp_path, data_root):
     """bf16 + channels_last + compile: the attack, the RCS selection (its candidate losses and head
     gradients) and training all run, and the run ends finite with fp32 weights."""

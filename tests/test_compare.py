@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
     return full, coreset, post
 
 
+@pytest.mark.slow
 def test_compare_writes_the_table_figures_and_json_with_the_right_rows(runs, tmp_path, capsys):
     full, coreset, post = runs
     out = tmp_path / "cmp"
@@ -67,6 +68,7 @@ def test_compare_writes_the_table_figures_and_json_with_the_right_rows(runs, tmp
     assert md.count("| acl_random |") == 2 and "| acl_pp | acl+lp-aft |" in md and "![Training time by phase](time_breakdown.png)" in md
 
 
+@pytest.mark.slow
 def test_compare_notes_runs_evaluated_under_different_conditions(runs, tmp_path):
     full, coreset, _ = runs
     other = tmp_path / "acl_eps"

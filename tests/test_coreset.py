@@ -143,6 +143,7 @@ def test_validation_images_are_never_trained_on(unit):
     assert len(sched.selections) == 3
 
 
+@pytest.mark.slow
 def test_sigkill_after_selection_resumes_on_the_same_subset(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=256, n_test=16)
     overrides = [f"data.root={root}", "model.width=4", "model.proj_hidden=16", "model.proj_out=8", "optim.batch_size=32",

@@ -49,6 +49,7 @@ def _probes(run):
     return [r for r in read_metrics(run / "metrics.jsonl") if r["type"] == "probe"]
 
 
+@pytest.mark.slow
 def test_compare_draws_robustness_vs_time_and_epoch_with_the_columns(runs, tmp_path, capsys):
     acl, simclr, plain = runs
     out = tmp_path / "cmp"

@@ -63,6 +63,7 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: s
             assert torch.equal(a[k], b[k]), f"{what}: {k}"
 
 
+@pytest.mark.slow
 def test_gather_with_grad_gives_the_one_process_gradient_not_scaled_by_world_size(two_ranks, one_rank):
     ref = one_rank["gather"]
     grad = torch.cat([two_ranks[0]["gather"]["grad"], two_ranks[1]["gather"]["grad"]])
@@ -154,6 +155,7 @@ def kill_job(agent: int) -> None:
     os.kill(agent, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_two_process_run_killed_and_resumed_gives_the_same_weights(tmp_path):
     """ACL on RCS coresets (selected by both ranks): SIGKILL of the whole job inside a coreset
     epoch, then --resume, ends with the weights of an uninterrupted 2-process run."""

@@ -14,6 +14,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from robustssl.data.download import file_md5
 
 WORKER = Path(__file__).with_name("download_worker.py")
@@ -28,6 +30,7 @@ def _archive(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_under_torchrun_only_rank_0_downloads_and_the_others_wait_for_its_files(tmp_path):
     (tmp_path / "src").mkdir()
     archive = _archive(tmp_path / "src" / "pack.tar.gz")

@@ -118,6 +118,7 @@ def test_loss_is_the_strength_weighted_mix_and_logs_s_and_w():
     assert parts["loss_nat"] == pytest.approx(float(l_nat.detach())) and parts["loss_adv"] == pytest.approx(float(l_adv.detach()))
 
 
+@pytest.mark.slow
 def test_sigkill_before_a_strength_change_resumes_to_the_same_weights(tmp_path):
     """K = 1 of 4 epochs: s = 1, 0.75, 0.5, 0.25. Killed at the checkpoint that ends epoch 1 (after two
     strength changes, before the next), the resumed run must train epochs 2-3 as the uninterrupted one."""
@@ -245,6 +246,7 @@ def test_swapped_forward_view_one_online_view_two_ema_gradients_online_only():
     assert len(no_ema.parts) == 0 and no_ema.network(model) is model
 
 
+@pytest.mark.slow
 def test_momentum_run_exports_the_ema_encoder_and_resumes_exactly_after_sigkill(tmp_path):
     """The export holds the EMA copy's encoder (metadata and run.json say parts.ema); a run killed at
     an epoch end and resumed ends bit-identical, model and EMA copy (it is in the checkpoint)."""

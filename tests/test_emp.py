@@ -128,6 +128,7 @@ def test_free_step_one_backward_gives_parameter_and_delta_steps_and_delta_carrie
     assert torch.equal(fresh.free.delta, method.free.delta)
 
 
+@pytest.mark.slow
 def test_cfamc_lr_schedule_spans_every_replay(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=64, n_test=16)
     run = tmp_path / "run"
@@ -146,6 +147,7 @@ def test_cfamc_lr_schedule_spans_every_replay(tmp_path):
     assert min(lrs) >= 0 and all(a >= b for a, b in itertools.pairwise(lrs))
 
 
+@pytest.mark.slow
 def test_cfamc_sigkill_mid_epoch_resumes_the_free_perturbation_to_the_same_weights(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=96, n_test=16)
     overrides = TINY + [f"data.root={root}", "train.epochs=2", "method.cfamc.n_crops=2", "train.seed=3",

@@ -260,6 +260,7 @@ def honest_with_autoattack(slf_model, test_xy):
     return result, seen["autoattack"], clean_accuracy(model, x, y)
 
 
+@pytest.mark.slow
 def test_autoattack_is_at_most_pgd20(honest_with_autoattack):
     result, aa_result, clean = honest_with_autoattack
     by_name = {r["attack"]: r for r in result["attacks"]}

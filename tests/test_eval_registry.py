@@ -114,6 +114,7 @@ def toys(monkeypatch):
                                                         Settings=CentroidSettings))
 
 
+@pytest.mark.slow
 def test_toy_attack_and_protocol_registered_from_a_test_run_end_to_end(run, toys, tmp_path, capsys):
     args = ["evaluate", "--run", str(run), "--protocol", "centroid,slf", "--attacks", "pgd20,toy-shift", *EVAL_TINY,
             "eval.toy-shift.max_shift=0.25", "eval.centroid.temperature=2"]
@@ -166,6 +167,7 @@ def test_a_record_of_an_unregistered_protocol_is_not_rendered_as_a_linear_probe(
     assert "Protocol `centroid` is not registered in this robustssl" in md and '"temperature": 2.0' in md
 
 
+@pytest.mark.slow
 def test_l2_evaluation_says_l2_in_report_plot_and_compare(run, tmp_path):
     run = _copy_without_reports(run, tmp_path / "l2")
     api.evaluate(run, overrides=EVAL_TINY + ["eval.protocols=[slf,alf]", "eval.attacks=[pgd20]", "eval.norm=l2",

@@ -31,6 +31,7 @@ def _lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith(("PASS", "FAIL"))]
 
 
+@pytest.mark.slow
 def test_every_bundled_recipe_pretrains_selects_resumes_and_exports(tmp_path, capsys):
     """Every recipe file in robustssl/recipes/ is checked (discovered, so a new recipe is checked too), and
     each check's line, the JSON and the RESULT line agree."""
@@ -55,6 +56,7 @@ def test_every_bundled_recipe_pretrains_selects_resumes_and_exports(tmp_path, ca
         assert (out / "runs" / name / "encoder.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_evaluation_speed_switches_torchrun_and_streaming(tmp_path, capsys):
     """The heavier checks on a subset, through the CLI (`robustssl doctor`); a rerun reuses its own folder."""
     out = tmp_path / "doctor"

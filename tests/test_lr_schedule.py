@@ -104,6 +104,7 @@ def test_the_update_clock_reproduces_the_old_schedule_and_reads_its_checkpoints(
     assert resumed.updates == 8 and resumed.get_last_lr() == pytest.approx(old.get_last_lr(), abs=0)
 
 
+@pytest.mark.slow
 def test_a_run_saved_without_the_clock_resumes_on_the_update_clock(tmp_path):
     """A checkpoint and config.yaml written before optim.lr_clock existed (the key removed here) get the
     legacy value `updates`, stated in LEGACY_VALUES, and the resumed run ends as an uninterrupted run

@@ -185,6 +185,7 @@ def test_multicrop_config_keys_are_validated():
             from_dict({}, [bad])
 
 
+@pytest.mark.slow
 def test_evaluate_encoder_reports_slf_and_slf_mc(data, encoder, tmp_path):
     """The whole evaluation with both protocols. eps 0.2 (a smaller eps on the curve) and a well-trained
     probe, so that AutoAttack breaks its 4 examples within APGD and the test stays fast (Square's 5000

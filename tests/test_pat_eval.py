@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["eval.ppgd.steps=3", "eval.ppgd.cg_steps=2", "eval.lpa.steps=3", "eval.lpa.rounds=2"]
 
 
+@pytest.mark.slow
 def test_a_pat_report_names_the_perceptual_threat_model(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=64, n_test=16)
     run = tmp_path / "pat"

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["model.width=4", "optim.batch_size=16", "train.progress=false", "train.log_every_steps=1", "method.pat.steps=2"]
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_pat_gradmatch_run_resumes_to_the_same_weights(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=64, n_test=16)
     overrides = TINY + [f"data.root={root}", "train.epochs=3", "coreset.warmup_epochs=1", "coreset.every=1",

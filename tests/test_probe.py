@@ -98,6 +98,7 @@ def test_supervised_probe_uses_its_classifier_on_held_out_images(tmp_path, data_
     assert [p["head"] for p in probes] == ["direct", "direct"] and probes[0]["n"] == 40
 
 
+@pytest.mark.slow
 def test_probe_records_resume_after_sigkill(tmp_path, data_root):
     overrides = TINY + PROBE + [f"data.root={data_root}", "train.epochs=2", "train.checkpoint_every_steps=1", "train.seed=3"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
@@ -113,6 +114,7 @@ def test_probe_records_resume_after_sigkill(tmp_path, data_root):
     assert seconds == sorted(seconds)
 
 
+@pytest.mark.slow
 def test_train_seconds_exclude_probe_time(tmp_path, data_root):
     # A probe much slower than an epoch (PGD-80 on 64 images): its time must not reach train_seconds.
     run = tmp_path / "slow_probe"

@@ -136,6 +136,7 @@ def readme_env(tmp_path, monkeypatch):
     return work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chain", CHAINS, ids=[c[0].name for c in CHAINS])
 def test_readme_blocks_run_as_written(chain, readme_env, capsys):
     start = time.perf_counter()

@@ -189,6 +189,7 @@ def test_a_folder_in_use_is_refused_by_pretrain_postprocess_and_compare(base, he
     assert _snapshot(folder) == before
 
 
+@pytest.mark.slow
 def test_resume_while_the_run_is_still_running_is_refused(base, tmp_path, capsys):
     _, run = base
     copy = _copy(run, tmp_path / "run")
@@ -209,6 +210,7 @@ def test_resume_while_the_run_is_still_running_is_refused(base, tmp_path, capsys
     assert code == 0 and "ended without releasing it" in err and not (copy / ".robustssl.lock").exists()
 
 
+@pytest.mark.slow
 def test_compare_does_not_replace_an_earlier_comparison_without_force(base, tmp_path, capsys):
     _, run = base
     out = tmp_path / "cmp"
@@ -293,6 +295,7 @@ def test_yaml_billion_laughs_is_refused_fast(tmp_path):
     assert len(proc.stderr.splitlines()[-1]) < 600
 
 
+@pytest.mark.slow
 def test_yaml_duplicate_keys_deep_nesting_and_huge_values(tmp_path, capsys):
     dup = tmp_path / "dup.yaml"
     dup.write_text("optim: {lr: 0.1}\ntrain: {epochs: 1}\noptim: {lr: 5.0}\n")

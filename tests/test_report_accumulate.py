@@ -33,6 +33,7 @@ def _attacks(report, protocol):
     return {a["attack"]: a for a in report["protocols"][protocol]["attacks"]}
 
 
+@pytest.mark.slow
 def test_evaluations_accumulate_and_a_rerun_replaces_only_its_own_entry(root, tmp_path, capsys):
     run = _pretrain(root, tmp_path / "acl")
 
@@ -91,6 +92,7 @@ def test_a_damaged_report_is_named_and_left_as_it_is(root, tmp_path, capsys):
     assert (run / "report.json").read_text() == "{not json"
 
 
+@pytest.mark.slow
 def test_compare_aggregates_runs_that_differ_only_by_seed(root, tmp_path):
     runs = [_pretrain(root, tmp_path / f"acl_s{seed}", f"train.seed={seed}") for seed in (0, 1, 2)]
     other = _pretrain(root, tmp_path / "acl_2ep", "train.epochs=2")

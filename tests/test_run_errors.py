@@ -99,6 +99,7 @@ def test_new_run_in_a_folder_of_a_failed_run_is_refused(tmp_path, root, capsys):
 
 
 # --- 2.6: no redraw per step in a log file ---------------------------------------------------------
+@pytest.mark.slow
 def test_progress_bar_does_not_flood_a_log_file(tmp_path, root):
     out = tmp_path / "bar"
     overrides = [o for o in TINY if not o.startswith("train.progress")] + [f"data.root={root}", "train.progress=true",
@@ -111,6 +112,7 @@ def test_progress_bar_does_not_flood_a_log_file(tmp_path, root):
 
 
 # --- 2.7: a torn last metrics line does not block --resume ----------------------------------------
+@pytest.mark.slow
 def test_torn_metrics_line_is_tolerated_on_resume(tmp_path, root):
     out = tmp_path / "torn"
     overrides = TINY + [f"data.root={root}", "train.epochs=2", "train.checkpoint_every_epochs=1"]
@@ -286,6 +288,7 @@ def test_eps_curve_is_checked_before_the_probe_trains(run, capsys):
     assert time.perf_counter() - started < 5 and not (run / "report.json").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, root):
     out = tmp_path / "intr"
     overrides = TINY + [f"data.root={root}", "train.epochs=200", "train.checkpoint_every_epochs=0"]

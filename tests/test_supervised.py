@@ -165,6 +165,7 @@ def test_pgd_with_restarts_is_the_per_example_worst_case():
     assert bool((many.flags <= one.flags).all()), "the first restart is the single run: a survivor of all restarts survives it"
 
 
+@pytest.mark.slow
 def test_supervised_run_exports_its_classifier_and_direct_evaluates_it(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=96, n_test=32)
     run = tmp_path / "run"
@@ -215,6 +216,7 @@ def test_supervised_config_rules():
     assert published.coreset.unit == "batch" and published.coreset.params.batch_size == 128  # GradMatchPB on ACS's loader
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("selector", ["gradmatch", "rcs"])
 def test_sigkill_after_a_selection_resumes_to_the_same_weights(selector, tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=96, n_test=16)

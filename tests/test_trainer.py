@@ -44,6 +44,7 @@ def test_pretrain_writes_run_artifacts(tmp_path, data_root):
         api.pretrain("acl_fmnist_cpu", run, overrides=TINY + [f"data.root={data_root}"])
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_gives_the_same_weights(tmp_path, data_root):
     overrides = TINY + [f"data.root={data_root}", "train.epochs=3", "train.checkpoint_every_steps=1", "train.seed=3"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
