@@ -1,4 +1,4 @@
-"""Closed-form last-layer gradients (coreset/last_layer.py) against torch.autograd, per example."""
+"""Closed-form last-layer gradients (losses/last_layer.py) against torch.autograd, per example."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustssl.coreset.last_layer import ce_gradients, trades_deltas, trades_gradients
+from robustssl.losses.last_layer import ce_gradients, trades_deltas, trades_gradients
 from robustssl.losses.trades import trades_loss
 
 N, D, C = 7, 5, 4

@@ -4,7 +4,7 @@ The core of the Adv. CRAIG selector (`CraigSelector` in coreset/acs.py, register
 of supervised adversarial training (Dolatabadi et al., "Adversarial Coreset Selection for
 Efficient Robust Training", IJCV 2023, arXiv:2209.05785, the method section's Adversarial
 CRAIG, after Mirzasoleiman et al. 2020; summarized in shared/reference/methods.md section 6):
-the rows are per-example last-layer gradients at adversarial inputs (coreset/last_layer.py),
+the rows are per-example last-layer gradients at adversarial inputs (losses/last_layer.py),
 or the mean gradients of fixed minibatches (coreset.unit=batch, ACS's CRAIGPB).
 
     D_ij = ||g_i - g_j||^2 (squared="True", the ACS/CORDS code's distance) or ||g_i - g_j||

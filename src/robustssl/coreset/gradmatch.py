@@ -4,7 +4,7 @@ The core of the Adv. GradMatch selector (`GradMatchSelector` in coreset/acs.py, 
 `gradmatch`) of supervised adversarial training (Dolatabadi et al., "Adversarial Coreset
 Selection for Efficient Robust Training", IJCV 2023, arXiv:2209.05785, the method section's Adversarial GradMatch, after Killamsetty et al. 2021;
 summarized in shared/reference/methods.md section 6): the atoms are per-example last-layer gradients at
-adversarial inputs (coreset/last_layer.py), or mean gradients of fixed minibatches
+adversarial inputs (losses/last_layer.py), or mean gradients of fixed minibatches
 (coreset.unit=batch, ACS's GradMatchPB; one OMP over all batches, no classes).
 
     min_{S, |S| <= k, w >= 0}  || sum_{i in S} w_i g_i - target ||^2 + lam * ||w||^2

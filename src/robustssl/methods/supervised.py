@@ -29,12 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..attacks import PGDConfig, pgd, trades_adversarial
-from ..coreset.last_layer import ce_gradients, trades_gradients
 from ..data.batch import Batch
 from ..data.crop_flip import random_crop_flip
 from ..data.dataset import ImageSource
 from ..errors import ConfigError
 from ..losses import summed_ce, trades_loss
+from ..losses.last_layer import ce_gradients, trades_gradients
 from ..models.dual_bn import model_mode
 from ..settings import non_negative, one_of
 from .base import Method, Views
