@@ -158,6 +158,7 @@ def test_toy_settings_are_validated_and_unknown_names_listed(run, toys, capsys):
     assert "unknown config key 'eval.nothing'" in err and "eval.centroid.<key>" in err and "eval.toy-shift.<key>" in err
 
 
+@pytest.mark.slow  # reads the report the end-to-end toy test (slow) wrote into the shared run
 def test_a_record_of_an_unregistered_protocol_is_not_rendered_as_a_linear_probe(run, toys):
     from robustssl.eval.report import render_markdown
 
