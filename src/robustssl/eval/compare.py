@@ -41,7 +41,7 @@ from ..io import FolderLock, atomic_write_text, check_output_path
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config, read_summary
 from .accumulate import groups
-from .curves import probe_curves
+from .curves import pct_cell, probe_curves, seconds_cell
 from .report import FIGURE_FORMATS, REPORT_FILE, agg_figure, plot_curve_panels, save_axes, save_figure, threat_of
 from .report import SCHEMA as REPORT_SCHEMA
 from .seeds import SeedGroup, aggregated, seed_groups, seeds_markdown
@@ -264,16 +264,6 @@ def _notes(runs: list[RunRecord]) -> list[str]:
     return notes
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
-def _seconds(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
-
-
 def row_attacks(rows: list[dict[str, Any]]) -> list[str]:
     """The attack columns of `rows` (every attack a row holds, in the rows' column order)."""
     return list(dict.fromkeys(n for r in rows for n in r.get("attacks", [])))
@@ -287,10 +277,10 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
               *(f"{attack_label(n, rows)} %" for n in names), "examples", "threat model", "sanity"]
     lines = ["| " + " | ".join(md_text(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        cells = [str(r["run"]), str(r["method"]), str(r["selector"]), str(r["epochs"]), _seconds(r["train_seconds"]),
-                 str(r["protocol"]), _pct(r["clean"])]
+        cells = [str(r["run"]), str(r["method"]), str(r["selector"]), str(r["epochs"]), seconds_cell(r["train_seconds"]),
+                 str(r["protocol"]), pct_cell(r["clean"])]
         for n in names:
-            cell = _pct(r.get(n))
+            cell = pct_cell(r.get(n))
             k = r["attack_examples"].get(n)
             if k is not None and k < r["n_examples"]:
                 cell += f" (first {k})"

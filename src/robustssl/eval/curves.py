@@ -67,11 +67,13 @@ def final_evaluation(run: RunRecord) -> tuple[str, float] | None:
     return None
 
 
-def _pct(v: float | None) -> str:
+def pct_cell(v: float | None) -> str:
+    """A table cell of an accuracy in [0, 1], in percent ("-" for none)."""
     return "-" if v is None else f"{100 * v:.2f}"
 
 
-def _seconds(v: float | None) -> str:
+def seconds_cell(v: float | None) -> str:
+    """A table cell of a duration in seconds ("-" for none; minutes from 120 s)."""
     if v is None:
         return "-"
     return f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
@@ -167,17 +169,17 @@ def _markdown(rows: list[dict[str, Any]], target: float, rule: str, shortest: fl
     from .compare import md_text  # compare imports this module
 
     header = ["run", "method", "selector", "probes", "train time", "final probe robust %", f"time to reach {100 * target:.1f}% robust",
-              f"robust % at {_seconds(shortest)} (shortest run)", "final evaluation PGD-20 %"]
+              f"robust % at {seconds_cell(shortest)} (shortest run)", "final evaluation PGD-20 %"]
     lines = ["## Robustness over training (online probe)", "",
              f"Target {100 * target:.1f}% robust: {rule}. Probe: {rows[0]['probe_attack']} at the evaluation eps on "
              f"{rows[0]['probe_n']} fixed training-split images the run does not train on with labels; times exclude the probes' own time.", "",
              "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
-        final = "-" if r["final_eval_pgd20"] is None else f"{_pct(r['final_eval_pgd20'])} ({r['final_eval_protocol']})"
+        final = "-" if r["final_eval_pgd20"] is None else f"{pct_cell(r['final_eval_pgd20'])} ({r['final_eval_protocol']})"
         lines.append("| " + " | ".join([
-            md_text(r["run"]), md_text(r["method"]), md_text(r["selector"]), str(r["probes"]), _seconds(r["final_train_seconds"]),
-            _pct(r["final_probe_robust"]), _seconds(r["time_to_target"]) if r["time_to_target"] is not None else "not reached",
-            _pct(r["robust_at_shortest"]), final]) + " |")
+            md_text(r["run"]), md_text(r["method"]), md_text(r["selector"]), str(r["probes"]), seconds_cell(r["final_train_seconds"]),
+            pct_cell(r["final_probe_robust"]), seconds_cell(r["time_to_target"]) if r["time_to_target"] is not None else "not reached",
+            pct_cell(r["robust_at_shortest"]), final]) + " |")
     lines.append("")
     if notes:
         lines += ["Notes:", "", *(f"- {md_text(n)}" for n in notes), ""]
