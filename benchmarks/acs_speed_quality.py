@@ -23,22 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustssl import api
+from arms import acs_schedule, coreset_overrides, train_and_evaluate
 from robustssl.config import load_config
 from timing import accuracies, machine, mean_sd, protocol_numbers
 
 SELECTORS = ("gradmatch", "craig", "rcs", "random")
-
-
-def schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
-    """(full warm-start epochs, coreset epochs) of ACS's warm start with c = f."""
-    return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
 
 
 def step_bound(cfg: Any, warm: int, core: int, fraction: float) -> float:
@@ -91,32 +85,26 @@ def main() -> None:
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
         for m in methods:  # recomputed: runs before the step bound existed stored an epoch-based one
             cfg = load_config(f"{m}_fmnist_cpu", extra)
-            bounds[m] = step_bound(cfg, *schedule(cfg.train.epochs, args.kappa, args.fraction), args.fraction)
+            bounds[m] = step_bound(cfg, *acs_schedule(cfg.train.epochs, args.kappa, args.fraction), args.fraction)
         arms = [a for a in arms if any(r["arm"] == a for r in rows)]
     for seed in [] if args.from_json else seeds:
         for method in methods:
             recipe = f"{method}_fmnist_cpu"
             cfg = load_config(recipe, extra)
             epochs = cfg.train.epochs
-            warm, core = schedule(epochs, args.kappa, args.fraction)
+            warm, core = acs_schedule(epochs, args.kappa, args.fraction)
             bounds[method] = step_bound(cfg, warm, core, args.fraction)
             shift = (seed + methods.index(method)) % len(arms)
             for arm in arms[shift:] + arms[:shift]:
                 out = runs / f"{method}-{arm}-{seed}"
                 over = extra + [f"train.seed={seed}"]
                 if arm != "full":
-                    over += [f"coreset.method={arm}", "coreset.unit=sample", f"coreset.fraction={args.fraction}",
-                             f"coreset.warmup_epochs={warm}", f"coreset.every={args.every}", f"train.epochs={warm + core}"]
-                started = time.perf_counter()
-                if not (args.reuse and (out / "encoder.safetensors").is_file()):
-                    resumed = args.reuse and (out / "checkpoint.pt").is_file()  # elapsed time carries over
-                    api.pretrain(None if resumed else recipe, out, overrides=None if resumed else over, resume=resumed)
-                report = api.evaluate(out, overrides=eval_extra)
-                summary = json.loads((out / "run.json").read_text())
+                    over += coreset_overrides(arm, args.fraction, warm, core, args.every)
+                report, summary, total_s = train_and_evaluate(recipe, out, over, eval_extra, args.reuse)
                 sel_s = summary["coreset"].get("selection_seconds", 0.0)
                 rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": summary["seconds"],
                              "selection_s": sel_s, "steps": summary["steps"], "phase_seconds": summary["phase_seconds"],
-                             "total_s": time.perf_counter() - started, "protocols": protocol_numbers(report)})
+                             "total_s": total_s, "protocols": protocol_numbers(report)})
                 d = rows[-1]["protocols"]["direct"]
                 print(f"seed {seed} {method} {arm:9s}: train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); clean "
                       f"{d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)

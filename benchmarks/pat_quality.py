@@ -24,24 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from robustssl import api
+from arms import acs_schedule, coreset_overrides, train_and_evaluate
 from robustssl.config import load_config
 from timing import machine, mean_sd
 
 COLUMNS = ("clean", "pgd20", "pgd20_l2", "ppgd", "lpa", "union")
 EVAL_EXTRA = ("eval.attacks=[pgd20,ppgd,lpa,union] eval.eps_curve=[] eval.n_examples=500 eval.ppgd.steps=10 "
               "eval.ppgd.n_examples=200 eval.lpa.steps=10 eval.lpa.rounds=3 eval.lpa.n_examples=200 eval.union.l2_eps=1.0")
-
-
-def schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
-    """(full warm-start epochs, coreset epochs) of ACS's warm start with c = f."""
-    return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
 
 
 def numbers(report: dict[str, Any]) -> dict[str, float | None]:
@@ -100,18 +94,12 @@ def main() -> None:
             out = runs / f"{method}-{arm}-{seed}"
             over = extra + [f"train.seed={seed}"]
             if arm != "full":
-                warm, core = schedule(cfg.train.epochs, args.kappa, args.fraction)
-                over += [f"coreset.selector={arm}", "coreset.unit=sample", f"coreset.fraction={args.fraction}",
-                         f"coreset.warmup_epochs={warm}", f"coreset.every={args.every}", f"train.epochs={warm + core}"]
-            started = time.perf_counter()
-            if not (args.reuse and (out / "encoder.safetensors").is_file()):
-                resumed = args.reuse and (out / "checkpoint.pt").is_file()  # elapsed time carries over
-                api.pretrain(None if resumed else recipe, out, overrides=None if resumed else over, resume=resumed)
-            report = api.evaluate(out, overrides=eval_extra)
-            summary = json.loads((out / "run.json").read_text())
+                warm, core = acs_schedule(cfg.train.epochs, args.kappa, args.fraction)
+                over += coreset_overrides(arm, args.fraction, warm, core, args.every)
+            report, summary, total_s = train_and_evaluate(recipe, out, over, eval_extra, args.reuse)
             sel_s = summary["coreset"].get("selection_seconds", 0.0)
             rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": summary["seconds"],
-                         "selection_s": sel_s, "steps": summary["steps"], "total_s": time.perf_counter() - started,
+                         "selection_s": sel_s, "steps": summary["steps"], "total_s": total_s,
                          "numbers": numbers(report),
                          "threat_models": {a["attack"]: a.get("threat_model") for a in report["protocols"]["direct"]["attacks"]}})
             n = rows[-1]["numbers"]

@@ -1,0 +1,39 @@
+"""One benchmark arm: ACS's warm-start schedule and a train-then-evaluate that --reuse can resume.
+
+Shared by acs_speed_quality.py and pat_quality.py (both compare full adversarial training with
+coreset arms under ACS's warm start).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from robustssl import api
+
+
+def acs_schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
+    """(full warm-start epochs, coreset epochs) of ACS's warm start with c = f."""
+    return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
+
+
+def coreset_overrides(selector: str, fraction: float, warm: int, core: int, every: int) -> list[str]:
+    """The overrides of a per-example coreset arm: `warm` full epochs, then `core` epochs on coresets re-selected every `every`."""
+    return [f"coreset.selector={selector}", "coreset.unit=sample", f"coreset.fraction={fraction}",
+            f"coreset.warmup_epochs={warm}", f"coreset.every={every}", f"train.epochs={warm + core}"]
+
+
+def train_and_evaluate(recipe: str, out: Path, overrides: list[str], eval_overrides: list[str],
+                       reuse: bool) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Train `recipe` into `out` and evaluate it; returns (report, run.json, wall seconds of both).
+
+    With `reuse` a finished run is not retrained and an interrupted one resumes (its elapsed
+    training time carries over in run.json)."""
+    started = time.perf_counter()
+    if not (reuse and (out / "encoder.safetensors").is_file()):
+        resumed = reuse and (out / "checkpoint.pt").is_file()
+        api.pretrain(None if resumed else recipe, out, overrides=None if resumed else overrides, resume=resumed)
+    report = api.evaluate(out, overrides=eval_overrides)
+    summary = json.loads((out / "run.json").read_text())
+    return report, summary, time.perf_counter() - started
