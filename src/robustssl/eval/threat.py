@@ -98,4 +98,4 @@ class EvalAttack:
         """Attack `model` (inputs in [0, 1] -> logits, eval mode) on x float [N, C, H, W] in [0, 1],
         y int64 [N] (already cut to `n_examples`); `done`: the results already measured on this
         classifier (every attack of `requires` among them). Returns flags bool [N] and the record."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: every registered attack defines run
