@@ -110,14 +110,19 @@ def _read_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def _parse_spec(path: Path, text: str) -> dict[str, Any]:
+def json_object_metadata(path: Path, text: str, what: str, fix: str) -> dict[str, Any]:
+    """A safetensors metadata entry that must hold a JSON object; RunError naming `what` and `fix` otherwise."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError:
-        raise RunError(f"{path}: its model spec metadata is not valid JSON; {_fix()}") from None
+        raise RunError(f"{path}: its {what} metadata is not valid JSON; {fix}") from None
     if not isinstance(raw, dict):
-        raise RunError(f"{path}: its model spec metadata is not a JSON object; {_fix()}")
+        raise RunError(f"{path}: its {what} metadata is not a JSON object; {fix}")
     return raw
+
+
+def _parse_spec(path: Path, text: str) -> dict[str, Any]:
+    return json_object_metadata(path, text, "model spec", _fix())
 
 
 def _parse_branches(path: Path, text: str | None) -> list[str] | None:

@@ -41,7 +41,16 @@ from ..errors import RunError
 from ..io import atomic_write, atomic_write_text
 from .dual_bn import has_dual_bn, set_bn_branch
 from .encoder import ModelSpec, SSLModel, build_model
-from .export import BRANCHES_KEY, SPEC_KEY, _check_branches, _read_header, _read_tensors, _spec_from_dict, load_encoder
+from .export import (
+    BRANCHES_KEY,
+    SPEC_KEY,
+    _check_branches,
+    _read_header,
+    _read_tensors,
+    _spec_from_dict,
+    json_object_metadata,
+    load_encoder,
+)
 
 CLASSIFIER_KEY = "robustssl_classifier"
 FORMAT = "robustssl.classifier/1"
@@ -263,13 +272,7 @@ def read_classifier_info(path: str | Path) -> dict[str, Any]:
     if text is None:
         raise RunError(f"{path} is not a robustssl classifier (no {CLASSIFIER_KEY} in its metadata); "
                        "load an encoder export with load_encoder, or evaluate the run to write its classifiers")
-    try:
-        info = json.loads(text)
-    except json.JSONDecodeError:
-        raise RunError(f"{path}: its {CLASSIFIER_KEY} metadata is not valid JSON; run `robustssl evaluate` again") from None
-    if not isinstance(info, dict):
-        raise RunError(f"{path}: its {CLASSIFIER_KEY} metadata is not a JSON object; run `robustssl evaluate` again")
-    return info
+    return json_object_metadata(path, text, CLASSIFIER_KEY, "run `robustssl evaluate` again")
 
 
 def load_classifier(path: str | Path, device: str = "cpu") -> RobustClassifier:

@@ -10,6 +10,13 @@ from torch.nn import functional as F
 from .dual_bn import make_bn
 
 
+def shortcut(cin: int, cout: int, stride: int, dual_bn: bool) -> nn.Module:
+    """A residual block's shortcut: identity, or 1x1 conv + BN where the stride or the width changes."""
+    if stride == 1 and cin == cout:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), make_bn(cout, dual_bn))
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -19,9 +26,7 @@ class BasicBlock(nn.Module):
         self.bn1 = make_bn(cout, dual_bn)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = make_bn(cout, dual_bn)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), make_bn(cout, dual_bn))
+        self.shortcut = shortcut(cin, cout, stride, dual_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -43,9 +48,7 @@ class Bottleneck(nn.Module):
         self.bn2 = make_bn(width, dual_bn)
         self.conv3 = nn.Conv2d(width, cout, 1, 1, 0, bias=False)
         self.bn3 = make_bn(cout, dual_bn)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), make_bn(cout, dual_bn))
+        self.shortcut = shortcut(cin, cout, stride, dual_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
