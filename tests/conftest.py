@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-# The suite is sized for 2 CPU cores; keep torch from oversubscribing them.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite is sized for 2 CPU cores; keep torch from oversubscribing them: one thread per
+# pytest-xdist worker (scripts/test.sh runs one worker per core), else up to two.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture

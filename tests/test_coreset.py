@@ -153,7 +153,7 @@ def test_sigkill_after_selection_resumes_on_the_same_subset(tmp_path):
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides)
     # Kill inside epoch 2, after the epoch-1 selection.
-    killed = kill_when(run, overrides, lambda ck: ck["epoch"] == 2 and ck["batch"] >= 1)
+    killed = kill_when(run, overrides, "ck['epoch'] == 2 and ck['batch'] >= 1")
     assert killed["coreset"]["selected_at"] == 1 and killed["step"] < load_checkpoint(ref / "checkpoint.pt")["step"]
     resume(run)
     a, b = load_checkpoint(ref / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")

@@ -127,7 +127,7 @@ def test_sigkill_before_a_strength_change_resumes_to_the_same_weights(tmp_path):
                         "train.checkpoint_every_steps=0", "train.checkpoint_every_epochs=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="dynacl_fmnist_cpu")
-    killed = kill_when(run, overrides, lambda ck: ck["epoch"] >= 2, recipe="dynacl_fmnist_cpu")
+    killed = kill_when(run, overrides, "ck['epoch'] >= 2", recipe="dynacl_fmnist_cpu")
     assert 2 <= killed["epoch"] < 4 and killed["batch"] == 0, "the run must be killed at an epoch end before it finished"
     assert not (run / "encoder.safetensors").exists()
     resume(run)
@@ -259,7 +259,7 @@ def test_momentum_run_exports_the_ema_encoder_and_resumes_exactly_after_sigkill(
                         "method.dynacl.momentum=0.9", "train.checkpoint_every_epochs=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="dynacl_fmnist_cpu")
-    killed = kill_when(run, overrides, lambda ck: ck["epoch"] >= 1, recipe="dynacl_fmnist_cpu")
+    killed = kill_when(run, overrides, "ck['epoch'] >= 1", recipe="dynacl_fmnist_cpu")
     assert 1 <= killed["epoch"] < 3 and killed["parts"], "killed at an epoch end, with the EMA copy checkpointed"
     resume(run)
     a, b = load_checkpoint(ref / "checkpoint.pt"), load_checkpoint(run / "checkpoint.pt")

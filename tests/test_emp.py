@@ -154,7 +154,7 @@ def test_cfamc_sigkill_mid_epoch_resumes_the_free_perturbation_to_the_same_weigh
                         "train.checkpoint_every_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="cfamc_fmnist_cpu")
-    killed = kill_when(run, overrides, lambda ck: ck["epoch"] == 0 and ck["batch"] >= 2, recipe="cfamc_fmnist_cpu")
+    killed = kill_when(run, overrides, "ck['epoch'] == 0 and ck['batch'] >= 2", recipe="cfamc_fmnist_cpu")
     assert killed["epoch"] == 0 and 2 <= killed["batch"] < 6, "killed mid-epoch"
     assert killed["method"]["free"]["delta"].abs().max() > 0, "the checkpoint holds the free perturbation"
     resume(run)

@@ -114,7 +114,7 @@ def test_a_run_saved_without_the_clock_resumes_on_the_update_clock(tmp_path):
                         "optim.lr_clock=updates"]
     ref, run = tmp_path / "ref", tmp_path / "old"
     pretrain(ref, overrides, recipe="simclr_fmnist_cpu")  # a subprocess, as the killed run (same threads)
-    kill_when(run, overrides, lambda ck: ck["epoch"] >= 2, recipe="simclr_fmnist_cpu")
+    kill_when(run, overrides, "ck['epoch'] >= 2", recipe="simclr_fmnist_cpu")
     raw = yaml.safe_load((run / "config.yaml").read_text())
     del raw["optim"]["lr_clock"]
     (run / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

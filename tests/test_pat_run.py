@@ -20,7 +20,7 @@ def test_sigkill_of_a_pat_gradmatch_run_resumes_to_the_same_weights(tmp_path):
                         "coreset.selector=gradmatch", "coreset.fraction=0.6", "train.seed=2", "train.checkpoint_every_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="pat_fmnist_cpu")
-    killed = kill_when(run, overrides, lambda ck: ck["coreset"]["selected_at"] >= 1 and ck["batch"] >= 1,
+    killed = kill_when(run, overrides, "ck['coreset']['selected_at'] >= 1 and ck['batch'] >= 1",
                        recipe="pat_fmnist_cpu")
     assert killed["coreset"]["selected_at"] >= 1 and killed["epoch"] < 3, "killed after a selection, before the end"
     assert killed["coreset"]["weights"] is not None, "a weighted coreset"

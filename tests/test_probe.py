@@ -103,7 +103,7 @@ def test_probe_records_resume_after_sigkill(tmp_path, data_root):
     overrides = TINY + PROBE + [f"data.root={data_root}", "train.epochs=2", "train.checkpoint_every_steps=1", "train.seed=3"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     api.pretrain("acl_fmnist_cpu", ref, overrides=overrides)
-    killed_at = kill_when(run, overrides, lambda ck: ck["epoch"] == 1 and ck["batch"] >= 2)
+    killed_at = kill_when(run, overrides, "ck['epoch'] == 1 and ck['batch'] >= 2")
     assert killed_at["step"] < 2 * (200 // 32), "the run finished before it could be killed"
     assert [p["epoch"] for p in _probes(run)] == [0]  # the probe of the checkpointed epoch is kept
     api.pretrain(None, run, resume=True)

@@ -225,7 +225,7 @@ def test_sigkill_after_a_selection_resumes_to_the_same_weights(selector, tmp_pat
                         "train.checkpoint_every_steps=1"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides, recipe="trades_fmnist_cpu")
-    killed = kill_when(run, overrides, lambda ck: ck["coreset"]["selected_at"] >= 1 and ck["batch"] >= 1,
+    killed = kill_when(run, overrides, "ck['coreset']['selected_at'] >= 1 and ck['batch'] >= 1",
                        recipe="trades_fmnist_cpu")
     assert killed["coreset"]["selected_at"] >= 1 and killed["epoch"] < 4, "killed after a selection, before the end"
     if selector == "gradmatch":

@@ -50,7 +50,7 @@ def test_sigkill_and_resume_gives_the_same_weights(tmp_path, data_root):
     ref, run = tmp_path / "ref", tmp_path / "killed"
     pretrain(ref, overrides)
     # Kill mid-epoch, after a step checkpoint of the second epoch exists.
-    killed_at = kill_when(run, overrides, lambda ck: ck["epoch"] == 1 and ck["batch"] >= 2)
+    killed_at = kill_when(run, overrides, "ck['epoch'] == 1 and ck['batch'] >= 2")
     assert killed_at["step"] < 3 * (200 // 32), "the run finished before it could be killed"
     assert not (run / "encoder.safetensors").exists()
     resume(run)
