@@ -1,22 +1,26 @@
 """Supervised adversarial training on full data vs on coresets (ACS: GradMatch, CRAIG; RCS; random),
-for TRADES and l_inf PGD-AT: training wall-clock ratio (with the selection share) and clean /
-PGD-20 / AutoAttack accuracy of the trained classifier (`direct`), over seeds, side by side in one
-process.
+for TRADES and l_inf PGD-AT, in the regime of ACS's claim: is full training's robustness on a plateau,
+and does a selector beat random selection and stay close to full at its speed-up?
 
-Every run trains from `<method>_fmnist_cpu` (same model, data, attack, optimizer). Full AT trains
-E epochs on all data. A coreset arm follows ACS's warm start with kappa and c = f: round(c kappa E)
-full epochs, then (1 - kappa) E epochs on a coreset of fraction f re-selected every R epochs, so it
-trains round(c kappa E) + (1 - kappa) E epochs. Its speed-up bound, selections free, is the ratio of
-training steps, about E / (round(c kappa E) + (1 - kappa) E f) (whole batches); measured ratios above
-it are measurement problems.
-Arms run in a rotated order per seed (shared-machine drift does not always hit the same arm).
+Every run trains from `<method>_fmnist_cpu` (same model, data, attack, optimizer) with --extra on top
+(the regime: data size, batch, epochs E). The arms, per method and seed:
+- `full`: E epochs on all data; `full-half`: E/2 epochs (its own cosine). The plateau check: full's
+  mean PGD-20 at E/2 within 1 point of its value at E (`plateau=yes`), printed, not assumed.
+- each selector, and `random`: ACS's warm start with kappa and c = f, round(c kappa E) full epochs
+  then (1 - kappa) E epochs on a coreset of fraction f re-selected every R epochs (ACS: R = 20% of E),
+  picking minibatches (`--unit batch`, ACS's shipped GradMatchPB / CRAIGPB) or per-class images;
+- `full-time`: full training for the epochs that take the first selector's time (its steps at full's
+  seconds per step plus its selection seconds, this seed: free of machine drift), the baseline a
+  careful user would pick; `full-updates`: full training for the first selector's number of updates.
+A coreset arm's speed-up bound, selections free, is the ratio of training steps (whole batches);
+measured ratios above it are measurement problems. Arms run in a rotated order per seed.
 
-    cd benchmarks && python acs_speed_quality.py --runs runs/acs --json results/acs_speed_quality_cpu.json
+    cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random \\
+        --extra data.train_subset=2000,optim.batch_size=64,train.epochs=40,train.probe_every=0 --every 8 \\
+        --runs runs/acs_regime --json results/acs_regime_cpu.json
 
-Ends with one line per method and selector:
-RESULT method=<m> selector=<s> speedup=<x.xx>x step_normalized=<y.yy>x pgd20=<a> full_pgd20=<b>
-(speedup: the median wall-clock ratio; step_normalized: full AT's training steps over the arm's
-steps plus its selection time converted into its own steps, which cancels drift between runs.)
+Ends with one line per method and selector (step-normalized speed-up; accuracies in percent):
+RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b> random_pgd20=<c> plateau=<yes|no>
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ from arms import acs_schedule, coreset_overrides, train_and_evaluate
 from robustssl.config import load_config
 from timing import accuracies, machine, mean_sd, protocol_numbers
 
-SELECTORS = ("gradmatch", "craig", "rcs", "random")
+SELECTORS = ("gradmatch", "craig", "random")
+BASELINES = ("full-time", "full-updates")  # full training at the first selector's cost, run after it
 
 
 def step_bound(cfg: Any, warm: int, core: int, fraction: float) -> float:
@@ -46,14 +51,36 @@ def step_bound(cfg: Any, warm: int, core: int, fraction: float) -> float:
     return cfg.train.epochs * full / (warm * full + core * coreset)
 
 
+def step_normalized(full: dict[str, Any], arm: dict[str, Any]) -> float:
+    """Full's training steps over the arm's steps plus its selection time converted into its own steps:
+    drift between runs (minutes apart on a shared machine) cancels."""
+    return full["steps"] / (arm["steps"] * arm["train_s"] / max(1e-9, arm["train_s"] - arm["selection_s"]))
+
+
+def baseline_epochs(arm: str, full: dict[str, Any], chosen: dict[str, Any], epochs: int) -> int:
+    """Epochs of full training costing what the chosen selector's run cost: its time (full-time) or its updates."""
+    per_epoch = full["steps"] / epochs
+    if arm == "full-updates":
+        return max(1, round(chosen["steps"] / per_epoch))
+    seconds = chosen["steps"] * full["train_s"] / full["steps"] + chosen["selection_s"]  # at full's speed per step
+    return max(1, round(epochs * seconds / full["train_s"]))
+
+
+def pgd(r: dict[str, Any]) -> float:
+    return float(r["protocols"]["direct"]["pgd20"])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="trades,pgd_at")
-    p.add_argument("--selectors", default=",".join(SELECTORS))
+    p.add_argument("--selectors", default=",".join(SELECTORS), help="the first one also sets the full-time/updates budgets")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--fraction", type=float, default=0.3)
     p.add_argument("--kappa", type=float, default=0.5)
-    p.add_argument("--every", type=int, default=3, help="re-selection every R epochs")
+    p.add_argument("--every", type=int, default=3, help="re-selection every R epochs (ACS: 20%% of E)")
+    p.add_argument("--unit", default="batch", choices=("batch", "sample"),
+                   help="coreset atoms: minibatches (ACS's shipped GradMatchPB / CRAIGPB) or per-class images")
+    p.add_argument("--no-baselines", action="store_true", help="skip full-half, full-time and full-updates")
     p.add_argument("--extra", default="", help="comma-separated overrides for every training run")
     p.add_argument("--eval-extra", default="eval.eps_curve=[]", help="comma-separated overrides for every evaluation")
     p.add_argument("--runs", required=True)
@@ -63,7 +90,7 @@ def main() -> None:
     p.add_argument("--from-json", help="print the tables of an earlier --json (a partial run included) and stop")
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
-    arms = ["full"] + [s for s in args.selectors.split(",") if s]
+    selectors = [s for s in args.selectors.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
     eval_extra = [e for e in args.eval_extra.split(",") if e]
@@ -77,74 +104,93 @@ def main() -> None:
             Path(args.json).write_text(json.dumps({"machine": where, "settings": vars(args), "threads": torch.get_num_threads(),
                                                    "bounds": bounds, "rows": rows}, indent=2))
 
+    def run(method: str, arm: str, seed: int, over: list[str], epochs: int) -> dict[str, Any]:
+        recipe, out = f"{method}_fmnist_cpu", runs / f"{method}-{arm}-{seed}"
+        report, summary, total_s = train_and_evaluate(recipe, out, extra + [f"train.seed={seed}"] + over, eval_extra, args.reuse)
+        sel_s = summary["coreset"].get("selection_seconds", 0.0)
+        rows.append({"seed": seed, "method": method, "arm": arm, "epochs": epochs, "run": str(out),
+                     "train_s": summary["seconds"], "selection_s": sel_s, "steps": summary["steps"],
+                     "phase_seconds": summary["phase_seconds"], "total_s": total_s, "protocols": protocol_numbers(report)})
+        d = rows[-1]["protocols"]["direct"]
+        print(f"seed {seed} {method} {arm:12s} ({epochs} epochs): train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); "
+              f"clean {d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)
+        save()
+        return rows[-1]
+
     if args.from_json:
         done = json.loads(Path(args.from_json).read_text())
-        rows, bounds, where = done["rows"], done["bounds"], done["machine"]
+        rows, where = done["rows"], done["machine"]
         extra = done["settings"]["extra"].split(",") if done["settings"]["extra"] else []
         seeds = sorted({r["seed"] for r in rows})
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
-        for m in methods:  # recomputed: runs before the step bound existed stored an epoch-based one
-            cfg = load_config(f"{m}_fmnist_cpu", extra)
-            bounds[m] = step_bound(cfg, *acs_schedule(cfg.train.epochs, args.kappa, args.fraction), args.fraction)
-        arms = [a for a in arms if any(r["arm"] == a for r in rows)]
+    for m in methods:
+        cfg = load_config(f"{m}_fmnist_cpu", extra)
+        bounds[m] = step_bound(cfg, *acs_schedule(cfg.train.epochs, args.kappa, args.fraction), args.fraction)
     for seed in [] if args.from_json else seeds:
         for method in methods:
-            recipe = f"{method}_fmnist_cpu"
-            cfg = load_config(recipe, extra)
-            epochs = cfg.train.epochs
+            epochs = load_config(f"{method}_fmnist_cpu", extra).train.epochs
             warm, core = acs_schedule(epochs, args.kappa, args.fraction)
-            bounds[method] = step_bound(cfg, warm, core, args.fraction)
+            arms = ["full", *selectors] + ([] if args.no_baselines else ["full-half"])
             shift = (seed + methods.index(method)) % len(arms)
+            done_here: dict[str, dict[str, Any]] = {}
             for arm in arms[shift:] + arms[:shift]:
-                out = runs / f"{method}-{arm}-{seed}"
-                over = extra + [f"train.seed={seed}"]
-                if arm != "full":
-                    over += coreset_overrides(arm, args.fraction, warm, core, args.every)
-                report, summary, total_s = train_and_evaluate(recipe, out, over, eval_extra, args.reuse)
-                sel_s = summary["coreset"].get("selection_seconds", 0.0)
-                rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": summary["seconds"],
-                             "selection_s": sel_s, "steps": summary["steps"], "phase_seconds": summary["phase_seconds"],
-                             "total_s": total_s, "protocols": protocol_numbers(report)})
-                d = rows[-1]["protocols"]["direct"]
-                print(f"seed {seed} {method} {arm:9s}: train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); clean "
-                      f"{d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)
-                save()
+                if arm == "full":
+                    done_here[arm] = run(method, arm, seed, [], epochs)
+                elif arm == "full-half":
+                    done_here[arm] = run(method, arm, seed, [f"train.epochs={epochs // 2}"], epochs // 2)
+                else:
+                    over = coreset_overrides(arm, args.fraction, warm, core, args.every, args.unit)
+                    done_here[arm] = run(method, arm, seed, over, warm + core)
+            for arm in [] if args.no_baselines else BASELINES:
+                e = baseline_epochs(arm, done_here["full"], done_here[selectors[0]], epochs)
+                run(method, arm, seed, [f"train.epochs={e}"], e)
 
-    print(f"\nmachine: {where}; seeds {seeds}; f={args.fraction} "
-          f"kappa={args.kappa} R={args.every}; extra {extra or 'none'}")
-    print("| method | selector | wall-clock speed-up (median, min-max) | step-normalized | bound | selection share | clean % | "
-          "PGD-20 % | AutoAttack % |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    results = []
+    print(f"\nmachine: {where}; seeds {seeds}; f={args.fraction} kappa={args.kappa} R={args.every} unit={args.unit}; "
+          f"extra {extra or 'none'}")
+    print("| method | arm | epochs | step-normalized speed-up (median, min-max) | wall-clock | bound | selection share | "
+          "clean % | PGD-20 % | AutoAttack % | PGD-20 minus random, per seed (mean ± sd) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    results, checks = [], []
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         full = {r["seed"]: r for r in mine if r["arm"] == "full"}
         if not full:
             continue
-        full_pgd = statistics.mean(r["protocols"]["direct"]["pgd20"] for r in full.values())
-        for arm in arms:
+        random_runs = {r["seed"]: r for r in mine if r["arm"] == "random"}
+        full_pgd = statistics.mean(pgd(r) for r in full.values())
+        half = [r for r in mine if r["arm"] == "full-half" and r["seed"] in full]
+        plateau = "n/a"
+        if half:
+            gap = 100 * (full_pgd - statistics.mean(pgd(r) for r in half))
+            plateau = "yes" if abs(gap) <= 1.0 else "no"
+            checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {gap:+.2f} points over "
+                          f"{len(half)} seeds (|gap| <= 1: {plateau})")
+        for arm in ["full", "full-half", *selectors, *BASELINES]:
             rs = [r for r in mine if r["arm"] == arm and r["seed"] in full]
             if not rs:
                 continue
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
-            # Step-normalized: each run's selection seconds converted into its own training steps, so drift
-            # between runs (minutes apart on a shared machine) cancels: full steps / (steps + selection in steps).
-            normalized = [full[r["seed"]]["steps"] / (r["steps"] * r["train_s"] / max(1e-9, r["train_s"] - r["selection_s"]))
-                          for r in rs]
+            normalized = [step_normalized(full[r["seed"]], r) for r in rs]
             share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
             vals = accuracies([r["protocols"]["direct"] for r in rs])
-            flag = " (ABOVE BOUND: measurement problem)" if arm != "full" and max(ratios) > bounds[method] else ""
-            print(f"| {method} | {arm} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}){flag} | "
-                  f"{statistics.median(normalized):.2f}x ({min(normalized):.2f}-{max(normalized):.2f}) | "
-                  f"{bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | {mean_sd(vals['pgd20'])} | "
-                  f"{mean_sd(vals['autoattack'])} |")
-            if arm != "full":
-                results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(ratios):.2f}x "
-                               f"step_normalized={statistics.median(normalized):.2f}x "
-                               f"pgd20={100 * statistics.mean(vals['pgd20']):.2f}% full_pgd20={100 * full_pgd:.2f}%")
+            diffs = [100 * (pgd(r) - pgd(random_runs[r["seed"]])) for r in rs if r["seed"] in random_runs]
+            diff = (f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.2f} "
+                    f"({', '.join(f'{d:+.1f}' for d in diffs)})") if diffs and arm != "random" else ""
+            coreset_arm = arm not in ("full", "full-half", *BASELINES)
+            flag = " (ABOVE BOUND: measurement problem)" if coreset_arm and max(normalized) > bounds[method] else ""
+            print(f"| {method} | {arm} | {statistics.median(r['epochs'] for r in rs):.0f} | "
+                  f"{statistics.median(normalized):.2f}x ({min(normalized):.2f}-{max(normalized):.2f}){flag} | "
+                  f"{statistics.median(ratios):.2f}x | {bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | "
+                  f"{mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | {diff} |")
+            if coreset_arm:
+                rand = [pgd(random_runs[s]) for s in random_runs if s in full]
+                rand_pgd = f"{100 * statistics.mean(rand):.2f}" if rand else "n/a"
+                results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(normalized):.2f}x "
+                               f"pgd20={100 * statistics.mean(vals['pgd20']):.2f} full_pgd20={100 * full_pgd:.2f} "
+                               f"random_pgd20={rand_pgd} plateau={plateau}")
     if not args.from_json:
         save()
-    print("\n".join(results))
+    print("\n".join(checks + results))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ def acs_schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
     return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
 
 
-def coreset_overrides(selector: str, fraction: float, warm: int, core: int, every: int) -> list[str]:
-    """The overrides of a per-example coreset arm: `warm` full epochs, then `core` epochs on coresets re-selected every `every`."""
-    return [f"coreset.selector={selector}", "coreset.unit=sample", f"coreset.fraction={fraction}",
+def coreset_overrides(selector: str, fraction: float, warm: int, core: int, every: int, unit: str = "batch") -> list[str]:
+    """The overrides of a coreset arm: `warm` full epochs, then `core` epochs on coresets re-selected every `every`;
+    `unit` batch (ACS's shipped GradMatchPB / CRAIGPB: the atoms are fixed minibatches) or sample (per-class images)."""
+    return [f"coreset.selector={selector}", f"coreset.unit={unit}", f"coreset.fraction={fraction}",
             f"coreset.warmup_epochs={warm}", f"coreset.every={every}", f"train.epochs={warm + core}"]
 
 

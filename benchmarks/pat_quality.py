@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.3)
     p.add_argument("--kappa", type=float, default=0.5)
     p.add_argument("--every", type=int, default=3, help="re-selection every R epochs")
+    p.add_argument("--unit", default="batch", choices=("batch", "sample"),
+                   help="coreset atoms: minibatches (ACS's shipped GradMatchPB) or per-class images")
     p.add_argument("--extra", default="", help="space-separated overrides for every training run")
     p.add_argument("--eval-extra", default=EVAL_EXTRA, help="space-separated overrides for every evaluation (lists hold commas)")
     p.add_argument("--runs", required=True)
@@ -95,7 +97,7 @@ def main() -> None:
             over = extra + [f"train.seed={seed}"]
             if arm != "full":
                 warm, core = acs_schedule(cfg.train.epochs, args.kappa, args.fraction)
-                over += coreset_overrides(arm, args.fraction, warm, core, args.every)
+                over += coreset_overrides(arm, args.fraction, warm, core, args.every, args.unit)
             report, summary, total_s = train_and_evaluate(recipe, out, over, eval_extra, args.reuse)
             sel_s = summary["coreset"].get("selection_seconds", 0.0)
             rows.append({"seed": seed, "method": method, "arm": arm, "run": str(out), "train_s": summary["seconds"],
@@ -126,7 +128,7 @@ def main() -> None:
 
     full = {r["seed"]: r for r in rows if r["method"] == "pat" and r["arm"] == "full"}
     if full:
-        print(f"\nPAT on coresets: f={args.fraction} kappa={args.kappa} R={args.every}")
+        print(f"\nPAT on coresets: f={args.fraction} kappa={args.kappa} R={args.every} unit={args.unit}")
         print("| arm | wall-clock speed-up (median, min-max) | step-normalized | " + " | ".join(f"{c} %" for c in COLUMNS) + " |")
         print("|---|---|---|" + "---|" * len(COLUMNS))
         for arm in ["full", *selectors]:
