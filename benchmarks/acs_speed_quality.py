@@ -178,7 +178,8 @@ def main() -> None:
                     f"({', '.join(f'{d:+.1f}' for d in diffs)})") if diffs and arm != "random" else ""
             coreset_arm = arm not in ("full", "full-half", *BASELINES)
             flag = " (ABOVE BOUND: measurement problem)" if coreset_arm and max(normalized) > bounds[method] else ""
-            print(f"| {method} | {arm} | {statistics.median(r['epochs'] for r in rs):.0f} | "
+            epochs_cell = "/".join(sorted({str(r.get("epochs", "?")) for r in rs}))  # rows before #18 have none
+            print(f"| {method} | {arm} | {epochs_cell} | "
                   f"{statistics.median(normalized):.2f}x ({min(normalized):.2f}-{max(normalized):.2f}){flag} | "
                   f"{statistics.median(ratios):.2f}x | {bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | "
                   f"{mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | {diff} |")
