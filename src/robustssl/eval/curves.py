@@ -141,8 +141,13 @@ def _plot(runs: list[RunRecord], curves: dict[str, list[dict[str, Any]]], rows: 
           axis: str, target: float, shortest: float) -> Path:
     from .compare import plot_text  # compare imports this module
 
-    fig = agg_figure(6.4, 4.0)
+    many = len(runs) > 6  # the legend goes beside the axes, and more than 10 lines need more than 10 colors
+    fig = agg_figure(10.5 if many else 6.4, 4.6 if many else 4.0)
     ax = fig.add_subplot(1, 1, 1)
+    if len(runs) > 10:
+        import matplotlib
+
+        ax.set_prop_cycle(color=[matplotlib.colormaps["tab20"](i % 20) for i in range(len(runs))])
     for r, row in zip(runs, rows):
         c = curves[r.label]
         xs = [p["train_seconds"] for p in c] if axis == "time" else [p["epoch"] + 1 for p in c]
@@ -162,7 +167,7 @@ def _plot(runs: list[RunRecord], curves: dict[str, list[dict[str, Any]]], rows: 
         ax.set_xlabel("epochs trained")
     ax.set_ylabel("probe robust accuracy % (star: final PGD-20 evaluation)")
     title = "Robust accuracy vs training time" if axis == "time" else "Robust accuracy vs epoch"
-    return save_axes(fig, ax, title, path, "small")
+    return save_axes(fig, ax, title, path, "small", legend_outside=many)
 
 
 def _markdown(rows: list[dict[str, Any]], target: float, rule: str, shortest: float, notes: list[str]) -> str:

@@ -290,11 +290,16 @@ def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     return path
 
 
-def save_axes(fig: Any, ax: Any, title: str, path: str | Path, legend_size: str | None = None) -> Path:
-    """Title, grid and legend on `ax`, then `fig` saved (tight layout) at `path` (PNG, plus SVG and PDF: `save_figure`)."""
+def save_axes(fig: Any, ax: Any, title: str, path: str | Path, legend_size: str | None = None,
+              legend_outside: bool = False) -> Path:
+    """Title, grid and legend on `ax` (right of the axes with `legend_outside`, so many lines stay visible), then
+    `fig` saved (tight layout) at `path` (PNG, plus SVG and PDF: `save_figure`)."""
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=legend_size)
+    if legend_outside:
+        ax.legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=legend_size)
     fig.tight_layout()
     return save_figure(fig, path)
 
