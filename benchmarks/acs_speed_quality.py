@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from arms import acs_schedule, coreset_overrides, train_and_evaluate
+from arms import acs_schedule, coreset_overrides, step_normalized, train_and_evaluate
 from robustssl.config import load_config
 from timing import accuracies, machine, mean_sd, protocol_numbers
 
@@ -49,12 +49,6 @@ def step_bound(cfg: Any, warm: int, core: int, fraction: float) -> float:
     b = cfg.optim.batch_size
     full, coreset = n // b, round(fraction * n) // b
     return cfg.train.epochs * full / (warm * full + core * coreset)
-
-
-def step_normalized(full: dict[str, Any], arm: dict[str, Any]) -> float:
-    """Full's training steps over the arm's steps plus its selection time converted into its own steps:
-    drift between runs (minutes apart on a shared machine) cancels."""
-    return full["steps"] / (arm["steps"] * arm["train_s"] / max(1e-9, arm["train_s"] - arm["selection_s"]))
 
 
 def baseline_epochs(arm: str, full: dict[str, Any], chosen: dict[str, Any], epochs: int) -> int:

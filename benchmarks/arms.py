@@ -1,4 +1,4 @@
-"""One benchmark arm: ACS's warm-start schedule and a train-then-evaluate that --reuse can resume.
+"""One benchmark arm: ACS's warm-start schedule, the step-normalized speed-up, and a train-then-evaluate that --reuse can resume.
 
 Shared by acs_speed_quality.py and pat_quality.py (both compare full adversarial training with
 coreset arms under ACS's warm start).
@@ -23,6 +23,12 @@ def coreset_overrides(selector: str, fraction: float, warm: int, core: int, ever
     `unit` batch (ACS's shipped GradMatchPB / CRAIGPB: the atoms are fixed minibatches) or sample (per-class images)."""
     return [f"coreset.selector={selector}", f"coreset.unit={unit}", f"coreset.fraction={fraction}",
             f"coreset.warmup_epochs={warm}", f"coreset.every={every}", f"train.epochs={warm + core}"]
+
+
+def step_normalized(full: dict[str, Any], arm: dict[str, Any]) -> float:
+    """Full's training steps over the arm's steps plus its selection time converted into its own steps:
+    drift between runs (minutes apart on a shared machine) cancels."""
+    return full["steps"] / (arm["steps"] * arm["train_s"] / max(1e-9, arm["train_s"] - arm["selection_s"]))
 
 
 def train_and_evaluate(recipe: str, out: Path, overrides: list[str], eval_overrides: list[str],

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from arms import acs_schedule, coreset_overrides, train_and_evaluate
+from arms import acs_schedule, coreset_overrides, step_normalized, train_and_evaluate
 from robustssl.config import load_config
 from timing import machine, mean_sd
 
@@ -136,8 +136,7 @@ def main() -> None:
             if not rs:
                 continue
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
-            normalized = [full[r["seed"]]["steps"] / (r["steps"] * r["train_s"] / max(1e-9, r["train_s"] - r["selection_s"]))
-                          for r in rs if r["steps"] > 0]
+            normalized = [step_normalized(full[r["seed"]], r) for r in rs if r["steps"] > 0]
             if not normalized:
                 raise SystemExit(f"PAT on {arm} made no training step: the coreset is smaller than one batch")
             print(f"| {arm} | {statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from robustssl.train.checkpoint import load_checkpoint
+from robustssl.train.run_dir import CHECKPOINT
 
 
 def cli(*args: str) -> list[str]:
@@ -55,7 +56,7 @@ def kill_when(out: Path, overrides: list[str], ready: str, timeout: float = 300,
                            *overrides], env=ENV, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == -signal.SIGKILL, (
         f"the run was not killed at `{ready}` (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return load_checkpoint(out / "checkpoint.pt")
+    return load_checkpoint(out / CHECKPOINT)
 
 
 def resume(out: Path) -> None:
