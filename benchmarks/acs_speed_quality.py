@@ -1,23 +1,31 @@
-"""Supervised adversarial training on full data vs on coresets (ACS: GradMatch, CRAIG; RCS; random),
-for TRADES and l_inf PGD-AT, in the regime of ACS's claim: is full training's robustness on a plateau,
-and does a selector beat random selection and stay close to full at its speed-up?
+"""Adversarial training on full data vs on coresets, in the regime of the papers' claim: is full
+training's robustness on a plateau, and does a selector beat random selection and stay close to full
+at its speed-up? Supervised methods (TRADES, l_inf PGD-AT) with ACS's selectors (GradMatch, CRAIG) and
+schedule; label-free ones (ACL) with RCS and the RCS code's schedule; random in either.
 
-Every run trains from `<method>_fmnist_cpu` (same model, data, attack, optimizer) with --extra on top
-(the regime: data size, batch, epochs E). The arms, per method and seed:
+Every run trains from the method's CPU recipe (RECIPES: same model, data, attack, optimizer) with --extra
+on top (the regime: data size, batch, epochs E); a supervised run is evaluated by its own classifier
+(`direct`), a label-free one by SLF. The arms, per method and seed:
 - `full`: E epochs on all data; `full-half`: E/2 epochs (its own cosine). The plateau check: full's
   mean PGD-20 at E/2 within 1 point of its value at E (`plateau=yes`), printed, not assumed.
-- each selector, and `random`: ACS's warm start with kappa and c = f, round(c kappa E) full epochs
-  then (1 - kappa) E epochs on a coreset of fraction f re-selected every R epochs (ACS: R = 20% of E),
-  picking minibatches (`--unit batch`, ACS's shipped GradMatchPB / CRAIGPB) or per-class images;
+- each selector, and `random`: supervised (`--schedule acs`), ACS's warm start with kappa and c = f:
+  round(c kappa E) full epochs then (1 - kappa) E epochs on a coreset of fraction f (default 0.3)
+  re-selected every R epochs (default 20% of E), picking minibatches (`--unit batch`, ACS's shipped
+  GradMatchPB / CRAIGPB) or per-class images; label-free (`--schedule rcs`), the RCS code's: full
+  warm-up for 10% of E, then coresets of fraction f (default 0.2) re-selected every 10% of E;
 - `full-time`: full training for the epochs that take the first selector's time (its steps at full's
   seconds per step plus its selection seconds, this seed: free of machine drift), the baseline a
   careful user would pick; `full-updates`: full training for the first selector's number of updates.
-A coreset arm's speed-up bound, selections free, is the ratio of training steps (whole batches);
-measured ratios above it are measurement problems. Arms run in a rotated order per seed.
+A coreset arm's speed-up bound, selections free, is the ratio of training steps (whole batches, as the
+run's own coreset schedule counts them); measured ratios above it are measurement problems. Arms run
+in a rotated order per seed.
 
     cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random \\
-        --extra data.train_subset=2000,optim.batch_size=64,train.epochs=40,train.probe_every=0 --every 8 \\
-        --runs runs/acs_regime --json results/acs_regime_cpu.json
+        --extra data.train_subset=2000,optim.batch_size=64,train.epochs=160,train.probe_every=0 \\
+        --runs runs/acs_plateau --json results/acs_plateau_cpu.json
+    cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random \\
+        --extra data.train_subset=1000,optim.batch_size=64,train.epochs=200,train.probe_every=0 \\
+        --eval-extra eval.eps_curve=[],eval.train_examples=1000 --runs runs/rcs_plateau --json results/rcs_plateau_cpu.json
 
 Ends with one line per method and selector (step-normalized speed-up; accuracies in percent):
 RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b> random_pgd20=<c> plateau=<yes|no>
@@ -32,23 +40,43 @@ from typing import Any
 
 import torch
 
-from arms import acs_schedule, coreset_overrides, step_normalized, train_and_evaluate
+from arms import acs_schedule, coreset_overrides, rcs_schedule, step_normalized, train_and_evaluate
 from robustssl.config import load_config
+from robustssl.coreset.schedule import CoresetSchedule
+from robustssl.methods import METHODS
 from timing import accuracies, machine, mean_sd, protocol_numbers
 
 SELECTORS = ("gradmatch", "craig", "random")
 BASELINES = ("full-time", "full-updates")  # full training at the first selector's cost, run after it
+RECIPES = {"acl": "acl_rcs_fmnist_cpu"}  # others: <method>_fmnist_cpu; ACL's carries RCS's attack settings for eps 0.1
+FULL = ["coreset.selector=full"]  # every full-data arm says so (a recipe may name a selector)
 
 
-def step_bound(cfg: Any, warm: int, core: int, fraction: float) -> float:
-    """Full AT's training steps over a coreset arm's (whole batches: a coreset of round(f N) images
-    makes round(f N) // B steps), i.e. the speed-up with free selections."""
+def recipe(method: str) -> str:
+    return RECIPES.get(method, f"{method}_fmnist_cpu")
+
+
+def coreset_schedule(epochs: int, schedule: str, kappa: float, fraction: float, every: int | None) -> tuple[int, int, int]:
+    """(full warm-up epochs, coreset epochs, re-selection every) of a coreset arm: ACS's warm start with
+    kappa and c = f (R default 20% of E), or the RCS code's (10% warm-up, re-selection every 10%)."""
+    if schedule == "rcs":
+        warm, core, tenth = rcs_schedule(epochs)
+        return warm, core, every or tenth
+    warm, core = acs_schedule(epochs, kappa, fraction)
+    return warm, core, every or max(1, round(0.2 * epochs))
+
+
+def step_bound(method: str, extra: list[str], over: list[str]) -> float:
+    """Full training's steps over a coreset arm's `over` (whole batches, counted by the run's own coreset
+    schedule: the warm-up on the pool, then the coreset's batches), i.e. the speed-up with free selections."""
+    cfg = load_config(recipe(method), extra + over)
     n = cfg.data.train_subset
     if n is None:
         raise SystemExit("the bound needs data.train_subset (the pool size) in the recipe or --extra")
-    b = cfg.optim.batch_size
-    full, coreset = n // b, round(fraction * n) // b
-    return cfg.train.epochs * full / (warm * full + core * coreset)
+    b, c = cfg.optim.batch_size, cfg.coreset
+    sched = CoresetSchedule(c, cfg.train.epochs, n, b, cfg.train.seed)
+    full_epochs = load_config(recipe(method), extra).train.epochs
+    return full_epochs * (n // b) / (c.warmup_epochs * (len(sched.pool) // b) + (cfg.train.epochs - c.warmup_epochs) * (sched.coreset_size() // b))
 
 
 def baseline_epochs(arm: str, full: dict[str, Any], chosen: dict[str, Any], epochs: int) -> int:
@@ -60,8 +88,13 @@ def baseline_epochs(arm: str, full: dict[str, Any], chosen: dict[str, Any], epoc
     return max(1, round(epochs * seconds / full["train_s"]))
 
 
+def protocol(r: dict[str, Any]) -> dict[str, Any]:
+    """The run's evaluation: its own classifier (supervised) or SLF (label-free)."""
+    return r["protocols"]["direct" if "direct" in r["protocols"] else "slf"]
+
+
 def pgd(r: dict[str, Any]) -> float:
-    return float(r["protocols"]["direct"]["pgd20"])
+    return float(protocol(r)["pgd20"])
 
 
 def main() -> None:
@@ -69,9 +102,11 @@ def main() -> None:
     p.add_argument("--methods", default="trades,pgd_at")
     p.add_argument("--selectors", default=",".join(SELECTORS), help="the first one also sets the full-time/updates budgets")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--fraction", type=float, default=0.3)
-    p.add_argument("--kappa", type=float, default=0.5)
-    p.add_argument("--every", type=int, default=3, help="re-selection every R epochs (ACS: 20%% of E)")
+    p.add_argument("--schedule", default="auto", choices=("auto", "acs", "rcs"),
+                   help="coreset arms' schedule; auto: ACS's for supervised methods, RCS's for label-free ones")
+    p.add_argument("--fraction", type=float, help="coreset fraction (default: ACS 0.3, RCS 0.2)")
+    p.add_argument("--kappa", type=float, default=0.5, help="ACS's warm-start share")
+    p.add_argument("--every", type=int, help="re-selection every R epochs (default: ACS 20%%, RCS 10%% of E)")
     p.add_argument("--unit", default="batch", choices=("batch", "sample"),
                    help="coreset atoms: minibatches (ACS's shipped GradMatchPB / CRAIGPB) or per-class images")
     p.add_argument("--no-baselines", action="store_true", help="skip full-half, full-time and full-updates")
@@ -91,7 +126,7 @@ def main() -> None:
     runs = Path(args.runs)
     where = machine(torch.device("cpu"))
     rows: list[dict[str, Any]] = []
-    bounds: dict[str, float] = {}
+    bounds: dict[str, dict[str, float]] = {}  # method -> coreset arm -> its step bound
 
     def save() -> None:
         if args.json:
@@ -99,13 +134,13 @@ def main() -> None:
                                                    "bounds": bounds, "rows": rows}, indent=2))
 
     def run(method: str, arm: str, seed: int, over: list[str], epochs: int) -> dict[str, Any]:
-        recipe, out = f"{method}_fmnist_cpu", runs / f"{method}-{arm}-{seed}"
-        report, summary, total_s = train_and_evaluate(recipe, out, extra + [f"train.seed={seed}"] + over, eval_extra, args.reuse)
+        out = runs / f"{method}-{arm}-{seed}"
+        report, summary, total_s = train_and_evaluate(recipe(method), out, extra + [f"train.seed={seed}"] + over, eval_extra, args.reuse)
         sel_s = summary["coreset"].get("selection_seconds", 0.0)
         rows.append({"seed": seed, "method": method, "arm": arm, "epochs": epochs, "run": str(out),
                      "train_s": summary["seconds"], "selection_s": sel_s, "steps": summary["steps"],
                      "phase_seconds": summary["phase_seconds"], "total_s": total_s, "protocols": protocol_numbers(report)})
-        d = rows[-1]["protocols"]["direct"]
+        d = protocol(rows[-1])
         print(f"seed {seed} {method} {arm:12s} ({epochs} epochs): train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); "
               f"clean {d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)
         save()
@@ -114,32 +149,41 @@ def main() -> None:
     if args.from_json:
         done = json.loads(Path(args.from_json).read_text())
         rows, where = done["rows"], done["machine"]
-        extra = done["settings"]["extra"].split(",") if done["settings"]["extra"] else []
+        for key in ("extra", "fraction", "kappa", "every", "unit", "schedule"):  # the settings of the runs, not of this call
+            setattr(args, key, done["settings"].get(key, {"schedule": "acs"}.get(key)))
+        extra = args.extra.split(",") if args.extra else []
         seeds = sorted({r["seed"] for r in rows})
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
+
+    def arm_plan(method: str) -> tuple[int, int, Any]:
+        """(E, a coreset arm's epochs, its overrides given its selector) for this method's schedule and fraction."""
+        kind = args.schedule if args.schedule != "auto" else ("acs" if METHODS[method].supervised else "rcs")
+        fraction = args.fraction or (0.3 if kind == "acs" else 0.2)
+        epochs = load_config(recipe(method), extra).train.epochs
+        warm, core, every = coreset_schedule(epochs, kind, args.kappa, fraction, args.every)
+        return epochs, warm + core, lambda s: coreset_overrides(s, fraction, warm, core, every, args.unit)
+
     for m in methods:
-        cfg = load_config(f"{m}_fmnist_cpu", extra)
-        bounds[m] = step_bound(cfg, *acs_schedule(cfg.train.epochs, args.kappa, args.fraction), args.fraction)
+        bounds[m] = {s: step_bound(m, extra, arm_plan(m)[2](s)) for s in selectors}  # RCS holds a validation split out
     for seed in [] if args.from_json else seeds:
         for method in methods:
-            epochs = load_config(f"{method}_fmnist_cpu", extra).train.epochs
-            warm, core = acs_schedule(epochs, args.kappa, args.fraction)
+            epochs, coreset_epochs, overrides = arm_plan(method)
             arms = ["full", *selectors] + ([] if args.no_baselines else ["full-half"])
             shift = (seed + methods.index(method)) % len(arms)
             done_here: dict[str, dict[str, Any]] = {}
             for arm in arms[shift:] + arms[:shift]:
                 if arm == "full":
-                    done_here[arm] = run(method, arm, seed, [], epochs)
+                    done_here[arm] = run(method, arm, seed, FULL, epochs)
                 elif arm == "full-half":
-                    done_here[arm] = run(method, arm, seed, [f"train.epochs={epochs // 2}"], epochs // 2)
+                    done_here[arm] = run(method, arm, seed, [*FULL, f"train.epochs={epochs // 2}"], epochs // 2)
                 else:
-                    over = coreset_overrides(arm, args.fraction, warm, core, args.every, args.unit)
-                    done_here[arm] = run(method, arm, seed, over, warm + core)
+                    done_here[arm] = run(method, arm, seed, overrides(arm), coreset_epochs)
             for arm in [] if args.no_baselines else BASELINES:
                 e = baseline_epochs(arm, done_here["full"], done_here[selectors[0]], epochs)
-                run(method, arm, seed, [f"train.epochs={e}"], e)
+                run(method, arm, seed, [*FULL, f"train.epochs={e}"], e)
 
-    print(f"\nmachine: {where}; seeds {seeds}; f={args.fraction} kappa={args.kappa} R={args.every} unit={args.unit}; "
+    print(f"\nmachine: {where}; seeds {seeds}; schedule {args.schedule} f={args.fraction or 'default'} kappa={args.kappa} "
+          f"R={args.every or 'default'} unit={args.unit}; "
           f"extra {extra or 'none'}")
     print("| method | arm | epochs | step-normalized speed-up (median, min-max) | wall-clock | bound | selection share | "
           "clean % | PGD-20 % | AutoAttack % | PGD-20 minus random, per seed (mean ± sd) |")
@@ -166,16 +210,17 @@ def main() -> None:
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]
             normalized = [step_normalized(full[r["seed"]], r) for r in rs]
             share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
-            vals = accuracies([r["protocols"]["direct"] for r in rs])
+            vals = accuracies([protocol(r) for r in rs])
             diffs = [100 * (pgd(r) - pgd(random_runs[r["seed"]])) for r in rs if r["seed"] in random_runs]
             diff = (f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.2f} "
                     f"({', '.join(f'{d:+.1f}' for d in diffs)})") if diffs and arm != "random" else ""
             coreset_arm = arm not in ("full", "full-half", *BASELINES)
-            flag = " (ABOVE BOUND: measurement problem)" if coreset_arm and max(normalized) > bounds[method] else ""
+            bound = bounds[method].get(arm, max(bounds[method].values()))
+            flag = " (ABOVE BOUND: measurement problem)" if coreset_arm and max(normalized) > bound else ""
             epochs_cell = "/".join(sorted({str(r.get("epochs", "?")) for r in rs}))  # rows before #18 have none
             print(f"| {method} | {arm} | {epochs_cell} | "
                   f"{statistics.median(normalized):.2f}x ({min(normalized):.2f}-{max(normalized):.2f}){flag} | "
-                  f"{statistics.median(ratios):.2f}x | {bounds[method]:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | "
+                  f"{statistics.median(ratios):.2f}x | {bound:.2f}x | {100 * share:.1f}% | {mean_sd(vals['clean'])} | "
                   f"{mean_sd(vals['pgd20'])} | {mean_sd(vals['autoattack'])} | {diff} |")
             if coreset_arm:
                 rand = [pgd(random_runs[s]) for s in random_runs if s in full]

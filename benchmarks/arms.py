@@ -1,7 +1,7 @@
-"""One benchmark arm: ACS's warm-start schedule, the step-normalized speed-up, and a train-then-evaluate that --reuse can resume.
+"""One benchmark arm: ACS's warm-start and RCS's schedules, the step-normalized speed-up, and a train-then-evaluate that --reuse can resume.
 
 Shared by acs_speed_quality.py and pat_quality.py (both compare full adversarial training with
-coreset arms under ACS's warm start).
+coreset arms under ACS's warm start, or RCS's schedule for label-free methods).
 """
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ from robustssl import api
 def acs_schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
     """(full warm-start epochs, coreset epochs) of ACS's warm start with c = f."""
     return round(fraction * kappa * epochs), round((1 - kappa) * epochs)
+
+
+def rcs_schedule(epochs: int) -> tuple[int, int, int]:
+    """(full warm-up epochs, coreset epochs, re-selection every) of the RCS code's schedule: warm-up 10% of the
+    run, then coresets re-selected every 10% until its end."""
+    tenth = max(1, round(0.1 * epochs))
+    return tenth, epochs - tenth, tenth
 
 
 def coreset_overrides(selector: str, fraction: float, warm: int, core: int, every: int, unit: str = "batch") -> list[str]:

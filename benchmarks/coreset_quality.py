@@ -12,6 +12,10 @@ number to --json after every run.
 
     python benchmarks/coreset_quality.py                      # CPU, about an hour
     python benchmarks/coreset_quality.py --device cuda --arms full,rcs,rcs-fast,random
+
+The tables of issues #3 and #6 in docs/benchmarks.md were made with it (and the lr then following the
+update count). Issue #18's arms for RCS-ACL (the plateau check, full for the same updates, paired
+differences, its RESULT line) are in acs_speed_quality.py (`--methods acl --selectors rcs,random`).
 """
 from __future__ import annotations
 
