@@ -21,8 +21,8 @@ run's own coreset schedule counts them); measured ratios above it are measuremen
 in a rotated order per seed.
 
     cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random \\
-        --extra data.train_subset=2000,optim.batch_size=64,train.epochs=160,train.probe_every=0 \\
-        --runs runs/acs_plateau --json results/acs_plateau_cpu.json
+        --extra data.train_subset=2000,optim.batch_size=64,train.epochs=80,train.probe_every=0 \\
+        --runs runs/acs_e80 --json results/acs_e80_cpu.json
     cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random \\
         --extra data.train_subset=1000,optim.batch_size=64,train.epochs=200,train.probe_every=0 \\
         --eval-extra eval.eps_curve=[],eval.train_examples=1000 --runs runs/rcs_plateau --json results/rcs_plateau_cpu.json
@@ -150,7 +150,7 @@ def main() -> None:
         done = json.loads(Path(args.from_json).read_text())
         rows, where = done["rows"], done["machine"]
         for key in ("extra", "fraction", "kappa", "every", "unit", "schedule"):  # the settings of the runs, not of this call
-            setattr(args, key, done["settings"].get(key, {"schedule": "acs"}.get(key)))
+            setattr(args, key, done["settings"].get(key, {"schedule": "acs", "unit": "sample"}.get(key)))  # older: per-sample ACS
         extra = args.extra.split(",") if args.extra else []
         seeds = sorted({r["seed"] for r in rows})
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
