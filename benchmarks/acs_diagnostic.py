@@ -35,10 +35,11 @@ import torch
 import torch.nn.functional as F
 
 from robustssl import api
-from robustssl.coreset.acs import batch_means
-from robustssl.coreset.craig import craig_per_class, facility_location
-from robustssl.coreset.gradmatch import gradmatch_select, normalize_weights
+from robustssl.coreset.acs import ACSSelector, batch_means
+from robustssl.coreset.gradmatch import normalize_weights
+from robustssl.coreset.registry import build_selector
 from robustssl.coreset.schedule import CoresetSchedule
+from robustssl.coreset.selectors import units_to_positions
 from robustssl.data.batch import make_batch
 from robustssl.methods import build_method
 from robustssl.methods.supervised import SupervisedMethod, classifier_layer
@@ -76,20 +77,9 @@ def error(grads: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor) -> flo
     return float((est - target).norm() / target.norm())
 
 
-def expand(rows: torch.Tensor, weights: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Atom picks (rows of fixed minibatches of `size` images) as image rows, each image with its atom's weight."""
-    return (rows[:, None] * size + torch.arange(size)[None, :]).flatten(), weights.repeat_interleave(size)
-
-
-def picks(selector: str, atoms: torch.Tensor, labels: torch.Tensor | None, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The selector's own picks (rows, normalized weights), as coreset/acs.py calls them (no filling: the subset as chosen)."""
-    if selector == "gradmatch":
-        return gradmatch_select(atoms, labels, budget)
-    if labels is None:
-        result = facility_location(atoms, budget, distance="squared")
-        return result.picks, normalize_weights(result.weights.float())
-    rows, weights = craig_per_class(atoms, labels, budget, distance="squared")
-    return rows, normalize_weights(weights.float())
+def expand(rows: torch.Tensor, weights: torch.Tensor, size: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Atom picks (fixed minibatches of `size` of the n pool rows, in order) as pool rows, each image with its atom's weight."""
+    return units_to_positions(torch.arange(n), rows, "batch", size), weights.repeat_interleave(size)
 
 
 def main() -> None:
@@ -116,6 +106,8 @@ def main() -> None:
             method = build_method(cfg, data.image_size, data.num_channels)
             assert isinstance(method, SupervisedMethod)
             pool = CoresetSchedule(cfg.coreset, 1, len(data), args.batch_size, seed).pool
+            # The selectors as training builds them; their own picks, without the fill (the subset as chosen).
+            selectors = {s: build_selector(api.run_config(warm, [f"coreset.selector={s}"]).coreset, seed) for s in ("gradmatch", "craig")}
             torch.manual_seed(seed)
             head, full, labels = pool_gradients(model, method, data, pool, args.batch_size)
         size, gen = args.batch_size, torch.Generator().manual_seed(seed)
@@ -127,12 +119,14 @@ def main() -> None:
             for layer, grads in (("head", head), ("full", full)):
                 noise = statistics.mean(error(grads, r, torch.ones(size)) for r in minibatches)
                 row: dict[str, Any] = {"seed": seed, "unit": unit, "layer": layer, "budget": budget, "step_noise": noise}
-                for sel in ("gradmatch", "craig"):
+                for sel, selector in selectors.items():
+                    assert isinstance(selector, ACSSelector)
                     if unit == "batch":  # the selector sees the head gradients' minibatch means, as in training
-                        r, w = picks(sel, batch_means(head, size), None, budget)
-                        r, w = expand(r, w, size)
+                        r, w = selector.pick(batch_means(head, size), None, budget)
+                        r, w = expand(r, normalize_weights(w.float()), size, len(pool))
                     else:
-                        r, w = picks(sel, head, labels, budget)
+                        r, w = selector.pick(head, labels, budget)
+                        w = normalize_weights(w.float())
                     row[sel] = error(grads, r, w)
                     row[f"{sel}_images"] = len(r)
                     row[f"{sel}_weight_max_over_min"] = float(w.max() / w.min())
@@ -141,7 +135,7 @@ def main() -> None:
                 draws = []
                 for _ in range(args.random_draws):
                     if unit == "batch":
-                        r, _w = expand(torch.randperm(n_atoms, generator=gen)[:budget], torch.ones(budget), size)
+                        r, _w = expand(torch.randperm(n_atoms, generator=gen)[:budget], torch.ones(budget), size, len(pool))
                     else:
                         r = torch.randperm(len(pool), generator=gen)[:budget]
                     draws.append(error(grads, r, torch.ones(len(r))))

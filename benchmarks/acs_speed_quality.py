@@ -66,16 +66,15 @@ def coreset_schedule(epochs: int, schedule: str, kappa: float, fraction: float, 
     return warm, core, every or max(1, round(0.2 * epochs))
 
 
-def step_bound(method: str, extra: list[str], over: list[str]) -> float:
-    """Full training's steps over a coreset arm's `over` (whole batches, counted by the run's own coreset
-    schedule: the warm-up on the pool, then the coreset's batches), i.e. the speed-up with free selections."""
+def step_bound(method: str, extra: list[str], over: list[str], full_epochs: int) -> float:
+    """Full training's steps (full_epochs on all data) over a coreset arm's `over` (whole batches, counted by the
+    run's own coreset schedule: the warm-up on the pool, then the coreset's batches): the speed-up with free selections."""
     cfg = load_config(recipe(method), extra + over)
     n = cfg.data.train_subset
     if n is None:
         raise SystemExit("the bound needs data.train_subset (the pool size) in the recipe or --extra")
     b, c = cfg.optim.batch_size, cfg.coreset
     sched = CoresetSchedule(c, cfg.train.epochs, n, b, cfg.train.seed)
-    full_epochs = load_config(recipe(method), extra).train.epochs
     return full_epochs * (n // b) / (c.warmup_epochs * (len(sched.pool) // b) + (cfg.train.epochs - c.warmup_epochs) * (sched.coreset_size() // b))
 
 
@@ -164,7 +163,8 @@ def main() -> None:
         return epochs, warm + core, lambda s: coreset_overrides(s, fraction, warm, core, every, args.unit)
 
     for m in methods:
-        bounds[m] = {s: step_bound(m, extra, arm_plan(m)[2](s)) for s in selectors}  # RCS holds a validation split out
+        epochs, _, overrides = arm_plan(m)
+        bounds[m] = {s: step_bound(m, extra, overrides(s), epochs) for s in selectors}  # RCS holds a validation split out
     for seed in [] if args.from_json else seeds:
         for method in methods:
             epochs, coreset_epochs, overrides = arm_plan(method)

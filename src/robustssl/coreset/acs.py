@@ -38,7 +38,7 @@ from ..settings import non_negative, one_of, positive
 from .craig import DISTANCES, craig_per_class, facility_location
 from .embeddings import layer_dim, run_sharded
 from .gradmatch import gradmatch_select, normalize_weights
-from .selectors import ClassifierMethod, Selection, SelectionMethod, Selector
+from .selectors import ClassifierMethod, Selection, SelectionMethod, Selector, units_to_positions
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -132,9 +132,8 @@ class ACSSelector(Selector):
             extra = candidates[torch.randperm(len(candidates), generator=self.generator)[: budget - len(rows)]]
             rows, weights = torch.cat([rows, extra]), torch.cat([weights, torch.ones(len(extra))])
         if self.cfg.unit == "batch":  # every image of a picked minibatch, with its weight
-            rows = (rows[:, None] * size + torch.arange(size)[None, :]).flatten()
             weights = weights.repeat_interleave(size)
-        positions = pool[rows]
+        positions = units_to_positions(pool, rows, self.cfg.unit, size)
         order = positions.argsort()
         return Selection(positions[order], normalize_weights(weights[order]), None,
                          {"gradients": t1 - t0, "greedy": time.perf_counter() - t1})
