@@ -115,7 +115,9 @@ def main() -> None:
     p.add_argument("--json")
     p.add_argument("--reuse", action="store_true",
                    help="a finished run folder is evaluated again, not retrained; an interrupted one is resumed")
-    p.add_argument("--from-json", help="print the tables of an earlier --json (a partial run included) and stop")
+    p.add_argument("--from-json", nargs="+",
+                   help="print the tables of earlier --json files (a partial run included; seeds run separately, "
+                        "with the same settings) and stop")
     args = p.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     selectors = [s for s in args.selectors.split(",") if s]
@@ -146,10 +148,17 @@ def main() -> None:
         return rows[-1]
 
     if args.from_json:
-        done = json.loads(Path(args.from_json).read_text())
-        rows, where = done["rows"], done["machine"]
+        done = [json.loads(Path(f).read_text()) for f in args.from_json]
+        rows, where = [r for d in done for r in d["rows"]], done[0]["machine"]
+        legacy = {"schedule": "acs", "unit": "sample"}  # files made before these settings existed: per-sample ACS
         for key in ("extra", "fraction", "kappa", "every", "unit", "schedule"):  # the settings of the runs, not of this call
-            setattr(args, key, done["settings"].get(key, {"schedule": "acs", "unit": "sample"}.get(key)))  # older: per-sample ACS
+            values = [d["settings"].get(key, legacy.get(key)) for d in done]
+            if any(v != values[0] for v in values):
+                raise SystemExit(f"--from-json: the files were run with different {key} ({', '.join(map(str, values))}); "
+                                 "give only files of one setting")
+            setattr(args, key, values[0])
+        if len({(r["seed"], r["method"], r["arm"]) for r in rows}) < len(rows):
+            raise SystemExit("--from-json: two files hold the same seed, method and arm; give each seed's runs once")
         extra = args.extra.split(",") if args.extra else []
         seeds = sorted({r["seed"] for r in rows})
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
