@@ -23,9 +23,12 @@ in a rotated order per seed.
     cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random \\
         --extra data.train_subset=2000,optim.batch_size=64,train.epochs=80,train.probe_every=0 \\
         --runs runs/acs_e80 --json results/acs_e80_cpu.json
-    cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random \\
-        --extra data.train_subset=1000,optim.batch_size=64,train.epochs=200,train.probe_every=0 \\
-        --eval-extra eval.eps_curve=[],eval.train_examples=1000 --runs runs/rcs_plateau --json results/rcs_plateau_cpu.json
+    cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random --seeds 0,1,2 \\
+        --extra data.train_subset=1000,optim.batch_size=64,train.epochs=80,train.probe_every=0 \\
+        --eval-extra eval.eps_curve=[],eval.train_examples=1000 --runs runs/rcs_e80 --json results/rcs_e80_cpu.json
+    (the same with --seeds 3,4 --json results/rcs_e80_cpu_seeds34.json, then one table of all five seeds:)
+    cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random --runs runs/rcs_e80 \\
+        --from-json results/rcs_e80_cpu.json results/rcs_e80_cpu_seeds34.json
 
 Ends with one line per method and selector (step-normalized speed-up; accuracies in percent):
 RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b> random_pgd20=<c> plateau=<yes|no>
