@@ -116,17 +116,19 @@ def main() -> None:
         minibatches = [torch.arange(i * size, (i + 1) * size) for i in range(n_atoms)]
         for unit in ("batch", "sample"):
             budget = max(1, round(args.fraction * n_atoms)) if unit == "batch" else round(args.fraction * len(pool))
+            picks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # one selection per unit, judged on both layers
+            for sel, selector in selectors.items():
+                assert isinstance(selector, ACSSelector)
+                if unit == "batch":  # the selector sees the head gradients' minibatch means, as in training
+                    r, w = selector.pick(batch_means(head, size), None, budget)
+                    picks[sel] = expand(r, normalize_weights(w.float()), size, len(pool))
+                else:
+                    r, w = selector.pick(head, labels, budget)
+                    picks[sel] = r, normalize_weights(w.float())
             for layer, grads in (("head", head), ("full", full)):
                 noise = statistics.mean(error(grads, r, torch.ones(size)) for r in minibatches)
                 row: dict[str, Any] = {"seed": seed, "unit": unit, "layer": layer, "budget": budget, "step_noise": noise}
-                for sel, selector in selectors.items():
-                    assert isinstance(selector, ACSSelector)
-                    if unit == "batch":  # the selector sees the head gradients' minibatch means, as in training
-                        r, w = selector.pick(batch_means(head, size), None, budget)
-                        r, w = expand(r, normalize_weights(w.float()), size, len(pool))
-                    else:
-                        r, w = selector.pick(head, labels, budget)
-                        w = normalize_weights(w.float())
+                for sel, (r, w) in picks.items():
                     row[sel] = error(grads, r, w)
                     row[f"{sel}_images"] = len(r)
                     row[f"{sel}_weight_max_over_min"] = float(w.max() / w.min())

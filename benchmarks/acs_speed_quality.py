@@ -76,9 +76,8 @@ def step_bound(method: str, extra: list[str], over: list[str], full_epochs: int)
     n = cfg.data.train_subset
     if n is None:
         raise SystemExit("the bound needs data.train_subset (the pool size) in the recipe or --extra")
-    b, c = cfg.optim.batch_size, cfg.coreset
-    sched = CoresetSchedule(c, cfg.train.epochs, n, b, cfg.train.seed)
-    return full_epochs * (n // b) / (c.warmup_epochs * (len(sched.pool) // b) + (cfg.train.epochs - c.warmup_epochs) * (sched.coreset_size() // b))
+    b = cfg.optim.batch_size
+    return full_epochs * (n // b) / CoresetSchedule(cfg.coreset, cfg.train.epochs, n, b, cfg.train.seed).total_steps()
 
 
 def baseline_epochs(arm: str, full: dict[str, Any], chosen: dict[str, Any], epochs: int) -> int:
