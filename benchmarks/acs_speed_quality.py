@@ -20,15 +20,19 @@ A coreset arm's speed-up bound, selections free, is the ratio of training steps 
 run's own coreset schedule counts them); measured ratios above it are measurement problems. Arms run
 in a rotated order per seed.
 
+Small pools and long schedules, nearer the plateau (docs/benchmarks.md, "Nearer the plateau"):
+
     cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random \\
-        --extra data.train_subset=2000,optim.batch_size=64,train.epochs=80,train.probe_every=0 \\
-        --runs runs/acs_e80 --json results/acs_e80_cpu.json
+        --extra data.train_subset=250,optim.batch_size=32,train.epochs=640,train.probe_every=0,train.progress=false \\
+        --runs ../runs/acs_plateau250 --json results/acs_plateau250_cpu.json
     cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random --seeds 0,1,2 \\
-        --extra data.train_subset=1000,optim.batch_size=64,train.epochs=80,train.probe_every=0 \\
-        --eval-extra eval.eps_curve=[],eval.train_examples=1000 --runs runs/rcs_e80 --json results/rcs_e80_cpu.json
-    (the same with --seeds 3,4 --json results/rcs_e80_cpu_seeds34.json, then one table of all five seeds:)
-    cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random --runs runs/rcs_e80 \\
-        --from-json results/rcs_e80_cpu.json results/rcs_e80_cpu_seeds34.json
+        --extra data.train_subset=250,optim.batch_size=32,train.epochs=320,train.probe_every=0,train.progress=false \\
+        --eval-extra eval.eps_curve=[],eval.train_examples=250,eval.linear_epochs=100 \\
+        --runs ../runs/rcs_plateau250 --json results/rcs_plateau250_cpu.json
+
+Seeds run separately make one table: run with --seeds 3,4 --json results/x_seeds34.json, then
+`--from-json results/x.json results/x_seeds34.json` with the same --methods and --selectors (the runs' settings
+are read from the files).
 
 Ends with one line per method and selector (step-normalized speed-up; accuracies in percent):
 RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b> random_pgd20=<c> plateau=<yes|no>
@@ -43,7 +47,15 @@ from typing import Any
 
 import torch
 
-from arms import acs_schedule, coreset_overrides, rcs_schedule, step_normalized, train_and_evaluate
+from arms import (
+    acs_schedule,
+    coreset_overrides,
+    epoch_losses,
+    rcs_schedule,
+    reselection_epochs,
+    step_normalized,
+    train_and_evaluate,
+)
 from robustssl.config import load_config
 from robustssl.coreset.schedule import CoresetSchedule
 from robustssl.methods import METHODS
@@ -98,6 +110,18 @@ def pgd(r: dict[str, Any]) -> float:
     return float(protocol(r)["pgd20"])
 
 
+def coreset_fit(arm_run: Path, full_run: Path) -> list[tuple[float, float, float, float]] | None:
+    """How far a coreset arm fits each coreset before replacing it: per re-selection at epoch e, its training loss at
+    e - 1 (last epoch on the old coreset) and at e (first on the new one), then full training's at the same points of
+    its own schedule (epochs scaled by the runs' lengths: ACS's coreset arms run fewer epochs than full). None where a
+    run folder is gone."""
+    if not all((r / name).is_file() for r in (arm_run, full_run) for name in ("metrics.jsonl", "run.json")):
+        return None
+    mine, full = epoch_losses(arm_run), epoch_losses(full_run)
+    scale = (max(full) + 1) / (max(mine) + 1)
+    return [(mine[e - 1], mine[e], full[round((e - 1) * scale)], full[round(e * scale)]) for e in reselection_epochs(arm_run)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="trades,pgd_at")
@@ -130,11 +154,12 @@ def main() -> None:
     where = machine(torch.device("cpu"))
     rows: list[dict[str, Any]] = []
     bounds: dict[str, dict[str, float]] = {}  # method -> coreset arm -> its step bound
+    fits: dict[str, dict[str, list[float]]] = {}  # "method arm" -> training losses around its re-selections
 
     def save() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps({"machine": where, "settings": vars(args), "threads": torch.get_num_threads(),
-                                                   "bounds": bounds, "rows": rows}, indent=2))
+                                                   "bounds": bounds, "rows": rows, "coreset_fit": fits}, indent=2))
 
     def run(method: str, arm: str, seed: int, over: list[str], epochs: int) -> dict[str, Any]:
         out = runs / f"{method}-{arm}-{seed}"
@@ -239,6 +264,20 @@ def main() -> None:
                 results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(normalized):.2f}x "
                                f"pgd20={100 * statistics.mean(vals['pgd20']):.2f} full_pgd20={100 * full_pgd:.2f} "
                                f"random_pgd20={rand_pgd} plateau={plateau}")
+    # Why a coreset arm trails: does it memorize a coreset between re-selections (loss far below full's, then a jump)?
+    for r in rows:
+        full_r = next((f for f in rows if f["method"] == r["method"] and f["seed"] == r["seed"] and f["arm"] == "full"), None)
+        if r["arm"] in selectors and full_r is not None and (points := coreset_fit(Path(r["run"]), Path(full_r["run"]))):
+            fit = fits.setdefault(f"{r['method']} {r['arm']}", {"before": [], "after": [], "full_before": [], "full_after": []})
+            for key, column in zip(fit, zip(*points)):
+                fit[key].extend(column)
+    if fits:
+        print("\ncoreset fit: training loss (the method's own) at the last epoch on a coreset -> the first on the next one, "
+              "mean over seeds and re-selections; full training at the same points of its schedule")
+    for name, fit in fits.items():
+        m = {k: statistics.mean(v) for k, v in fit.items()}
+        print(f"  {name}: {m['before']:.3f} -> {m['after']:.3f} ({len(fit['before'])} re-selections); "
+              f"full {m['full_before']:.3f} -> {m['full_after']:.3f}")
     if not args.from_json:
         save()
     print("\n".join(checks + results))

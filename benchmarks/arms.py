@@ -1,4 +1,5 @@
-"""One benchmark arm: ACS's warm-start and RCS's schedules, the step-normalized speed-up, and a train-then-evaluate that --reuse can resume.
+"""One benchmark arm: ACS's warm-start and RCS's schedules, the step-normalized speed-up, a train-then-evaluate that
+--reuse can resume, and a finished run's per-epoch training loss and re-selection epochs.
 
 Shared by acs_speed_quality.py and pat_quality.py (both compare full adversarial training with
 coreset arms under ACS's warm start, or RCS's schedule for label-free methods).
@@ -36,6 +37,19 @@ def step_normalized(full: dict[str, Any], arm: dict[str, Any]) -> float:
     """Full's training steps over the arm's steps plus its selection time converted into its own steps:
     drift between runs (minutes apart on a shared machine) cancels."""
     return full["steps"] / (arm["steps"] * arm["train_s"] / max(1e-9, arm["train_s"] - arm["selection_s"]))
+
+
+def epoch_losses(run: Path) -> dict[int, float]:
+    """{epoch: mean training loss of the epoch} from a run's metrics.jsonl: the method's own loss (for adversarial
+    training, on the adversarial examples it trained on); a resumed epoch counts once, as last logged."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {r["epoch"]: float(r["loss"]) for r in map(json.loads, filter(str.strip, lines)) if r.get("type") == "epoch"}
+
+
+def reselection_epochs(run: Path) -> list[int]:
+    """The epochs at which a coreset run replaced its coreset (each selection after the first), from run.json."""
+    selections = json.loads((run / "run.json").read_text())["coreset"].get("selections", [])
+    return [int(s["epoch"]) for s in selections[1:]]
 
 
 def train_and_evaluate(recipe: str, out: Path, overrides: list[str], eval_overrides: list[str],

@@ -111,6 +111,10 @@ def test_budget_arithmetic_and_random_reselection():
     assert len(seen[1]) == 201 and len(set(seen[1].tolist())) == 201
     assert torch.equal(seen[1], seen[2]) and not torch.equal(seen[1], seen[3]), "random must re-sample at each selection"
     assert [s["epoch"] for s in sched.selections] == [1, 3, 5]
+    # run.json says how much of each re-selected coreset the previous one held (random: about the fraction)
+    kept = [float(torch.isin(seen[e], seen[e - 2]).float().mean()) for e in (3, 5)]
+    assert "kept" not in sched.selections[0] and [s["kept"] for s in sched.selections[1:]] == [round(k, 4) for k in kept]
+    assert all(0.1 < k < 0.3 for k in kept)
     batch_cfg = CoresetConfig(selector="random", fraction=0.3, unit="batch", warmup_epochs=0)
     sb = CoresetSchedule(batch_cfg, epochs=1, n=1000, batch_size=64, seed=0)
     assert sb.budget() == round(0.3 * (1000 // 64)) and sb.coreset_size() == sb.budget() * 64

@@ -107,8 +107,10 @@ class CoresetSchedule:
         # Under torchrun every rank selects (sharing the candidates' work, see coreset/embeddings.py)
         # and trains on rank 0's coreset: identical on every rank by construction.
         positions, weights = dist.broadcast_object((sel.positions.cpu(), weights))
-        self.current, self.weights, self.selected_at = positions, weights, epoch
         record: dict[str, Any] = {"epoch": epoch, "seconds": seconds, "size": int(sel.positions.numel())}
+        if self.current is not None:  # a re-selection: the share of its images the previous coreset already held
+            record["kept"] = round(float(torch.isin(positions, self.current).float().mean()), 4)
+        self.current, self.weights, self.selected_at = positions, weights, epoch
         if sel.phases is not None:
             record["phases"] = sel.phases
         self.selections.append(record)
