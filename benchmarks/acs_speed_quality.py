@@ -230,6 +230,12 @@ def main() -> None:
         full = {r["seed"]: r for r in mine if r["arm"] == "full"}
         if not full:
             continue
+        # Why a coreset arm trails: does it memorize a coreset between re-selections (loss far below full's, then a jump)?
+        for r in mine:
+            if r["arm"] in selectors and r["seed"] in full and (points := coreset_fit(Path(r["run"]), Path(full[r["seed"]]["run"]))):
+                fit = fits.setdefault(f"{method} {r['arm']}", {"before": [], "after": [], "full_before": [], "full_after": []})
+                for key, column in zip(fit, zip(*points)):
+                    fit[key].extend(column)
         random_runs = {r["seed"]: r for r in mine if r["arm"] == "random"}
         full_pgd = statistics.mean(pgd(r) for r in full.values())
         half = [r for r in mine if r["arm"] == "full-half" and r["seed"] in full]
@@ -264,13 +270,6 @@ def main() -> None:
                 results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(normalized):.2f}x "
                                f"pgd20={100 * statistics.mean(vals['pgd20']):.2f} full_pgd20={100 * full_pgd:.2f} "
                                f"random_pgd20={rand_pgd} plateau={plateau}")
-    # Why a coreset arm trails: does it memorize a coreset between re-selections (loss far below full's, then a jump)?
-    for r in rows:
-        full_r = next((f for f in rows if f["method"] == r["method"] and f["seed"] == r["seed"] and f["arm"] == "full"), None)
-        if r["arm"] in selectors and full_r is not None and (points := coreset_fit(Path(r["run"]), Path(full_r["run"]))):
-            fit = fits.setdefault(f"{r['method']} {r['arm']}", {"before": [], "after": [], "full_before": [], "full_after": []})
-            for key, column in zip(fit, zip(*points)):
-                fit[key].extend(column)
     if fits:
         print("\ncoreset fit: training loss (the method's own) at the last epoch on a coreset -> the first on the next one, "
               "mean over seeds and re-selections; full training at the same points of its schedule")
