@@ -240,8 +240,8 @@ def main() -> None:
         full_pgd = statistics.mean(pgd(r) for r in full.values())
         half = [r for r in mine if r["arm"] == "full-half" and r["seed"] in full]
         plateau = "n/a"
-        if half:
-            gap = 100 * (full_pgd - statistics.mean(pgd(r) for r in half))
+        if half:  # paired by seed: a seed run without baselines (--no-baselines) has no E/2 run to compare
+            gap = 100 * statistics.mean(pgd(full[r["seed"]]) - pgd(r) for r in half)
             plateau = "yes" if abs(gap) <= 1.0 else "no"
             checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {gap:+.2f} points over "
                           f"{len(half)} seeds (|gap| <= 1: {plateau})")
