@@ -34,6 +34,11 @@ Seeds run separately make one table: run with --seeds 3,4 --json results/x_seeds
 `--from-json results/x.json results/x_seeds34.json` with the same --methods and --selectors (the runs' settings
 are read from the files).
 
+After the table: the coreset fit (each coreset arm's training loss just before and after a re-selection,
+against full's at the same points) and the coreset overlap (the share of a re-selected coreset the one
+before it held); both are kept in the JSON (`coreset_fit`, each row's `kept`), so --from-json prints them
+after the run folders are gone.
+
 Ends with one line per method and selector (step-normalized speed-up; accuracies in percent):
 RESULT method=<m> selector=<s> speedup=<x.xx>x pgd20=<a> full_pgd20=<b> random_pgd20=<c> plateau=<yes|no>
 """
@@ -122,6 +127,20 @@ def coreset_fit(arm_run: Path, full_run: Path) -> list[tuple[float, float, float
     return [(mine[e - 1], mine[e], full[round((e - 1) * scale)], full[round(e * scale)]) for e in reselection_epochs(arm_run)]
 
 
+def kept_shares(r: dict[str, Any]) -> list[float] | None:
+    """The share of each re-selected coreset already in the one before it (`kept` in run.json), from the row, or from
+    the run folder for rows saved before the row held it; None where neither has it."""
+    if "kept" in r:
+        return list(r["kept"])
+    path = Path(r["run"]) / "run.json"
+    return kept_of(json.loads(path.read_text())) if path.is_file() else None
+
+
+def kept_of(summary: dict[str, Any]) -> list[float]:
+    """run.json's kept shares, one per re-selection (the first selection has no coreset before it)."""
+    return [s["kept"] for s in summary.get("coreset", {}).get("selections", []) if "kept" in s]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="trades,pgd_at")
@@ -155,6 +174,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     bounds: dict[str, dict[str, float]] = {}  # method -> coreset arm -> its step bound
     fits: dict[str, dict[str, list[float]]] = {}  # "method arm" -> training losses around its re-selections
+    stored_fits: dict[str, dict[str, list[float]]] = {}  # --from-json: the files' own coreset_fit
+    overlaps: dict[str, list[float]] = {}  # "method arm" -> kept shares at its re-selections, all seeds
 
     def save() -> None:
         if args.json:
@@ -167,7 +188,8 @@ def main() -> None:
         sel_s = summary["coreset"].get("selection_seconds", 0.0)
         rows.append({"seed": seed, "method": method, "arm": arm, "epochs": epochs, "run": str(out),
                      "train_s": summary["seconds"], "selection_s": sel_s, "steps": summary["steps"],
-                     "phase_seconds": summary["phase_seconds"], "total_s": total_s, "protocols": protocol_numbers(report)})
+                     "phase_seconds": summary["phase_seconds"], "total_s": total_s, "protocols": protocol_numbers(report),
+                     "kept": kept_of(summary)})
         d = protocol(rows[-1])
         print(f"seed {seed} {method} {arm:12s} ({epochs} epochs): train {summary['seconds']:.0f}s (selection {sel_s:.0f}s); "
               f"clean {d['clean']:.3f} pgd20 {d['pgd20']:.3f} AA {d['autoattack']}", flush=True)
@@ -177,6 +199,10 @@ def main() -> None:
     if args.from_json:
         done = [json.loads(Path(f).read_text()) for f in args.from_json]
         rows, where = [r for d in done for r in d["rows"]], done[0]["machine"]
+        for d in done:  # the fits saved with the rows stand in where the run folders are gone
+            for name, fit in d.get("coreset_fit", {}).items():
+                for key, values in fit.items():
+                    stored_fits.setdefault(name, {}).setdefault(key, []).extend(values)
         legacy = {"schedule": "acs", "unit": "sample"}  # files made before these settings existed: per-sample ACS
         for key in ("extra", "fraction", "kappa", "every", "unit", "schedule"):  # the settings of the runs, not of this call
             values = [d["settings"].get(key, legacy.get(key)) for d in done]
@@ -236,6 +262,8 @@ def main() -> None:
                 fit = fits.setdefault(f"{method} {r['arm']}", {"before": [], "after": [], "full_before": [], "full_after": []})
                 for key, column in zip(fit, zip(*points)):
                     fit[key].extend(column)
+            if r["arm"] in selectors and (shares := kept_shares(r)):
+                overlaps.setdefault(f"{method} {r['arm']}", []).extend(shares)
         random_runs = {r["seed"]: r for r in mine if r["arm"] == "random"}
         full_pgd = statistics.mean(pgd(r) for r in full.values())
         half = [r for r in mine if r["arm"] == "full-half" and r["seed"] in full]
@@ -270,6 +298,7 @@ def main() -> None:
                 results.append(f"RESULT method={method} selector={arm} speedup={statistics.median(normalized):.2f}x "
                                f"pgd20={100 * statistics.mean(vals['pgd20']):.2f} full_pgd20={100 * full_pgd:.2f} "
                                f"random_pgd20={rand_pgd} plateau={plateau}")
+    fits = fits or stored_fits  # recomputed from the run folders where they still exist
     if fits:
         print("\ncoreset fit: training loss (the method's own) at the last epoch on a coreset -> the first on the next one, "
               "mean over seeds and re-selections; full training at the same points of its schedule")
@@ -277,6 +306,11 @@ def main() -> None:
         m = {k: statistics.mean(v) for k, v in fit.items()}
         print(f"  {name}: {m['before']:.3f} -> {m['after']:.3f} ({len(fit['before'])} re-selections); "
               f"full {m['full_before']:.3f} -> {m['full_after']:.3f}")
+    if overlaps:  # a selector that re-picks its last coreset trains longer on the same data than its period says
+        print("\ncoreset overlap: share of a re-selected coreset already in the one before it, mean (min-max) over seeds")
+        for name, shares in overlaps.items():
+            print(f"  {name}: {100 * statistics.mean(shares):.0f} % ({100 * min(shares):.0f}-{100 * max(shares):.0f} %, "
+                  f"{len(shares)} re-selections)")
     if not args.from_json:
         save()
     print("\n".join(checks + results))
