@@ -30,6 +30,12 @@ Small pools and long schedules, nearer the plateau (docs/benchmarks.md, "Nearer 
         --eval-extra eval.eps_curve=[],eval.train_examples=250,eval.linear_epochs=100 \\
         --runs ../runs/rcs_plateau250 --json results/rcs_plateau250_cpu.json
 
+`--selector-extra` gives a selector's arm its own settings, e.g. the weights' ablation (the same picks trained
+unweighted; full and random run folders copied from the weighted benchmark are re-evaluated with --reuse):
+
+    cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random --no-baselines --reuse \\
+        --selector-extra coreset.gradmatch.weighted=false,coreset.craig.weighted=false --extra ... --runs ../runs/x_unweighted
+
 Seeds run separately make one table: run with --seeds 3,4 --json results/x_seeds34.json, then
 `--from-json results/x.json results/x_seeds34.json` with the same --methods and --selectors (the runs' settings
 are read from the files).
@@ -153,6 +159,9 @@ def main() -> None:
     p.add_argument("--every", type=int, help="re-selection every R epochs (default: ACS 20%%, RCS 10%% of E)")
     p.add_argument("--unit", default="batch", choices=("batch", "sample"),
                    help="coreset atoms: minibatches (ACS's shipped GradMatchPB / CRAIGPB) or per-class images")
+    p.add_argument("--selector-extra", default="",
+                   help="comma-separated coreset.<selector>.<key>=<value> overrides, each for its own selector's arm only "
+                        "(e.g. coreset.gradmatch.weighted=false: the same picks trained without their weights)")
     p.add_argument("--no-baselines", action="store_true", help="skip full-half, full-time and full-updates")
     p.add_argument("--extra", default="", help="comma-separated overrides for every training run")
     p.add_argument("--eval-extra", default="eval.eps_curve=[]", help="comma-separated overrides for every evaluation")
@@ -169,6 +178,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
     eval_extra = [e for e in args.eval_extra.split(",") if e]
+    for o in (o for o in args.selector_extra.split(",") if o):
+        if not any(o.startswith(f"coreset.{s}.") for s in selectors):
+            raise SystemExit(f"--selector-extra {o}: each override must set coreset.<selector>.<key> of a selector in "
+                             f"--selectors ({', '.join(selectors)}), e.g. coreset.gradmatch.weighted=false")
     runs = Path(args.runs)
     where = machine(torch.device("cpu"))
     rows: list[dict[str, Any]] = []
@@ -203,8 +216,8 @@ def main() -> None:
             for name, fit in d.get("coreset_fit", {}).items():
                 for key, values in fit.items():
                     stored_fits.setdefault(name, {}).setdefault(key, []).extend(values)
-        legacy = {"schedule": "acs", "unit": "sample"}  # files made before these settings existed: per-sample ACS
-        for key in ("extra", "fraction", "kappa", "every", "unit", "schedule"):  # the settings of the runs, not of this call
+        legacy = {"schedule": "acs", "unit": "sample", "selector_extra": ""}  # files made before these settings existed
+        for key in ("extra", "fraction", "kappa", "every", "unit", "schedule", "selector_extra"):  # the settings of the runs, not of this call
             values = [d["settings"].get(key, legacy.get(key)) for d in done]
             if any(v != values[0] for v in values):
                 raise SystemExit(f"--from-json: the files were run with different {key} ({', '.join(map(str, values))}); "
@@ -222,7 +235,9 @@ def main() -> None:
         fraction = args.fraction or (0.3 if kind == "acs" else 0.2)
         epochs = load_config(recipe(method), extra).train.epochs
         warm, core, every = coreset_schedule(epochs, kind, args.kappa, fraction, args.every)
-        return epochs, warm + core, lambda s: coreset_overrides(s, fraction, warm, core, every, args.unit)
+        own = [o for o in args.selector_extra.split(",") if o]
+        return epochs, warm + core, lambda s: (coreset_overrides(s, fraction, warm, core, every, args.unit)
+                                               + [o for o in own if o.startswith(f"coreset.{s}.")])
 
     for m in methods:
         epochs, _, overrides = arm_plan(m)
@@ -245,7 +260,7 @@ def main() -> None:
                 run(method, arm, seed, [*FULL, f"train.epochs={e}"], e)
 
     print(f"\nmachine: {where}; seeds {seeds}; schedule {args.schedule} f={args.fraction or 'default'} kappa={args.kappa} "
-          f"R={args.every or 'default'} unit={args.unit}; "
+          f"R={args.every or 'default'} unit={args.unit}; selector overrides {args.selector_extra or 'none'}; "
           f"extra {extra or 'none'}")
     print("| method | arm | epochs | step-normalized speed-up (median, min-max) | wall-clock | bound | selection share | "
           "clean % | PGD-20 % | AutoAttack % | PGD-20 minus random, per seed (mean ± sd) |")

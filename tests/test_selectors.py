@@ -1,7 +1,7 @@
 """Selectors as the papers' code runs them, and their settings: ACS's batch-wise GradMatchPB /
 CRAIGPB (`coreset.unit=batch`, atoms = mean gradients of fixed minibatches of the selector's own
 batch size), the class-balanced budget of supervised RCS, the warning when whole batches round a
-fraction far off, and `coreset.<selector>.*` keys with the old flat keys as deprecated aliases."""
+fraction far off, the unweighted ablation of ACS's weights, and `coreset.<selector>.*` keys with the old flat keys as deprecated aliases."""
 from __future__ import annotations
 
 import warnings
@@ -148,6 +148,20 @@ def test_supervised_rcs_on_single_images_has_a_class_balanced_budget(pgd_run):
     assert picked.tolist() == class_budgets(pool_counts, schedule.budget()).tolist()
     off = api.select(pgd_run, overrides=[*over, "coreset.rcs.class_balanced=false"], force=True)
     assert len(off["sample_ids"]) == len(sel["sample_ids"])
+
+
+@pytest.mark.parametrize("name", ["gradmatch", "craig"])
+def test_unweighted_setting_trains_the_same_picks_with_weight_one(pgd_run, name):
+    """coreset.<name>.weighted=false (the weights' ablation) keeps the selection and drops only its
+    loss weights: the same minibatches as the weighted default, whose weights differ between picks."""
+    over = [f"coreset.selector={name}", "coreset.unit=batch", f"coreset.{name}.batch_size=8", "coreset.fraction=0.4"]
+    weighted = api.select(pgd_run, overrides=over, force=True)
+    plain = api.select(pgd_run, overrides=[*over, f"coreset.{name}.weighted=false"], force=True)
+    assert plain["sample_ids"] == weighted["sample_ids"] and len(plain["sample_ids"]) == 48
+    assert plain["weights"] is None
+    w = torch.tensor(weighted["weights"])
+    assert w.mean() == pytest.approx(1.0) and w.max() > 1.05 * w.min(), "the default must weight the picks unequally"
+    assert load_config(pgd_run / "config.yaml", [*over, f"coreset.{name}.weighted=false"]).coreset.params.weighted is False
 
 
 def test_select_warns_when_whole_batches_round_the_fraction_far_off(pgd_run):

@@ -16,7 +16,7 @@ coreset.unit=sample (ACS's per-class variants): per class, budgets proportional 
              weight of a pick = the number of atoms whose nearest pick it is
   gradmatch: non-negative OMP matching the summed gradient (the class's, per class); NNLS weights
 Weights are normalized over the whole subset to average 1 (the ACS code normalized them inside
-every minibatch, where they cancel). Selection runs in eval mode and leaves parameters and BN
+every minibatch, where they cancel); `coreset.<name>.weighted=false` trains the same picks unweighted. Selection runs in eval mode and leaves parameters and BN
 statistics untouched. A subset smaller than the budget (GradMatch may stop early or drop
 zero-weight atoms) is filled with seeded random units of weight 1 before normalization, so
 every coreset epoch has the planned number of steps.
@@ -79,6 +79,9 @@ class ACSSettings:
     # loader uses its training batch size (128 in its scripts; its configs' dataloader.batch_size = 20 is
     # replaced by 128 before the first selection)
     batch_size: int | None = positive(None)
+    # train each picked image with its selection weight (ACS: true) or every one with weight 1 (the
+    # weights' ablation: the coreset is the same, only the loss stops weighting it)
+    weighted: bool = True
 
 
 @dataclass
@@ -135,7 +138,8 @@ class ACSSelector(Selector):
             weights = weights.repeat_interleave(size)
         positions = units_to_positions(pool, rows, self.cfg.unit, size)
         order = positions.argsort()
-        return Selection(positions[order], normalize_weights(weights[order]), None,
+        trained = normalize_weights(weights[order]) if self.settings.weighted else None
+        return Selection(positions[order], trained, None,
                          {"gradients": t1 - t0, "greedy": time.perf_counter() - t1})
 
 
