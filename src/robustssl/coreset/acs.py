@@ -16,10 +16,11 @@ coreset.unit=sample (ACS's per-class variants): per class, budgets proportional 
              weight of a pick = the number of atoms whose nearest pick it is
   gradmatch: non-negative OMP matching the summed gradient (the class's, per class); NNLS weights
 Weights are normalized over the whole subset to average 1 (the ACS code normalized them inside
-every minibatch, where they cancel); `coreset.<name>.weighted=false` trains the same picks unweighted. Selection runs in eval mode and leaves parameters and BN
-statistics untouched. A subset smaller than the budget (GradMatch may stop early or drop
-zero-weight atoms) is filled with seeded random units of weight 1 before normalization, so
-every coreset epoch has the planned number of steps.
+every minibatch, where they cancel); `coreset.<name>.weighted=false` trains the same picks
+unweighted. Selection runs in eval mode and leaves parameters and BN statistics untouched. A
+subset smaller than the budget (GradMatch may stop early or drop zero-weight atoms) is filled
+with seeded random units of weight 1 before normalization, so every coreset epoch has the
+planned number of steps.
 """
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ class ACSSettings:
     # loader uses its training batch size (128 in its scripts; its configs' dataloader.batch_size = 20 is
     # replaced by 128 before the first selection)
     batch_size: int | None = positive(None)
-    # train each picked image with its selection weight (ACS: true) or every one with weight 1 (the
-    # weights' ablation: the coreset is the same, only the loss stops weighting it)
+    # train each picked image with its selection weight (GradMatch's / CRAIG's objective) or every one with
+    # weight 1: the same coreset, unweighted, as the ACS code trains batch units (its per-minibatch
+    # normalization cancels the shared weight of a picked minibatch)
     weighted: bool = True
 
 
