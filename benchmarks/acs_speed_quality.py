@@ -178,7 +178,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     extra = [e for e in args.extra.split(",") if e]
     eval_extra = [e for e in args.eval_extra.split(",") if e]
-    for o in (o for o in args.selector_extra.split(",") if o):
+    selector_extra = [o for o in args.selector_extra.split(",") if o]
+    for o in selector_extra:
         if not any(o.startswith(f"coreset.{s}.") for s in selectors):
             raise SystemExit(f"--selector-extra {o}: each override must set coreset.<selector>.<key> of a selector in "
                              f"--selectors ({', '.join(selectors)}), e.g. coreset.gradmatch.weighted=false")
@@ -226,6 +227,7 @@ def main() -> None:
         if len({(r["seed"], r["method"], r["arm"]) for r in rows}) < len(rows):
             raise SystemExit("--from-json: two files hold the same seed, method and arm; give each seed's runs once")
         extra = args.extra.split(",") if args.extra else []
+        selector_extra = [o for o in args.selector_extra.split(",") if o]
         seeds = sorted({r["seed"] for r in rows})
         methods = [m for m in methods if any(r["method"] == m for r in rows)]
 
@@ -235,9 +237,8 @@ def main() -> None:
         fraction = args.fraction or (0.3 if kind == "acs" else 0.2)
         epochs = load_config(recipe(method), extra).train.epochs
         warm, core, every = coreset_schedule(epochs, kind, args.kappa, fraction, args.every)
-        own = [o for o in args.selector_extra.split(",") if o]
         return epochs, warm + core, lambda s: (coreset_overrides(s, fraction, warm, core, every, args.unit)
-                                               + [o for o in own if o.startswith(f"coreset.{s}.")])
+                                               + [o for o in selector_extra if o.startswith(f"coreset.{s}.")])
 
     for m in methods:
         epochs, _, overrides = arm_plan(m)

@@ -1,7 +1,8 @@
 """Selectors as the papers' code runs them, and their settings: ACS's batch-wise GradMatchPB /
 CRAIGPB (`coreset.unit=batch`, atoms = mean gradients of fixed minibatches of the selector's own
 batch size), the class-balanced budget of supervised RCS, the warning when whole batches round a
-fraction far off, the unweighted ablation of ACS's weights, and `coreset.<selector>.*` keys with the old flat keys as deprecated aliases."""
+fraction far off, the unweighted ablation of ACS's weights, and `coreset.<selector>.*` keys with
+the old flat keys as deprecated aliases."""
 from __future__ import annotations
 
 import warnings
