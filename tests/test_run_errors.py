@@ -303,13 +303,19 @@ def test_eps_curve_is_checked_before_the_probe_trains(run, capsys, monkeypatch):
 def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, root):
     out = tmp_path / "intr"
     overrides = TINY + [f"data.root={root}", "train.epochs=200", "train.checkpoint_every_epochs=0"]
-    proc = subprocess.Popen(cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(out), *overrides), env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # PYTHONFAULTHANDLER: if the run ignores Ctrl-C, SIGABRT makes it print every thread's stack for the failure
+    proc = subprocess.Popen(cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(out), *overrides),
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "metrics.jsonl").exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"pretrain was still running 60 s after Ctrl-C; where it was:\n{err[-6000:]}")
     assert proc.returncode == 130
     assert "--resume" not in err and "nothing to resume" in err
     assert not (out / "checkpoint.pt").exists()
