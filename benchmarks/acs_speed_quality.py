@@ -212,7 +212,8 @@ def main() -> None:
 
     if args.from_json:
         done = [json.loads(Path(f).read_text()) for f in args.from_json]
-        rows, where = [r for d in done for r in d["rows"]], done[0]["machine"]
+        # files run on different machines (CPU models, kernels' instruction sets) are named each
+        rows, where = [r for d in done for r in d["rows"]], " | ".join(dict.fromkeys(d["machine"] for d in done))
         for d in done:  # the fits saved with the rows stand in where the run folders are gone
             for name, fit in d.get("coreset_fit", {}).items():
                 for key, values in fit.items():

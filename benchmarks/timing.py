@@ -2,7 +2,6 @@
 accuracy numbers of evaluation reports (per protocol, mean ± sd over seeds)."""
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -10,6 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from robustssl.run_setup import hardware
 
 
 def sync(device: torch.device) -> None:
@@ -37,9 +38,13 @@ def spread(values: list[float]) -> str:
 
 
 def machine(device: torch.device) -> str:
+    """One line naming what a benchmark's numbers depend on: on CPU the model and the instruction set torch's
+    kernels use (another one rounds differently, so the same seed gives other numbers), cores and threads."""
+    hw = hardware(device)
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        return f"{hw['name']}, torch {hw['torch']}"
+    return (f"{platform.machine()} {hw['name']} ({hw['cpu_capability']}), {hw['cores']} cores, {hw['threads']} torch threads, "
+            f"torch {hw['torch']}")
 
 
 def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:

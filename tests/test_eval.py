@@ -35,6 +35,7 @@ from robustssl.eval import (
     write_report,
 )
 from robustssl.models import ModelSpec, bn_branch, build_model, current_branch, export_encoder
+from robustssl.run_setup import hardware
 
 EPS = 2 / 255
 SPEC = ModelSpec(
@@ -370,6 +371,7 @@ def test_report_files_and_fields(report, tmp_path):
     assert rj["data"]["train"]["n_used"] == 160
     assert rj["encoder"]["bn_branch"] == "pgd" and rj["encoder"]["n_classes"] == 10
     assert rj["settings"]["eps"] == EPS and rj["settings"]["linear_epochs"] == 5
+    assert rj["settings"]["hardware"] == hardware(torch.device("cpu"))  # the CPU and its kernels' instruction set
     assert set(rj["protocols"]) == {"slf", "alf"}
     for p in rj["protocols"].values():
         assert p["clean"]["n_examples"] == 32

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from robustssl.cli import main
 from robustssl.config import load_config, recipe_dir
@@ -40,6 +41,7 @@ def test_every_bundled_recipe_pretrains_selects_resumes_and_exports(tmp_path, ca
     text = capsys.readouterr().out
     bundled = sorted(p.stem for p in recipe_dir().glob("*.yaml"))
     assert record["recipes"] == bundled and len(bundled) >= 24
+    assert record["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and record["hardware"]["threads"] == 1
     failed = [c for c in record["checks"] if not c["passed"]]
     assert not failed, "\n".join(f"{c['name']}: {c['error']} ({c['traceback']})" for c in failed)
     names = {c["name"] for c in record["checks"]}

@@ -6,6 +6,7 @@ import json
 import statistics
 
 import pytest
+import torch
 
 from robustssl import api
 from robustssl.cli import main
@@ -47,12 +48,18 @@ def test_evaluations_accumulate_and_a_rerun_replaces_only_its_own_entry(root, tm
     assert list(report["protocols"]) == ["slf", "alf"]  # SLF's numbers are still there
     slf_before = report["protocols"]["slf"]
 
-    # the same SLF classifier attacked with another attack: SLF is replaced, its pgd20 record kept (same settings)
-    assert main(ev("slf", "pgd50x10")) == 0
+    # the same SLF classifier attacked with another attack: SLF is replaced, its pgd20 record kept (same settings;
+    # the hardware is not one of them, as the device is not: this evaluation runs on two threads, the first on one)
+    torch.set_num_threads(2)
+    try:
+        assert main(ev("slf", "pgd50x10")) == 0
+    finally:
+        torch.set_num_threads(1)
     out = capsys.readouterr().out
     assert "report.json: SLF: replaced its earlier entry (same protocol, threat model and test data); kept its earlier " \
            "pgd20 record(s)" in out and "report.json: kept ALF from the earlier evaluation(s)" in out
     report = json.loads((run / "report.json").read_text())
+    assert report["settings"]["hardware"]["threads"] == 2
     slf = _attacks(report, "slf")
     assert list(slf) == ["pgd50x10", "pgd20"] and slf["pgd20"]["accuracy"] == _attacks({"protocols": {"slf": slf_before}}, "slf")["pgd20"]["accuracy"]
     assert slf["pgd20"]["from_evaluation"] == slf_before["created"] and "from_evaluation" not in slf["pgd50x10"]

@@ -1,3 +1,5 @@
+import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import yaml
 from robustssl import api
 from robustssl.config import ConfigError
 from robustssl.errors import RunError
+from robustssl.run_setup import cpu_model
 from robustssl.train.checkpoint import load_checkpoint
 from robustssl.train.metrics import read_metrics
 from robustssl.train.trainer import TrainingError
@@ -42,6 +45,19 @@ def test_pretrain_writes_run_artifacts(tmp_path, data_root):
     assert epochs[0]["time"]["attack"] > 0
     with pytest.raises(RunError, match="already holds a run"):
         api.pretrain("acl_fmnist_cpu", run, overrides=TINY + [f"data.root={data_root}"])
+
+
+def test_run_json_records_the_kernels_instruction_set_the_run_used(tmp_path, data_root):
+    """The same seed gives other numbers where torch's kernels use another instruction set, so run.json names the
+    set this run dispatched to: forced to the portable scalar kernels (ATEN_CPU_CAPABILITY=default, which every
+    x86 CPU runs), it must say DEFAULT, not the host's best (AVX2 / AVX512), with the CPU model and threads."""
+    run = tmp_path / "run"
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+    subprocess.run(cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(run), *TINY, f"data.root={data_root}",
+                       "train.epochs=1"), check=True, env=env, capture_output=True)
+    hw = json.loads((run / "run.json").read_text())["hardware"]
+    assert hw == {"device": "cpu", "torch": torch.__version__, "name": cpu_model(), "cpu_capability": "DEFAULT",
+                  "cores": os.cpu_count(), "threads": 1}
 
 
 @pytest.mark.slow

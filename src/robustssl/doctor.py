@@ -61,7 +61,7 @@ from .io import atomic_write_text
 from .methods import METHODS
 from .models import has_dual_bn, load_encoder
 from .models.export import read_export_metadata
-from .run_setup import data_options
+from .run_setup import data_options, hardware
 from .train.checkpoint import load_checkpoint
 from .train.metrics import read_metrics
 from .train.run_dir import CHECKPOINT, ENCODER, METRICS, SUMMARY, check_folder
@@ -139,10 +139,6 @@ class Recipe:
     @property
     def has_coreset(self) -> bool:
         return self.cfg is not None and SELECTORS[self.cfg.coreset.selector].trains_on_subset
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def bundled_recipes() -> list[Path]:
@@ -514,12 +510,13 @@ def run_doctor(device: str = "auto", out: str | Path = "runs/doctor", tiny: bool
     prepare_out(out)
     doctor = Doctor(dev, out, Sizes.for_mode(tiny), procs)
     plan = doctor.plan([doctor.recipe(p) for p in paths], kinds or KINDS)
+    hw = hardware(dev)
     record: dict[str, Any] = {
-        "device": device_name(dev), "device_type": dev.type, "torch": torch.__version__, "tiny": tiny,
+        "device": hw["name"] if dev.type == "cuda" else "cpu", "device_type": dev.type, "torch": torch.__version__, "hardware": hw, "tiny": tiny,
         "sizes": asdict(doctor.sizes), "epochs": EPOCHS, "procs": procs, "recipes": [p.stem for p in paths],
         "command": " ".join(sys.argv), "checks": [], "seconds": 0.0,
     }
-    echo(f"robustssl doctor on {record['device']} ({dev.type}, torch {torch.__version__}): {len(paths)} recipes, "
+    echo(f"robustssl doctor on {hw['name']} ({dev.type}, torch {torch.__version__}): {len(paths)} recipes, "
          f"{len(plan)} checks{', tiny models' if tiny else ''}; runs and {MARKER} in {out}")
     failed: set[str] = set()
     start = time.perf_counter()

@@ -5,6 +5,9 @@ post-processing and transfer, so none of them imports the trainer for it.
 """
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +26,33 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
     return torch.device(name)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what `platform` says, else the architecture)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config and seed: the device, and on CPU the model, the vector
+    instruction set torch's kernels dispatch to and the thread count. The same seed reproduces a run bit for
+    bit on the same kind of CPU; another instruction set (an AVX2-only host against an AVX-512 one, or oneDNN
+    capped by ONEDNN_MAX_CPU_ISA) rounds differently from the first steps on, so the numbers differ."""
+    info: dict[str, Any] = {"device": device.type, "torch": torch.__version__}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    else:
+        info.update(name=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
+                    cores=os.cpu_count(), threads=torch.get_num_threads())
+        if isa_cap := os.environ.get("ONEDNN_MAX_CPU_ISA"):
+            info["onednn_max_cpu_isa"] = isa_cap
+    return info
 
 
 def load_train_set(cfg: RunConfig) -> ImageDataset:

@@ -9,8 +9,8 @@ shape. An evaluation under conditions met before updates that group:
 
 - a protocol not in it is added;
 - a protocol in it is replaced by the new entry; when its classifier settings (`recipe`: the
-  evaluation settings except the attack choice, eval.autoattack_examples, eval.eps_curve and
-  the device) are unchanged, the earlier attack records the new run did not repeat are kept
+  evaluation settings except the attack choice, eval.autoattack_examples, eval.eps_curve,
+  the device and the hardware) are unchanged, the earlier attack records the new run did not repeat are kept
   (marked `from_evaluation`: the time of the evaluation that measured them); when they
   changed, those records belonged to another classifier and are dropped;
 - every other protocol of the group is kept as it was.
@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 GROUP_KEYS = ("created", "data", "test_subset", "settings", "protocols", "sanity_passed", "notes", "transfer")
-NOT_RECIPE = ("protocols", "attacks", "autoattack_examples", "eps_curve", "device", "components")
+NOT_RECIPE = ("protocols", "attacks", "autoattack_examples", "eps_curve", "device", "hardware", "components")
 
 
 def groups(report: dict[str, Any]) -> list[dict[str, Any]]:

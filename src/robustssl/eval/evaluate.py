@@ -23,6 +23,7 @@ from ..data.dataset import ImageDataset
 from ..errors import ConfigError
 from ..models.dual_bn import has_dual_bn, model_mode
 from ..models.encoder import SSLModel
+from ..run_setup import hardware
 from .classifier import choose_branch, model_device
 from .linear import ProbeNotConvergedWarning
 from .registry import ATTACKS, PROTOCOLS, check_names, components_with_settings
@@ -299,6 +300,7 @@ def evaluate_encoder(
             "components": {n: dataclasses.asdict(cfg.component(n)) for n in [*cfg.protocols, *attack_run_order(cfg.attacks)]
                            if n in components_with_settings()},
             "device": str(device),
+            "hardware": hardware(device),
             "bn_branch": used_branch,
             "trained_branches": trained,
             "threat_model": ThreatModel.lp(cfg.norm, cfg.eps).record(),

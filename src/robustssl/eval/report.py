@@ -7,7 +7,8 @@ report.json (schema "robustssl.eval/1"), as returned by `evaluate_encoder`:
                                      unknown), branch_trained (None: unknown), n_classes
     data.train / data.test           name, split, n_total, n_used, selection
     test_subset                      used (bool), n_examples, n_total
-    settings                         the EvalConfig fields, device, bn_branch, trained_branches,
+    settings                         the EvalConfig fields, device, hardware (run_setup.hardware),
+                                     bn_branch, trained_branches,
                                      pgd_steps, and the settings of the FGSM / large-eps /
                                      above-chance sanity checks
     protocols.<slf|alf|aff|slf-mc|alf-mc>

@@ -38,7 +38,7 @@ from ..eval.classifier import choose_branch
 from ..io import FolderLock, atomic_write_text, check_output_path
 from ..models.dual_bn import has_dual_bn
 from ..models.export import export_encoder, load_encoder, read_export_metadata
-from ..run_setup import load_train_set, resolve_device
+from ..run_setup import hardware, load_train_set, resolve_device
 from ..train.run_dir import (
     CONFIG,
     ENCODER,
@@ -170,6 +170,7 @@ def _postprocess(cfg: RunConfig, run_dir: Path, out: Path, source_summary: dict[
         "diverged": bool(stages["aft"]["divergence"]["diverged"]),
         "device": str(device),
         "torch": torch.__version__,
+        "hardware": hardware(device),
     }
     export_encoder(encoder, spec, out / ENCODER, trained_branches=trained)
     atomic_write_text(out / POSTPROCESS, json.dumps(record, indent=2) + "\n")

@@ -29,7 +29,7 @@ from ..io import FolderLock, atomic_write_text, check_output_path
 from ..methods import Method, NonFiniteLoss, build_method
 from ..models import BRANCHES, SSLModel, build_model, export_encoder, has_dual_bn
 from ..progress import progress_bar
-from ..run_setup import load_train_source, model_spec, resolve_device
+from ..run_setup import hardware, load_train_source, model_spec, resolve_device
 from ..timer import PhaseTimer
 from .accelerate import accelerate
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -394,6 +394,7 @@ def finish(state: TrainState, run: RunContext, device: torch.device) -> RunResul
     summary: dict[str, Any] = {
         "method": run.cfg.method.name, "encoder": name, "steps": state.step, "seconds": result.seconds, "phase_seconds": result.phase_seconds,
         "trained_branches": trained, "classes": list(run.data.classes), "coreset": state.schedule.summary(), "device": str(device), "torch": torch.__version__,
+        "hardware": hardware(device),  # why the same seed can give other numbers on another machine
     }
     if dist.is_distributed():
         summary.update(world_size=dist.world_size(), sync_bn=run.cfg.train.sync_bn,
