@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from robustssl.run_setup import hardware
+from robustssl.run_setup import describe_hardware, hardware
 
 
 def sync(device: torch.device) -> None:
@@ -42,9 +42,8 @@ def machine(device: torch.device) -> str:
     kernels use (another one rounds differently, so the same seed gives other numbers), cores and threads."""
     hw = hardware(device)
     if device.type == "cuda":
-        return f"{hw['name']}, torch {hw['torch']}"
-    return (f"{platform.machine()} {hw['name']} ({hw['cpu_capability']}), {hw['cores']} cores, {hw['threads']} torch threads, "
-            f"torch {hw['torch']}")
+        return f"{describe_hardware(hw)}, torch {hw['torch']}"
+    return f"{platform.machine()} {describe_hardware(hw)}, {hw['cores']} cores, torch {hw['torch']}"
 
 
 def protocol_numbers(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:

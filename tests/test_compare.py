@@ -81,6 +81,22 @@ def test_compare_notes_runs_evaluated_under_different_conditions(runs, tmp_path)
     assert not any("different eps" in n for n in api.compare([full, coreset], tmp_path / "cmp2")["notes"])
 
 
+@pytest.mark.slow
+def test_compare_notes_runs_trained_on_different_hardware(runs, tmp_path):
+    """A run trained on a CPU whose kernels use another instruction set (its run.json as that machine writes it):
+    the note names both machines; runs trained here (the same CPU, capability and threads) get no such note."""
+    full, coreset, _ = runs
+    other = tmp_path / "acl_avx2"
+    shutil.copytree(full, other)
+    summary = json.loads((other / "run.json").read_text())
+    summary["hardware"].update(name="AMD EPYC 7B13", cpu_capability="AVX2")
+    (other / "run.json").write_text(json.dumps(summary))
+    here = summary["hardware"]["threads"]
+    (note,) = [n for n in api.compare([full, other], tmp_path / "cmp")["notes"] if "different hardware" in n]
+    assert f"acl_avx2: AMD EPYC 7B13 (AVX2, {here} threads)" in note and "acl_full: " in note and "not comparable" in note
+    assert not any("different hardware" in n for n in api.compare([full, coreset], tmp_path / "cmp2")["notes"])
+
+
 def _error(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

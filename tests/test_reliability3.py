@@ -383,7 +383,7 @@ def test_a_huge_image_size_is_refused_before_any_allocation(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("damage", ["missing_field", "mistyped_field", "nan_accuracy", "list_run_json",
-                                    "run_json_method_list", "epoch_without_loss"])
+                                    "run_json_method_list", "run_json_hardware_string", "epoch_without_loss"])
 def test_compare_names_a_damaged_report_run_json_or_metrics(base, tmp_path, capsys, damage):
     _, run = base
     bad = _copy(run, tmp_path / "bad")
@@ -401,6 +401,9 @@ def test_compare_names_a_damaged_report_run_json_or_metrics(base, tmp_path, caps
         culprit = "run.json"
     elif damage == "run_json_method_list":
         (bad / "run.json").write_text(json.dumps({"method": ["a"], "seconds": 1.0}))
+        culprit = "run.json"
+    elif damage == "run_json_hardware_string":  # compare's note on different hardware reads its fields
+        (bad / "run.json").write_text(json.dumps({"method": "acl", "seconds": 1.0, "hardware": "a CPU"}))
         culprit = "run.json"
     else:
         (bad / "metrics.jsonl").write_text('{"type": "epoch", "epoch": 0, "step": 4}\n{"type": "epoch", "epoch": 1}\n')

@@ -55,6 +55,13 @@ def hardware(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def describe_hardware(hw: dict[str, Any]) -> str:
+    """A `hardware` record in a few words: 'Intel(R) Xeon(R) ... (AVX512, 2 threads)' for a CPU, else the GPU's name."""
+    if hw.get("device") == "cpu":
+        return f"{hw.get('name', 'a CPU')} ({hw.get('cpu_capability', '?')}, {hw.get('threads', '?')} threads)"
+    return str(hw.get("name", hw.get("device", "?")))
+
+
 def load_train_set(cfg: RunConfig) -> ImageDataset:
     """The training split, optionally a seeded random subset of `data.train_subset` images."""
     data = load_dataset(cfg.data.name, "train", **data_options(cfg))

@@ -11,7 +11,8 @@ post-processed folder). Written into DIR:
     compare.md               the table (one row per run and protocol: method, selector,
                              epochs, train time, clean / PGD-20 / AutoAttack accuracy,
                              sanity pass/fail) and the notes (different eps or test sets,
-                             subsets, failed checks, unconverged probes, missing records)
+                             subsets, failed checks, unconverged probes, missing records,
+                             runs trained on different hardware)
     compare.json             the same rows, per-run details (curves, phases, losses), notes
     robustness_vs_eps.png    PGD-20 accuracy vs eps, every run and protocol on one figure
     loss_curves.png          per-epoch training loss of every run that logged one
@@ -38,6 +39,7 @@ from typing import Any
 from ..config import RunConfig
 from ..errors import RunError
 from ..io import FolderLock, atomic_write_text, check_output_path
+from ..run_setup import describe_hardware
 from ..train.metrics import read_metrics
 from ..train.run_dir import CONFIG, METRICS, SUMMARY, check_folder, read_run_config, read_summary
 from .accumulate import groups
@@ -261,6 +263,11 @@ def _notes(runs: list[RunRecord]) -> list[str]:
         if not r.epoch_loss:
             notes.append(f"{r.label}: no per-epoch training loss ({METRICS} absent or without epoch records"
                          + (", as for a post-processed run" if (r.summary or {}).get("postprocess") else "") + ")")
+    trained_on = {r.label: describe_hardware(r.summary["hardware"]) for r in runs if "hardware" in (r.summary or {})}
+    if len(set(trained_on.values())) > 1:
+        notes.append("the runs were trained on different hardware (" + ", ".join(f"{k}: {v}" for k, v in trained_on.items())
+                     + "); their training times are not comparable, and on another CPU instruction set the same seed "
+                     "gives other numbers")
     return notes
 
 

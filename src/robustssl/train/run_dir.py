@@ -168,7 +168,7 @@ def read_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's run.json (None when absent). A file that is not a JSON object, or whose method,
-    seconds, phase_seconds or classes have the wrong type, is a RunError naming it."""
+    seconds, phase_seconds, classes or hardware have the wrong type, is a RunError naming it."""
     path = Path(run_dir) / SUMMARY
     if not path.is_file():
         return None
@@ -184,7 +184,8 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
                "'seconds' is not a number" if not _number(summary.get("seconds", 0)) else
                "'phase_seconds' is not a mapping of numbers"
                if not isinstance(phases, dict) or not all(_number(v) for v in phases.values()) else
-               "'classes' is not a list of names" if not isinstance(summary.get("classes", []), list) else "")
+               "'classes' is not a list of names" if not isinstance(summary.get("classes", []), list) else
+               "'hardware' is not a mapping" if not isinstance(summary.get("hardware", {}), dict) else "")
         if not why:
             return summary
     raise RunError(f"{path} is damaged ({why}); it is written when `robustssl pretrain` (or postprocess) finishes: "
