@@ -147,6 +147,34 @@ def kept_of(summary: dict[str, Any]) -> list[float]:
     return [s["kept"] for s in summary.get("coreset", {}).get("selections", []) if "kept" in s]
 
 
+RUN_SETTINGS = ("extra", "fraction", "kappa", "every", "unit", "schedule", "selector_extra")
+LEGACY_SETTINGS = {"schedule": "acs", "unit": "sample", "selector_extra": ""}  # files made before these settings existed
+
+
+def read_results(files: list[str]) -> tuple[list[dict[str, Any]], str, dict[str, Any], dict[str, dict[str, list[float]]]]:
+    """The rows of --json files of one setting (seeds run separately), their machine line(s), the runs' settings
+    (RUN_SETTINGS) and the coreset fits saved with them. SystemExit when the files differ in a setting or repeat a
+    seed's method and arm."""
+    done = [json.loads(Path(f).read_text()) for f in files]
+    # files run on different machines (CPU models, kernels' instruction sets) are named each
+    rows, where = [r for d in done for r in d["rows"]], " | ".join(dict.fromkeys(d["machine"] for d in done))
+    fits: dict[str, dict[str, list[float]]] = {}
+    for d in done:  # the fits saved with the rows stand in where the run folders are gone
+        for name, fit in d.get("coreset_fit", {}).items():
+            for key, values in fit.items():
+                fits.setdefault(name, {}).setdefault(key, []).extend(values)
+    settings = {}
+    for key in RUN_SETTINGS:
+        values = [d["settings"].get(key, LEGACY_SETTINGS.get(key)) for d in done]
+        if any(v != values[0] for v in values):
+            raise SystemExit(f"--from-json: the files were run with different {key} ({', '.join(map(str, values))}); "
+                             "give only files of one setting")
+        settings[key] = values[0]
+    if len({(r["seed"], r["method"], r["arm"]) for r in rows}) < len(rows):
+        raise SystemExit("--from-json: two files hold the same seed, method and arm; give each seed's runs once")
+    return rows, where, settings, fits
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="trades,pgd_at")
@@ -211,22 +239,9 @@ def main() -> None:
         return rows[-1]
 
     if args.from_json:
-        done = [json.loads(Path(f).read_text()) for f in args.from_json]
-        # files run on different machines (CPU models, kernels' instruction sets) are named each
-        rows, where = [r for d in done for r in d["rows"]], " | ".join(dict.fromkeys(d["machine"] for d in done))
-        for d in done:  # the fits saved with the rows stand in where the run folders are gone
-            for name, fit in d.get("coreset_fit", {}).items():
-                for key, values in fit.items():
-                    stored_fits.setdefault(name, {}).setdefault(key, []).extend(values)
-        legacy = {"schedule": "acs", "unit": "sample", "selector_extra": ""}  # files made before these settings existed
-        for key in ("extra", "fraction", "kappa", "every", "unit", "schedule", "selector_extra"):  # the settings of the runs, not of this call
-            values = [d["settings"].get(key, legacy.get(key)) for d in done]
-            if any(v != values[0] for v in values):
-                raise SystemExit(f"--from-json: the files were run with different {key} ({', '.join(map(str, values))}); "
-                                 "give only files of one setting")
-            setattr(args, key, values[0])
-        if len({(r["seed"], r["method"], r["arm"]) for r in rows}) < len(rows):
-            raise SystemExit("--from-json: two files hold the same seed, method and arm; give each seed's runs once")
+        rows, where, settings, stored_fits = read_results(args.from_json)
+        for key, value in settings.items():  # the settings of the runs, not of this call
+            setattr(args, key, value)
         extra = args.extra.split(",") if args.extra else []
         selector_extra = [o for o in args.selector_extra.split(",") if o]
         seeds = sorted({r["seed"] for r in rows})

@@ -1,0 +1,171 @@
+"""Issue #18's evidence in one view: every coreset experiment of acs_speed_quality.py, then pooled per selector.
+
+An experiment is one setting's --json file(s) (seeds run separately joined with '+'), read as
+`acs_speed_quality.py --from-json` reads them (files of different settings refused). Per experiment and
+selector: seeds, step-normalized speed-up, PGD-20 (in percent, the method's own evaluation: `direct` or SLF),
+its per-seed difference from random (mean ± sd), its mean difference from full, and full training's gain
+from E/2 to E (the plateau check: within 1 point). Then, per selector over all experiments: how many are
+above random, above random by more than their seed spread (mean > sd), within 2 points of full; and
+every per-seed difference pooled (mean ± standard error, seeds above random, a two-sided sign test).
+
+The pooled numbers are not those of independent experiments: the unweighted ablation re-uses the
+weighted runs' full and random arms (their random runs count twice), and settings differ in pool, width
+and schedule. They answer one question only: is there a small advantage over random that each
+experiment's 3-5 seeds are too few to show?
+
+    cd benchmarks && python coreset_evidence.py            # the issue-18 experiments in results/ (EXPERIMENTS)
+    cd benchmarks && python coreset_evidence.py results/a.json+results/a_seeds34.json results/b.json
+
+Ends with one line per selector (differences in PGD-20 points):
+RESULT pooled selector=<s> experiments=<n> above_random=<k> beyond_spread=<j> within2_of_full=<i> seeds=<m> mean_diff=<x> se=<y> sign_p=<p>
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from acs_speed_quality import BASELINES, pgd, read_results
+from arms import step_normalized
+
+RESULTS = Path(__file__).parent / "results"
+# Issue #18's experiments, all after its part 1 (the lr follows epochs; ACS's minibatch atoms). The earlier
+# acs_speed_quality_cpu.json (update-count lr), the class-balanced RCS diagnostic (it uses labels; its own
+# format, paired with rcs_e80_sample by seed) and acs_e80_r8_cpu.json (GradMatch and full only; the docs pair
+# it with acs_e80's random arm, run at another R) are left out.
+EXPERIMENTS = [
+    "acs_regime_cpu.json",
+    "acs_e80_cpu.json+acs_e80_cpu_seeds34.json",
+    "acs_e80_sample_cpu.json",
+    "acs_plateau500_cpu.json",
+    "acs_plateau500_r20_cpu.json",
+    "acs_plateau500_e640_cpu.json",
+    "acs_plateau250_cpu.json",
+    "acs_plateau250_r20_cpu.json",
+    "acs_plateau500_w4_cpu.json+acs_plateau500_w4_seeds34.json",
+    "acs_plateau500_w4_unweighted_cpu.json+acs_plateau500_w4_unweighted_seeds34.json",
+    "rcs_e80_cpu.json+rcs_e80_cpu_seeds34.json",
+    "rcs_e80_sample_cpu.json",
+    "rcs_plateau250_cpu.json",
+]
+NOT_SELECTORS = {"full", "full-half", "random", *BASELINES}
+
+
+@dataclass
+class Arm:
+    """One selector in one experiment: its per-seed numbers, paired with the same experiment's full and random."""
+
+    experiment: str
+    method: str
+    selector: str
+    vs_random: list[float]  # PGD-20 points, per seed
+    vs_full: list[float]
+    pgd20: float  # mean, percent
+    speedup: float  # step-normalized, median over seeds
+    plateau_gap: float | None  # full at E minus full at E/2, points; None without E/2 runs
+
+    @property
+    def beyond_spread(self) -> bool:
+        return len(self.vs_random) > 1 and statistics.mean(self.vs_random) > statistics.stdev(self.vs_random)
+
+
+def setting_label(settings: dict[str, Any]) -> str:
+    """The experiment's regime in a few words: pool, batch, E, width, R, atoms, the selector overrides."""
+    extra = dict(o.split("=", 1) for o in (settings.get("extra") or "").split(",") if "=" in o)
+    parts = [f"{extra.get('data.train_subset', 'all')} img", f"b{extra.get('optim.batch_size', '?')}",
+             f"E={extra.get('train.epochs', '?')}"]
+    if "model.width" in extra:
+        parts.append(f"w{extra['model.width']}")
+    if settings.get("every"):
+        parts.append(f"R={settings['every']}")
+    parts.append(settings.get("unit") or "batch")
+    if settings.get("selector_extra"):
+        parts.append("unweighted" if "weighted=false" in settings["selector_extra"] else settings["selector_extra"])
+    return " ".join(parts)
+
+
+def experiment_arms(files: list[str]) -> list[Arm]:
+    """Every selector arm of one experiment, paired by seed with its full and random arms."""
+    rows, _, settings, _ = read_results(files)
+    label = setting_label(settings)
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = {(r["arm"], r["seed"]): r for r in rows if r["method"] == method}
+        full = {s: r for (a, s), r in mine.items() if a == "full"}
+        half = {s: r for (a, s), r in mine.items() if a == "full-half" and s in full}
+        gap = 100 * statistics.mean(pgd(full[s]) - pgd(r) for s, r in half.items()) if half else None
+        for selector in dict.fromkeys(a for a, _ in mine if a not in NOT_SELECTORS):
+            seeds = sorted(s for a, s in mine if a == selector and s in full and ("random", s) in mine)
+            if not seeds:
+                continue
+            arm = [mine[selector, s] for s in seeds]
+            out.append(Arm(label, method, selector,
+                           vs_random=[100 * (pgd(r) - pgd(mine["random", s])) for r, s in zip(arm, seeds)],
+                           vs_full=[100 * (pgd(r) - pgd(full[s])) for r, s in zip(arm, seeds)],
+                           pgd20=100 * statistics.mean(pgd(r) for r in arm),
+                           speedup=statistics.median(step_normalized(full[s], r) for r, s in zip(arm, seeds)),
+                           plateau_gap=gap))
+    return out
+
+
+def sign_test(positive: int, negative: int) -> float:
+    """Two-sided exact sign test p-value (ties left out)."""
+    n = positive + negative
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(positive, negative) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiments", nargs="*", help="one experiment per argument: its --json files joined with '+' "
+                                                  "(default: EXPERIMENTS, under results/)")
+    args = p.parse_args()
+    experiments = args.experiments or ["+".join(str(RESULTS / f) for f in e.split("+")) for e in EXPERIMENTS]
+    arms = []
+    for e in experiments:
+        found = experiment_arms(e.split("+"))
+        if not found:
+            print(f"{e}: no selector arm with full and random arms of the same seed; left out")
+        arms += found
+
+    print("| method | setting | selector | seeds | speed-up | PGD-20 % | minus random, per seed (mean ± sd) | minus full | "
+          "full E minus E/2 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for a in arms:
+        sd = statistics.stdev(a.vs_random) if len(a.vs_random) > 1 else 0.0
+        gap = "n/a" if a.plateau_gap is None else f"{a.plateau_gap:+.2f}"
+        print(f"| {a.method} | {a.experiment} | {a.selector} | {len(a.vs_random)} | {a.speedup:.2f}x | {a.pgd20:.2f} | "
+              f"{statistics.mean(a.vs_random):+.2f} ± {sd:.2f} ({', '.join(f'{d:+.1f}' for d in a.vs_random)}) | "
+              f"{statistics.mean(a.vs_full):+.2f} | {gap} |")
+
+    results = []
+    print("\npooled per selector (per-seed differences from random, PGD-20 points):")
+    for selector in dict.fromkeys(a.selector for a in arms):
+        mine = [a for a in arms if a.selector == selector]
+        diffs = [d for a in mine for d in a.vs_random]
+        above = sum(statistics.mean(a.vs_random) > 0 for a in mine)
+        beyond = sum(a.beyond_spread for a in mine)
+        near_full = sum(statistics.mean(a.vs_full) >= -2.0 for a in mine)
+        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+        pos, neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+        p_sign = sign_test(pos, neg)
+        print(f"  {selector}: {len(mine)} experiments, above random in {above}, beyond their seed spread in {beyond}, "
+              f"within 2 points of full in {near_full}; {len(diffs)} seeds: {statistics.mean(diffs):+.2f} ± {se:.2f} (SE), "
+              f"{pos} above random, {neg} below, {len(diffs) - pos - neg} tied, sign test p = {p_sign:.3f}")
+        results.append(f"RESULT pooled selector={selector} experiments={len(mine)} above_random={above} beyond_spread={beyond} "
+                       f"within2_of_full={near_full} seeds={len(diffs)} mean_diff={statistics.mean(diffs):+.2f} se={se:.2f} "
+                       f"sign_p={p_sign:.3f}")
+    gaps = {(a.experiment, a.method): a.plateau_gap for a in arms if a.plateau_gap is not None}
+    if gaps:
+        print(f"\nplateau check: full's PGD-20 gain from E/2 to E within 1 point in {sum(abs(g) <= 1.0 for g in gaps.values())} "
+              f"of the {len(gaps)} experiments with E/2 runs (smallest gain {min(gaps.values()):+.2f} points)")
+    print("\n".join(results))
+
+
+if __name__ == "__main__":
+    main()

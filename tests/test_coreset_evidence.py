@@ -1,0 +1,66 @@
+"""benchmarks/coreset_evidence.py: the pooled view of the coreset experiments pairs each selector run with the
+full and random runs of its own seed and experiment, joins seeds run into separate files, refuses files of
+different settings, and its sign test is the exact binomial one."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SETTINGS = {"extra": "data.train_subset=500,optim.batch_size=32,train.epochs=320,model.width=4", "fraction": None,
+            "kappa": 0.5, "every": None, "unit": "batch", "schedule": "auto", "selector_extra": ""}
+
+
+@pytest.fixture
+def evidence(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import coreset_evidence
+    return coreset_evidence
+
+
+def _row(seed: int, arm: str, pgd20: float, steps: int = 100, train_s: float = 10.0, selection_s: float = 0.0) -> dict:
+    return {"seed": seed, "method": "pgd_at", "arm": arm, "epochs": 320, "run": f"runs/x/pgd_at-{arm}-{seed}",
+            "train_s": train_s, "selection_s": selection_s, "steps": steps, "phase_seconds": {}, "total_s": train_s,
+            "protocols": {"direct": {"clean": 0.7, "pgd20": pgd20, "autoattack": pgd20, "sanity_passed": 1.0}}}
+
+
+def _write(path: Path, rows: list[dict], **settings) -> str:
+    path.write_text(json.dumps({"machine": "x86_64 test CPU (AVX2, 2 threads), 2 cores, torch 2", "threads": 2,
+                                "settings": {**SETTINGS, **settings}, "bounds": {}, "rows": rows}))
+    return str(path)
+
+
+def test_selector_runs_are_paired_by_seed_across_files(evidence, tmp_path):
+    first = _write(tmp_path / "a.json", [_row(0, "full", 0.60, steps=400), _row(0, "full-half", 0.58),
+                                         _row(0, "gradmatch", 0.55, train_s=12.0, selection_s=2.0), _row(0, "random", 0.54),
+                                         _row(1, "full", 0.62, steps=400), _row(1, "full-half", 0.60),
+                                         _row(1, "gradmatch", 0.53, train_s=12.0, selection_s=2.0), _row(1, "random", 0.56)])
+    # seed 2 run later into its own file, and a selector row whose seed has no random run: left out of the pairs
+    second = _write(tmp_path / "b.json", [_row(2, "full", 0.61, steps=400), _row(2, "gradmatch", 0.57, train_s=12.0,
+                                                                                   selection_s=2.0), _row(2, "random", 0.55),
+                                          _row(3, "full", 0.61, steps=400), _row(3, "gradmatch", 0.70)])
+    (arm,) = evidence.experiment_arms([first, second])
+    assert (arm.method, arm.selector, arm.experiment) == ("pgd_at", "gradmatch", "500 img b32 E=320 w4 batch")
+    assert arm.vs_random == pytest.approx([1.0, -3.0, 2.0])
+    assert arm.vs_full == pytest.approx([-5.0, -9.0, -4.0])
+    assert arm.pgd20 == pytest.approx(55.0)
+    assert arm.speedup == pytest.approx(400 / (100 * 12.0 / 10.0))  # selection time counted in the arm's own steps
+    assert arm.plateau_gap == pytest.approx(2.0)  # seeds 0 and 1 have E/2 runs: (2 + 2) / 2
+    assert not arm.beyond_spread
+
+
+def test_files_of_different_settings_are_refused(evidence, tmp_path):
+    first = _write(tmp_path / "a.json", [_row(0, "full", 0.6), _row(0, "random", 0.5), _row(0, "craig", 0.5)])
+    second = _write(tmp_path / "b.json", [_row(1, "full", 0.6), _row(1, "random", 0.5), _row(1, "craig", 0.5)], every=20)
+    with pytest.raises(SystemExit, match="different every"):
+        evidence.experiment_arms([first, second])
+
+
+def test_sign_test_is_the_exact_two_sided_binomial(evidence):
+    assert evidence.sign_test(5, 0) == pytest.approx(2 / 32)
+    assert evidence.sign_test(3, 3) == 1.0
+    assert evidence.sign_test(23, 12) == pytest.approx(2 * sum(math.comb(35, k) for k in range(13)) / 2 ** 35)
+    assert evidence.sign_test(0, 0) == 1.0
