@@ -39,7 +39,7 @@ RESULTS = Path(__file__).parent / "results"
 EXPERIMENTS = [
     "acs_regime_cpu.json",
     "acs_e80_cpu.json+acs_e80_cpu_seeds34.json",
-    "acs_e80_sample_cpu.json",
+    "acs_e80_sample_cpu.json+acs_e80_sample_seeds34_cpu.json",
     "acs_plateau500_cpu.json",
     "acs_plateau500_r20_cpu.json",
     "acs_plateau500_e640_cpu.json",

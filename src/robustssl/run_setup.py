@@ -46,7 +46,8 @@ def hardware(device: torch.device) -> dict[str, Any]:
     capped by ONEDNN_MAX_CPU_ISA) rounds differently from the first steps on, so the numbers differ."""
     info: dict[str, Any] = {"device": device.type, "torch": torch.__version__}
     if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
+        info.update(name=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
     else:
         info.update(name=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                     cores=os.cpu_count(), threads=torch.get_num_threads())
