@@ -263,7 +263,8 @@ def _notes(runs: list[RunRecord]) -> list[str]:
         if not r.epoch_loss:
             notes.append(f"{r.label}: no per-epoch training loss ({METRICS} absent or without epoch records"
                          + (", as for a post-processed run" if (r.summary or {}).get("postprocess") else "") + ")")
-    trained_on = {r.label: describe_hardware(r.summary["hardware"]) for r in runs if "hardware" in (r.summary or {})}
+    hardware = {r.label: (r.summary or {}).get("hardware") for r in runs}  # absent in runs made before it was recorded
+    trained_on = {label: describe_hardware(hw) for label, hw in hardware.items() if hw is not None}
     if len(set(trained_on.values())) > 1:
         notes.append("the runs were trained on different hardware (" + ", ".join(f"{k}: {v}" for k, v in trained_on.items())
                      + "); their training times are not comparable, and on another CPU instruction set the same seed "
