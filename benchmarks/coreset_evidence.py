@@ -49,7 +49,7 @@ EXPERIMENTS = [
     "acs_plateau500_w4_unweighted_cpu.json+acs_plateau500_w4_unweighted_seeds34.json",
     "rcs_e80_cpu.json+rcs_e80_cpu_seeds34.json",
     "rcs_e80_sample_cpu.json",
-    "rcs_plateau250_cpu.json",
+    "rcs_plateau250_cpu.json+rcs_plateau250_seeds34_cpu.json",
 ]
 NOT_SELECTORS = {"full", "full-half", "random", *BASELINES}
 
