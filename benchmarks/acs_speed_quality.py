@@ -301,10 +301,11 @@ def main() -> None:
         half = [r for r in mine if r["arm"] == "full-half" and r["seed"] in full]
         plateau = "n/a"
         if half:  # paired by seed: a seed run without baselines (--no-baselines) has no E/2 run to compare
-            gap = 100 * statistics.mean(pgd(full[r["seed"]]) - pgd(r) for r in half)
+            gaps = [100 * (pgd(full[r["seed"]]) - pgd(r)) for r in sorted(half, key=lambda r: r["seed"])]
+            gap = statistics.mean(gaps)
             plateau = "yes" if abs(gap) <= 1.0 else "no"
             checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {gap:+.2f} points over "
-                          f"{len(half)} seeds (|gap| <= 1: {plateau})")
+                          f"{len(half)} seeds ({', '.join(f'{g:+.1f}' for g in gaps)}; |mean| <= 1: {plateau})")
         for arm in ["full", "full-half", *selectors, *BASELINES]:
             rs = [r for r in mine if r["arm"] == arm and r["seed"] in full]
             if not rs:

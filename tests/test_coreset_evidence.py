@@ -48,8 +48,33 @@ def test_selector_runs_are_paired_by_seed_across_files(evidence, tmp_path):
     assert arm.vs_full == pytest.approx([-5.0, -9.0, -4.0])
     assert arm.pgd20 == pytest.approx(55.0)
     assert arm.speedup == pytest.approx(400 / (100 * 12.0 / 10.0))  # selection time counted in the arm's own steps
-    assert arm.plateau_gap == pytest.approx(2.0)  # seeds 0 and 1 have E/2 runs: (2 + 2) / 2
+    assert arm.plateau_gaps == pytest.approx([2.0, 2.0])  # seeds 0 and 1 have E/2 runs
+    assert arm.plateau_gap == pytest.approx(2.0)
+    assert not arm.plateau
     assert not arm.beyond_spread
+
+
+def test_the_plateau_check_is_the_mean_gap_and_names_the_experiments_where_it_holds(evidence, tmp_path, monkeypatch,
+                                                                                        capsys):
+    # full gains +1.8 and -0.6 points from E/2 to E: a mean of +0.6 holds the rule although one seed alone does not
+    flat = _write(tmp_path / "flat.json", [_row(0, "full", 0.618), _row(0, "full-half", 0.60), _row(0, "craig", 0.55),
+                                           _row(0, "random", 0.56), _row(1, "full", 0.614), _row(1, "full-half", 0.62),
+                                           _row(1, "craig", 0.54), _row(1, "random", 0.57)])
+    climbing = _write(tmp_path / "climbing.json", [_row(0, "full", 0.62), _row(0, "full-half", 0.60),
+                                                   _row(0, "gradmatch", 0.55), _row(0, "random", 0.56)], every=20)
+    (arm,) = evidence.experiment_arms([flat])
+    assert arm.plateau_gaps == pytest.approx([1.8, -0.6])
+    assert arm.plateau
+    assert not evidence.experiment_arms([climbing])[0].plateau
+    monkeypatch.setattr("sys.argv", ["coreset_evidence.py", flat, climbing])
+    evidence.main()
+    out = capsys.readouterr().out
+    assert "within 1 point in 1 of the 2 experiments" in out
+    held = [line for line in out.splitlines() if line.startswith("  held:")]
+    assert held == ["  held: pgd_at 500 img b32 E=320 w4 batch, gain +0.60 ± 1.70 (sd over 2 seeds); there:"]
+    assert "    craig: -2.00 ± 1.41 over random (not beyond the seed spread), -7.10 from full, " in out
+    assert "gradmatch: " not in out.split("held:")[1]
+    assert "| +0.60 (+1.8, -0.6) |" in out
 
 
 def test_files_of_different_settings_are_refused(evidence, tmp_path):
