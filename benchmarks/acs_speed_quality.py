@@ -121,6 +121,27 @@ def pgd(r: dict[str, Any]) -> float:
     return float(protocol(r)["pgd20"])
 
 
+PLATEAU_POINTS = 1.0  # the plateau rule: full training's mean PGD-20 gain from E/2 to E within this many points
+
+
+def plateau_gaps(rows: list[dict[str, Any]]) -> list[float]:
+    """Full training's PGD-20 at E minus at E/2, in points, per seed (sorted) that has both runs; one method's rows."""
+    full = {r["seed"]: r for r in rows if r["arm"] == "full"}
+    return [100 * (pgd(full[r["seed"]]) - pgd(r))
+            for r in sorted(rows, key=lambda r: r["seed"]) if r["arm"] == "full-half" and r["seed"] in full]
+
+
+def on_plateau(gaps: list[float]) -> bool:
+    """The plateau rule on `plateau_gaps` (at least one seed): their mean within PLATEAU_POINTS."""
+    return abs(statistics.mean(gaps)) <= PLATEAU_POINTS
+
+
+def per_seed(diffs: list[float]) -> str:
+    """Paired differences in points as 'mean ± sd (each seed)' (sd 0 for one seed)."""
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.2f} ± {sd:.2f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+
+
 def coreset_fit(arm_run: Path, full_run: Path) -> list[tuple[float, float, float, float]] | None:
     """How far a coreset arm fits each coreset before replacing it: per re-selection at epoch e, its training loss at
     e - 1 (last epoch on the old coreset) and at e (first on the new one), then full training's at the same points of
@@ -298,14 +319,11 @@ def main() -> None:
                 overlaps.setdefault(f"{method} {r['arm']}", []).extend(shares)
         random_runs = {r["seed"]: r for r in mine if r["arm"] == "random"}
         full_pgd = statistics.mean(pgd(r) for r in full.values())
-        half = [r for r in mine if r["arm"] == "full-half" and r["seed"] in full]
         plateau = "n/a"
-        if half:  # paired by seed: a seed run without baselines (--no-baselines) has no E/2 run to compare
-            gaps = [100 * (pgd(full[r["seed"]]) - pgd(r)) for r in sorted(half, key=lambda r: r["seed"])]
-            gap = statistics.mean(gaps)
-            plateau = "yes" if abs(gap) <= 1.0 else "no"
-            checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {gap:+.2f} points over "
-                          f"{len(half)} seeds ({', '.join(f'{g:+.1f}' for g in gaps)}; |mean| <= 1: {plateau})")
+        if gaps := plateau_gaps(mine):  # paired by seed: a seed run without baselines (--no-baselines) has no E/2 run
+            plateau = "yes" if on_plateau(gaps) else "no"
+            checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {statistics.mean(gaps):+.2f} points "
+                          f"over {len(gaps)} seeds ({', '.join(f'{g:+.1f}' for g in gaps)}; |mean| <= 1: {plateau})")
         for arm in ["full", "full-half", *selectors, *BASELINES]:
             rs = [r for r in mine if r["arm"] == arm and r["seed"] in full]
             if not rs:
@@ -315,8 +333,7 @@ def main() -> None:
             share = statistics.mean(r["selection_s"] / r["train_s"] for r in rs)
             vals = accuracies([protocol(r) for r in rs])
             diffs = [100 * (pgd(r) - pgd(random_runs[r["seed"]])) for r in rs if r["seed"] in random_runs]
-            diff = (f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) if len(diffs) > 1 else 0.0:.2f} "
-                    f"({', '.join(f'{d:+.1f}' for d in diffs)})") if diffs and arm != "random" else ""
+            diff = per_seed(diffs) if diffs and arm != "random" else ""
             coreset_arm = arm not in ("full", "full-half", *BASELINES)
             bound = bounds[method].get(arm, max(bounds[method].values()))
             flag = " (ABOVE BOUND: measurement problem)" if coreset_arm and max(normalized) > bound else ""

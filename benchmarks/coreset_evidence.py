@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acs_speed_quality import BASELINES, pgd, read_results
+from acs_speed_quality import BASELINES, on_plateau, per_seed, pgd, plateau_gaps, read_results
 from arms import step_normalized
 
 RESULTS = Path(__file__).parent / "results"
@@ -76,7 +76,7 @@ class Arm:
     @property
     def plateau(self) -> bool:
         """The benchmark's rule: full training's mean gain from E/2 to E within 1 point."""
-        return self.plateau_gap is not None and abs(self.plateau_gap) <= 1.0
+        return bool(self.plateau_gaps) and on_plateau(self.plateau_gaps)
 
     @property
     def beyond_spread(self) -> bool:
@@ -106,8 +106,7 @@ def experiment_arms(files: list[str]) -> list[Arm]:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = {(r["arm"], r["seed"]): r for r in rows if r["method"] == method}
         full = {s: r for (a, s), r in mine.items() if a == "full"}
-        half = {s: r for (a, s), r in mine.items() if a == "full-half" and s in full}
-        gaps = [100 * (pgd(full[s]) - pgd(r)) for s, r in sorted(half.items())]
+        gaps = plateau_gaps(list(mine.values()))
         for selector in dict.fromkeys(a for a, _ in mine if a not in NOT_SELECTORS):
             seeds = sorted(s for a, s in mine if a == selector and s in full and ("random", s) in mine)
             if not seeds:
@@ -148,10 +147,9 @@ def main() -> None:
           "full E minus E/2 |")
     print("|---|---|---|---|---|---|---|---|---|")
     for a in arms:
-        sd = statistics.stdev(a.vs_random) if len(a.vs_random) > 1 else 0.0
         gap = "n/a" if a.plateau_gap is None else f"{a.plateau_gap:+.2f} ({', '.join(f'{g:+.1f}' for g in a.plateau_gaps)})"
         print(f"| {a.method} | {a.experiment} | {a.selector} | {len(a.vs_random)} | {a.speedup:.2f}x | {a.pgd20:.2f} | "
-              f"{statistics.mean(a.vs_random):+.2f} ± {sd:.2f} ({', '.join(f'{d:+.1f}' for d in a.vs_random)}) | "
+              f"{per_seed(a.vs_random)} | "
               f"{statistics.mean(a.vs_full):+.2f} | {gap} |")
 
     results = []
