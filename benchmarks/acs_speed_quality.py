@@ -211,7 +211,10 @@ def main() -> None:
     p.add_argument("--selector-extra", default="",
                    help="comma-separated coreset.<selector>.<key>=<value> overrides, each for its own selector's arm only "
                         "(e.g. coreset.gradmatch.weighted=false: the same picks trained without their weights)")
-    p.add_argument("--no-baselines", action="store_true", help="skip full-half, full-time and full-updates")
+    p.add_argument("--baselines", default="full-half," + ",".join(BASELINES),
+                   help="the full-data baselines to run beside full and the selectors (comma-separated; e.g. full-half "
+                        "alone for the plateau check when full-time and full-updates are known from a shorter E)")
+    p.add_argument("--no-baselines", action="store_true", help="skip full-half, full-time and full-updates (--baselines '')")
     p.add_argument("--extra", default="", help="comma-separated overrides for every training run")
     p.add_argument("--eval-extra", default="eval.eps_curve=[]", help="comma-separated overrides for every evaluation")
     p.add_argument("--runs", required=True)
@@ -228,6 +231,9 @@ def main() -> None:
     extra = [e for e in args.extra.split(",") if e]
     eval_extra = [e for e in args.eval_extra.split(",") if e]
     selector_extra = [o for o in args.selector_extra.split(",") if o]
+    baselines = [] if args.no_baselines else [b for b in args.baselines.split(",") if b]
+    if unknown := [b for b in baselines if b not in ("full-half", *BASELINES)]:
+        raise SystemExit(f"--baselines {','.join(unknown)}: not a baseline arm; choose among full-half, {', '.join(BASELINES)}")
     for o in selector_extra:
         if not any(o.startswith(f"coreset.{s}.") for s in selectors):
             raise SystemExit(f"--selector-extra {o}: each override must set coreset.<selector>.<key> of a selector in "
@@ -283,7 +289,7 @@ def main() -> None:
     for seed in [] if args.from_json else seeds:
         for method in methods:
             epochs, coreset_epochs, overrides = arm_plan(method)
-            arms = ["full", *selectors] + ([] if args.no_baselines else ["full-half"])
+            arms = ["full", *selectors] + [b for b in baselines if b == "full-half"]
             shift = (seed + methods.index(method)) % len(arms)
             done_here: dict[str, dict[str, Any]] = {}
             for arm in arms[shift:] + arms[:shift]:
@@ -293,7 +299,7 @@ def main() -> None:
                     done_here[arm] = run(method, arm, seed, [*FULL, f"train.epochs={epochs // 2}"], epochs // 2)
                 else:
                     done_here[arm] = run(method, arm, seed, overrides(arm), coreset_epochs)
-            for arm in [] if args.no_baselines else BASELINES:
+            for arm in [b for b in BASELINES if b in baselines]:
                 e = baseline_epochs(arm, done_here["full"], done_here[selectors[0]], epochs)
                 run(method, arm, seed, [*FULL, f"train.epochs={e}"], e)
 
@@ -320,7 +326,7 @@ def main() -> None:
         random_runs = {r["seed"]: r for r in mine if r["arm"] == "random"}
         full_pgd = statistics.mean(pgd(r) for r in full.values())
         plateau = "n/a"
-        if gaps := plateau_gaps(mine):  # paired by seed: a seed run without baselines (--no-baselines) has no E/2 run
+        if gaps := plateau_gaps(mine):  # paired by seed: a seed run without full-half (--baselines) has no E/2 run
             plateau = "yes" if on_plateau(gaps) else "no"
             checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {statistics.mean(gaps):+.2f} points "
                           f"over {len(gaps)} seeds ({', '.join(f'{g:+.1f}' for g in gaps)}; |mean| <= 1: {plateau})")

@@ -11,7 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from robustssl import api
+from robustssl.config import load_config, to_dict
+from robustssl.train.run_dir import config_differences, with_defaults
 
 
 def acs_schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
@@ -39,6 +43,16 @@ def step_normalized(full: dict[str, Any], arm: dict[str, Any]) -> float:
     return full["steps"] / (arm["steps"] * arm["train_s"] / max(1e-9, arm["train_s"] - arm["selection_s"]))
 
 
+def check_reused(out: Path, recipe: str, overrides: list[str]) -> None:
+    """Refuse to reuse a run folder whose config differs from the arm's: its numbers would be another arm's.
+    The folder's config is read as a resume reads it (keys added since, at their legacy values)."""
+    have = with_defaults(yaml.safe_load((out / "config.yaml").read_text()))
+    want = to_dict(load_config(recipe, overrides))
+    if differ := config_differences(have, want):
+        raise SystemExit(f"--reuse {out}: the folder's config is not this arm's (it differs in {', '.join(differ[:6])}"
+                         f"{', ...' if len(differ) > 6 else ''}); move the folder away or drop --reuse to retrain it")
+
+
 def epoch_losses(run: Path) -> dict[int, float]:
     """{epoch: mean training loss of the epoch} from a run's metrics.jsonl: the method's own loss (for adversarial
     training, on the adversarial examples it trained on); a resumed epoch counts once, as last logged."""
@@ -57,8 +71,11 @@ def train_and_evaluate(recipe: str, out: Path, overrides: list[str], eval_overri
     """Train `recipe` into `out` and evaluate it; returns (report, run.json, wall seconds of both).
 
     With `reuse` a finished run is not retrained and an interrupted one resumes (its elapsed
-    training time carries over in run.json)."""
+    training time carries over in run.json); either only if the folder's config is the one this arm asks for
+    (a folder copied from another benchmark, e.g. full at E/2 as this one's full-half, is checked key by key)."""
     started = time.perf_counter()
+    if reuse and (out / "config.yaml").is_file():
+        check_reused(out, recipe, overrides)
     if not (reuse and (out / "encoder.safetensors").is_file()):
         resumed = reuse and (out / "checkpoint.pt").is_file()
         api.pretrain(None if resumed else recipe, out, overrides=None if resumed else overrides, resume=resumed)
