@@ -36,6 +36,13 @@ unweighted; full and random run folders copied from the weighted benchmark are r
     cd benchmarks && python acs_speed_quality.py --methods pgd_at --selectors gradmatch,craig,random --no-baselines --reuse \\
         --selector-extra coreset.gradmatch.weighted=false,coreset.craig.weighted=false --extra ... --runs ../runs/x_unweighted
 
+A longer E reuses a shorter one's full runs as its full-half (--reuse checks that a folder's config is the arm's,
+key by key, and names what differs); `--baselines full-half` leaves out full-time and full-updates:
+
+    cp -r runs/rcs_plateau250/acl-full-3 runs/rcs_plateau250_e640/acl-full-half-3   # from the repository root
+    cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random --seeds 3,4,0 --baselines full-half \\
+        --reuse --extra data.train_subset=250,...,train.epochs=640,... --runs ../runs/rcs_plateau250_e640
+
 Seeds run separately make one table: run with --seeds 3,4 --json results/x_seeds34.json, then
 `--from-json results/x.json results/x_seeds34.json` with the same --methods and --selectors (the runs' settings
 are read from the files).
@@ -331,7 +338,7 @@ def main() -> None:
             checks.append(f"plateau check, {method}: full PGD-20 at E minus at E/2 = {statistics.mean(gaps):+.2f} points "
                           f"over {len(gaps)} seeds ({', '.join(f'{g:+.1f}' for g in gaps)}; |mean| <= 1: {plateau})")
         for arm in ["full", "full-half", *selectors, *BASELINES]:
-            rs = [r for r in mine if r["arm"] == arm and r["seed"] in full]
+            rs = sorted((r for r in mine if r["arm"] == arm and r["seed"] in full), key=lambda r: r["seed"])  # per-seed cells in seed order
             if not rs:
                 continue
             ratios = [full[r["seed"]]["train_s"] / r["train_s"] for r in rs]

@@ -2,6 +2,7 @@
 read as a resume reads it (a key added since takes its legacy value), and `--baselines` names only baseline arms."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -54,3 +55,30 @@ def test_an_unknown_baseline_is_refused_before_any_run(monkeypatch, tmp_path, ca
                                          "full-time, full-updates"):
         acs_speed_quality.main()
     assert not (tmp_path / "runs").exists()
+
+
+def test_per_seed_cells_follow_the_seeds_not_the_order_they_ran_in(monkeypatch, tmp_path, capsys):
+    # seeds 3 and 0 ran in that order, seed 1 into a second file: every per-seed cell lists seeds 0, 1, 3
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import acs_speed_quality
+
+    def row(seed: int, arm: str, pgd20: float) -> dict:
+        return {"seed": seed, "method": "acl", "arm": arm, "epochs": 640, "run": str(tmp_path / f"acl-{arm}-{seed}"),
+                "train_s": 10.0, "selection_s": 0.0, "steps": 100, "phase_seconds": {}, "total_s": 10.0,
+                "protocols": {"slf": {"clean": 0.7, "pgd20": pgd20, "autoattack": pgd20, "sanity_passed": 1.0}}}
+
+    settings = {"extra": "data.train_subset=250,train.epochs=640", "fraction": None, "kappa": 0.5, "every": None,
+                "unit": "batch", "schedule": "auto", "selector_extra": "", "methods": "acl", "selectors": "rcs,random"}
+    files = []
+    for name, rows in (("a.json", [row(3, "full", 0.50), row(3, "full-half", 0.49), row(3, "rcs", 0.47), row(3, "random", 0.44),
+                                   row(0, "full", 0.50), row(0, "full-half", 0.48), row(0, "rcs", 0.43), row(0, "random", 0.44)]),
+                       ("b.json", [row(1, "full", 0.50), row(1, "full-half", 0.50), row(1, "rcs", 0.46), row(1, "random", 0.44)])):
+        (tmp_path / name).write_text(json.dumps({"machine": "test CPU", "threads": 2, "settings": settings, "bounds": {},
+                                                 "rows": rows}))
+        files.append(str(tmp_path / name))
+    monkeypatch.setattr(sys, "argv", ["acs_speed_quality.py", "--methods", "acl", "--selectors", "rcs,random",
+                                      "--runs", str(tmp_path), "--from-json", *files])
+    acs_speed_quality.main()
+    out = capsys.readouterr().out
+    assert "(-1.0, +2.0, +3.0) |" in out  # rcs minus random, seeds 0, 1, 3
+    assert "over 3 seeds (+2.0, +0.0, +1.0;" in out  # the plateau gaps, in the same order
