@@ -143,10 +143,15 @@ def on_plateau(gaps: list[float]) -> bool:
     return abs(statistics.mean(gaps)) <= PLATEAU_POINTS
 
 
+def signed_mean_sd(points: list[float]) -> str:
+    """Differences or gains in points as '+mean ± sd' (sd 0 for one value)."""
+    sd = statistics.stdev(points) if len(points) > 1 else 0.0
+    return f"{statistics.mean(points):+.2f} ± {sd:.2f}"
+
+
 def per_seed(diffs: list[float]) -> str:
     """Paired differences in points as 'mean ± sd (each seed)' (sd 0 for one seed)."""
-    sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
-    return f"{statistics.mean(diffs):+.2f} ± {sd:.2f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+    return f"{signed_mean_sd(diffs)} ({', '.join(f'{d:+.1f}' for d in diffs)})"
 
 
 def coreset_fit(arm_run: Path, full_run: Path) -> list[tuple[float, float, float, float]] | None:

@@ -11,11 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robustssl import api
-from robustssl.config import load_config, to_dict
-from robustssl.train.run_dir import config_differences, with_defaults
+from robustssl.config import load_config
+from robustssl.train.run_dir import differs_from_saved
 
 
 def acs_schedule(epochs: int, kappa: float, fraction: float) -> tuple[int, int]:
@@ -45,12 +43,10 @@ def step_normalized(full: dict[str, Any], arm: dict[str, Any]) -> float:
 
 def check_reused(out: Path, recipe: str, overrides: list[str]) -> None:
     """Refuse to reuse a run folder whose config differs from the arm's: its numbers would be another arm's.
-    The folder's config is read as a resume reads it (keys added since, at their legacy values)."""
-    have = with_defaults(yaml.safe_load((out / "config.yaml").read_text()))
-    want = to_dict(load_config(recipe, overrides))
-    if differ := config_differences(have, want):
-        raise SystemExit(f"--reuse {out}: the folder's config is not this arm's (it differs in {', '.join(differ[:6])}"
-                         f"{', ...' if len(differ) > 6 else ''}); move the folder away or drop --reuse to retrain it")
+    The folder's config is compared as a resume compares it (keys added since, at their legacy values)."""
+    if differ := differs_from_saved(out / "config.yaml", load_config(recipe, overrides)):
+        raise SystemExit(f"--reuse {out}: the folder's config.yaml is not this arm's ({differ}); "
+                         "move the folder away or drop --reuse to retrain it")
 
 
 def epoch_losses(run: Path) -> dict[int, float]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from acs_speed_quality import BASELINES, on_plateau, per_seed, pgd, plateau_gaps, read_results
+from acs_speed_quality import BASELINES, on_plateau, per_seed, pgd, plateau_gaps, read_results, signed_mean_sd
 from arms import step_normalized
 
 RESULTS = Path(__file__).parent / "results"
@@ -178,13 +178,11 @@ def main() -> None:
     for (experiment, method), held in checked.items():  # the regime of the papers' claim: what the selectors do there
         if not held.plateau:
             continue
-        g = held.plateau_gaps
-        sd = statistics.stdev(g) if len(g) > 1 else 0.0
-        print(f"  held: {method} {experiment}, gain {statistics.mean(g):+.2f} ± {sd:.2f} (sd over {len(g)} seeds); there:")
+        print(f"  held: {method} {experiment}, gain {signed_mean_sd(held.plateau_gaps)} "
+              f"(sd over {len(held.plateau_gaps)} seeds); there:")
         for a in arms:
             if (a.experiment, a.method) == (experiment, method):
-                print(f"    {a.selector}: {statistics.mean(a.vs_random):+.2f} ± "
-                      f"{statistics.stdev(a.vs_random) if len(a.vs_random) > 1 else 0.0:.2f} over random "
+                print(f"    {a.selector}: {signed_mean_sd(a.vs_random)} over random "
                       f"({'beyond' if a.beyond_spread else 'not beyond'} the seed spread), "
                       f"{statistics.mean(a.vs_full):+.2f} from full, {a.speedup:.2f}x")
     print("\n".join(results))

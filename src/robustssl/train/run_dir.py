@@ -90,7 +90,7 @@ def check_new_run(out: Path, cfg: RunConfig) -> None:
         raise RunError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     found = [name for name in RUN_FILES if (out / name).exists()]
     if found == [CONFIG]:
-        differ = _differs_from_saved(out / CONFIG, cfg)
+        differ = differs_from_saved(out / CONFIG, cfg)
         if not differ:
             return  # the same command again: its earlier attempt never trained a step
         raise RunError(
@@ -104,7 +104,7 @@ def check_new_run(out: Path, cfg: RunConfig) -> None:
         )
 
 
-def _differs_from_saved(path: Path, cfg: RunConfig) -> str:
+def differs_from_saved(path: Path, cfg: RunConfig) -> str:
     """'' when the config.yaml at `path` is `cfg`; else what differs (or that it cannot be read)."""
     try:
         raw = yaml.safe_load(path.read_text())
