@@ -37,7 +37,8 @@ unweighted; full and random run folders copied from the weighted benchmark are r
         --selector-extra coreset.gradmatch.weighted=false,coreset.craig.weighted=false --extra ... --runs ../runs/x_unweighted
 
 A longer E reuses a shorter one's full runs as its full-half (--reuse checks that a folder's config is the arm's,
-key by key, and names what differs); `--baselines full-half` leaves out full-time and full-updates:
+key by key, and names what differs; a finished run whose report.json holds this very evaluation is not evaluated
+again, so arms added later cost only their own runs); `--baselines full-half` leaves out full-time and full-updates:
 
     cp -r runs/rcs_plateau250/acl-full-3 runs/rcs_plateau250_e640/acl-full-half-3   # from the repository root
     cd benchmarks && python acs_speed_quality.py --methods acl --selectors rcs,random --seeds 3,4,0 --baselines full-half \\

@@ -1,11 +1,13 @@
 """One benchmark arm: ACS's warm-start and RCS's schedules, the step-normalized speed-up, a train-then-evaluate that
---reuse can resume, and a finished run's per-epoch training loss and re-selection epochs.
+--reuse can resume (and whose saved evaluation it reuses when it is this one), and a finished run's per-epoch training
+loss and re-selection epochs.
 
 Shared by acs_speed_quality.py and pat_quality.py (both compare full adversarial training with
 coreset arms under ACS's warm start, or RCS's schedule for label-free methods).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 from robustssl import api
 from robustssl.config import load_config
+from robustssl.eval.report import read_report
 from robustssl.train.run_dir import differs_from_saved
 
 
@@ -49,6 +52,29 @@ def check_reused(out: Path, recipe: str, overrides: list[str]) -> None:
                          "move the folder away or drop --reuse to retrain it")
 
 
+def saved_evaluation(out: Path, eval_overrides: list[str]) -> dict[str, Any] | None:
+    """The latest evaluation in a finished run's report.json when it is the one `eval_overrides` ask for, else None.
+
+    It is reused only if it evaluated this very training (the run.json it recorded is the folder's now: a retrained
+    folder's report is stale) with every eval setting as the run's config plus `eval_overrides` gives it, and measured
+    every requested protocol and attack; its report holds only those protocols (report.json may accumulate others)."""
+    saved = read_report(out / "report.json")  # a damaged report is refused with the fix named
+    if saved is None:
+        return None
+    wanted = dataclasses.asdict(api.run_config(out, eval_overrides).eval)
+    if wanted.pop("components"):  # own attack/protocol settings are stored with their defaults filled in: not compared
+        return None
+    wanted = json.loads(json.dumps(wanted))  # tuples as the report's lists
+    settings, training = saved.get("settings", {}), saved.get("extra", {}).get("training")
+    if any(settings.get(k) != v for k, v in wanted.items()) or training != json.loads((out / "run.json").read_text()):
+        return None
+    protocols = saved["protocols"]
+    if any(p not in protocols or not set(wanted["attacks"]) <= {a["attack"] for a in protocols[p]["attacks"]}
+           for p in wanted["protocols"]):
+        return None
+    return {**saved, "protocols": {p: protocols[p] for p in wanted["protocols"]}}
+
+
 def epoch_losses(run: Path) -> dict[int, float]:
     """{epoch: mean training loss of the epoch} from a run's metrics.jsonl: the method's own loss (for adversarial
     training, on the adversarial examples it trained on); a resumed epoch counts once, as last logged."""
@@ -68,13 +94,19 @@ def train_and_evaluate(recipe: str, out: Path, overrides: list[str], eval_overri
 
     With `reuse` a finished run is not retrained and an interrupted one resumes (its elapsed
     training time carries over in run.json); either only if the folder's config is the one this arm asks for
-    (a folder copied from another benchmark, e.g. full at E/2 as this one's full-half, is checked key by key)."""
+    (a folder copied from another benchmark, e.g. full at E/2 as this one's full-half, is checked key by key); a reused
+    run is not evaluated again when its report.json holds this evaluation (saved_evaluation)."""
     started = time.perf_counter()
     if reuse and (out / "config.yaml").is_file():
         check_reused(out, recipe, overrides)
-    if not (reuse and (out / "encoder.safetensors").is_file()):
+    trained = not (reuse and (out / "encoder.safetensors").is_file())
+    if trained:
         resumed = reuse and (out / "checkpoint.pt").is_file()
         api.pretrain(None if resumed else recipe, out, overrides=None if resumed else overrides, resume=resumed)
-    report = api.evaluate(out, overrides=eval_overrides)
+    report = None if trained else saved_evaluation(out, eval_overrides)
+    if report is None:
+        report = api.evaluate(out, overrides=eval_overrides)
+    else:
+        print(f"{out}: reused its saved evaluation (the same training and eval settings)", flush=True)
     summary = json.loads((out / "run.json").read_text())
     return report, summary, time.perf_counter() - started

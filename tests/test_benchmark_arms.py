@@ -1,8 +1,10 @@
 """benchmarks/arms.py and acs_speed_quality.py: a run folder is reused (`--reuse`) only when its config is the arm's,
-read as a resume reads it (a key added since takes its legacy value), and `--baselines` names only baseline arms."""
+read as a resume reads it (a key added since takes its legacy value), its saved evaluation only when it is the one
+asked for, and `--baselines` names only baseline arms."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -82,3 +84,30 @@ def test_per_seed_cells_follow_the_seeds_not_the_order_they_ran_in(monkeypatch, 
     out = capsys.readouterr().out
     assert "(-1.0, +2.0, +3.0) |" in out  # rcs minus random, seeds 0, 1, 3
     assert "over 3 seeds (+2.0, +0.0, +1.0;" in out  # the plateau gaps, in the same order
+
+
+def test_a_reused_run_reuses_its_saved_evaluation_only_when_it_is_the_one_asked_for(arms, tmp_path, monkeypatch):
+    from robustssl import api
+
+    from . import tiny
+    from .datafiles import write_fashion_mnist
+    root = write_fashion_mnist(tmp_path / "fm", n_train=128, n_test=32)
+    run, over = tmp_path / "acl", tiny.run("attack.steps=1", "train.epochs=1", f"data.root={root}")
+    ev = ["eval.n_examples=16", "eval.train_examples=64", "eval.linear_epochs=2", "eval.eps_curve=[]"]
+    first, _, _ = arms.train_and_evaluate("acl_fmnist_cpu", run, over, ev, reuse=True)  # trained and evaluated
+    saved = (run / "report.json").read_text()
+    evaluations = []
+    monkeypatch.setattr(api, "evaluate", lambda *a, **k: evaluations.append(a) or first)  # counts re-evaluations
+
+    again, _, _ = arms.train_and_evaluate("acl_fmnist_cpu", run, over, ev, reuse=True)
+    assert evaluations == [] and (run / "report.json").read_text() == saved
+    assert again["protocols"]["slf"]["attacks"] == first["protocols"]["slf"]["attacks"]
+    # another evaluation setting, or attacks the report lacks: evaluated again
+    arms.train_and_evaluate("acl_fmnist_cpu", run, over, [*ev[:2], "eval.linear_epochs=3", ev[3]], reuse=True)
+    arms.train_and_evaluate("acl_fmnist_cpu", run, over, [*ev, "eval.attacks=[pgd20,cw]"], reuse=True)
+    assert len(evaluations) == 2
+    # another training put in the folder after its evaluation (its run.json is not the one evaluated): stale
+    api.pretrain("acl_fmnist_cpu", tmp_path / "other", overrides=[*over, "train.seed=1"])
+    for name in ("encoder.safetensors", "run.json"):
+        shutil.copy(tmp_path / "other" / name, run / name)
+    assert arms.saved_evaluation(run, ev) is None
