@@ -3,11 +3,14 @@
 An experiment is one setting's --json file(s) (seeds run separately joined with '+'), read as
 `acs_speed_quality.py --from-json` reads them (files of different settings refused). Per experiment and
 selector: seeds, step-normalized speed-up, PGD-20 (in percent, the method's own evaluation: `direct` or SLF),
-its per-seed difference from random (mean ± sd), its mean difference from full, and full training's gain
-from E/2 to E (the plateau check: mean within 1 point; per seed in brackets). Where the check holds, the
-selectors' numbers there are repeated under it. Then, per selector over all experiments: how many are
-above random, above random by more than their seed spread (mean > sd), within 2 points of full; and
-every per-seed difference pooled (mean ± standard error, seeds above random, a two-sided sign test).
+its per-seed difference from random (mean ± sd), its mean difference from full, its difference from full
+training for its own time (`full-time`, the baseline a careful user would pick; mean ± sd over the seeds that
+have one), and full training's gain from E/2 to E (the plateau check: mean within 1 point; per seed in
+brackets). Where the check holds, the selectors' numbers there are repeated under it. Then, per selector over
+all experiments: how many are above random, above random by more than their seed spread (mean > sd), within
+2 points of full; every per-seed difference pooled (mean ± standard error, seeds above random, a two-sided
+sign test); and the same against full-time, with random's difference from full-time on the same seeds beside
+it (a coreset schedule can beat a short full run whatever it selects).
 
 The pooled numbers are not those of independent experiments: the unweighted ablation re-uses the
 weighted runs' full and random arms (their random runs count twice), and settings differ in pool, width
@@ -18,7 +21,7 @@ experiment's 3-5 seeds are too few to show?
     cd benchmarks && python coreset_evidence.py results/a.json+results/a_seeds34.json results/b.json
 
 Ends with one line per selector (differences in PGD-20 points):
-RESULT pooled selector=<s> experiments=<n> above_random=<k> beyond_spread=<j> within2_of_full=<i> seeds=<m> mean_diff=<x> se=<y> sign_p=<p>
+RESULT pooled selector=<s> experiments=<n> above_random=<k> beyond_spread=<j> within2_of_full=<i> seeds=<m> mean_diff=<x> se=<y> sign_p=<p> full_time_experiments=<t> above_full_time=<u> vs_full_time=<v> random_vs_full_time=<w>
 """
 from __future__ import annotations
 
@@ -65,6 +68,8 @@ class Arm:
     selector: str
     vs_random: list[float]  # PGD-20 points, per seed
     vs_full: list[float]
+    vs_full_time: list[float]  # per seed with a full-time run (empty: the experiment has none)
+    random_vs_full_time: list[float]  # random's, on the same seeds
     pgd20: float  # mean, percent
     speedup: float  # step-normalized, median over seeds
     plateau_gaps: list[float]  # full at E minus full at E/2, points, per seed with an E/2 run
@@ -107,15 +112,19 @@ def experiment_arms(files: list[str]) -> list[Arm]:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = {(r["arm"], r["seed"]): r for r in rows if r["method"] == method}
         full = {s: r for (a, s), r in mine.items() if a == "full"}
+        timed = {s: r for (a, s), r in mine.items() if a == "full-time"}
         gaps = plateau_gaps(list(mine.values()))
         for selector in dict.fromkeys(a for a, _ in mine if a not in NOT_SELECTORS):
             seeds = sorted(s for a, s in mine if a == selector and s in full and ("random", s) in mine)
             if not seeds:
                 continue
             arm = [mine[selector, s] for s in seeds]
+            on_time = [s for s in seeds if s in timed]
             out.append(Arm(label, method, selector,
                            vs_random=[100 * (pgd(r) - pgd(mine["random", s])) for r, s in zip(arm, seeds)],
                            vs_full=[100 * (pgd(r) - pgd(full[s])) for r, s in zip(arm, seeds)],
+                           vs_full_time=[100 * (pgd(mine[selector, s]) - pgd(timed[s])) for s in on_time],
+                           random_vs_full_time=[100 * (pgd(mine["random", s]) - pgd(timed[s])) for s in on_time],
                            pgd20=100 * statistics.mean(pgd(r) for r in arm),
                            speedup=statistics.median(step_normalized(full[s], r) for r, s in zip(arm, seeds)),
                            plateau_gaps=gaps))
@@ -129,6 +138,23 @@ def sign_test(positive: int, negative: int) -> float:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(min(positive, negative) + 1)) / 2 ** n
     return min(1.0, 2 * tail)
+
+
+def pooled_stats(diffs: list[float]) -> tuple[float, float, int, int, float]:
+    """(mean, standard error, how many above 0, below 0, two-sided sign test p) of pooled per-seed differences."""
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    pos, neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return statistics.mean(diffs), se, pos, neg, sign_test(pos, neg)
+
+
+def pooled(diffs: list[float]) -> str:
+    """'+mean ± SE (SE), k above, j below, sign test p' of pooled per-seed differences (points)."""
+    mean, se, pos, neg, p = pooled_stats(diffs)
+    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, sign test p = {p:.3f}"
+
+
+def _mean(diffs: list[float]) -> str:
+    return f"{statistics.mean(diffs):+.2f}" if diffs else "n/a"
 
 
 def main() -> None:
@@ -145,13 +171,13 @@ def main() -> None:
         arms += found
 
     print("| method | setting | selector | seeds | speed-up | PGD-20 % | minus random, per seed (mean ± sd) | minus full | "
-          "full E minus E/2 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "minus full-time (mean ± sd) | full E minus E/2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for a in arms:
         gap = "n/a" if a.plateau_gap is None else f"{a.plateau_gap:+.2f} ({', '.join(f'{g:+.1f}' for g in a.plateau_gaps)})"
         print(f"| {a.method} | {a.experiment} | {a.selector} | {len(a.vs_random)} | {a.speedup:.2f}x | {a.pgd20:.2f} | "
               f"{per_seed(a.vs_random)} | "
-              f"{statistics.mean(a.vs_full):+.2f} | {gap} |")
+              f"{statistics.mean(a.vs_full):+.2f} | {signed_mean_sd(a.vs_full_time) if a.vs_full_time else 'n/a'} | {gap} |")
 
     results = []
     print("\npooled per selector (per-seed differences from random, PGD-20 points):")
@@ -161,15 +187,21 @@ def main() -> None:
         above = sum(statistics.mean(a.vs_random) > 0 for a in mine)
         beyond = sum(a.beyond_spread for a in mine)
         near_full = sum(statistics.mean(a.vs_full) >= -2.0 for a in mine)
-        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-        pos, neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-        p_sign = sign_test(pos, neg)
+        mean, se, pos, neg, p_sign = pooled_stats(diffs)
         print(f"  {selector}: {len(mine)} experiments, above random in {above}, beyond their seed spread in {beyond}, "
-              f"within 2 points of full in {near_full}; {len(diffs)} seeds: {statistics.mean(diffs):+.2f} ± {se:.2f} (SE), "
+              f"within 2 points of full in {near_full}; {len(diffs)} seeds: {mean:+.2f} ± {se:.2f} (SE), "
               f"{pos} above random, {neg} below, {len(diffs) - pos - neg} tied, sign test p = {p_sign:.3f}")
+        timed = [a for a in mine if a.vs_full_time]
+        on_time = [d for a in timed for d in a.vs_full_time]
+        random_on_time = [d for a in timed for d in a.random_vs_full_time]
+        above_time = sum(statistics.mean(a.vs_full_time) > 0 for a in timed)
+        if on_time:
+            print(f"    against full training for its time (full-time): above it in {above_time} of {len(timed)} experiments; "
+                  f"{len(on_time)} seeds: {pooled(on_time)}; random on the same seeds: {pooled(random_on_time)}")
         results.append(f"RESULT pooled selector={selector} experiments={len(mine)} above_random={above} beyond_spread={beyond} "
-                       f"within2_of_full={near_full} seeds={len(diffs)} mean_diff={statistics.mean(diffs):+.2f} se={se:.2f} "
-                       f"sign_p={p_sign:.3f}")
+                       f"within2_of_full={near_full} seeds={len(diffs)} mean_diff={mean:+.2f} se={se:.2f} "
+                       f"sign_p={p_sign:.3f} full_time_experiments={len(timed)} above_full_time={above_time} "
+                       f"vs_full_time={_mean(on_time)} random_vs_full_time={_mean(random_on_time)}")
     checked = {(a.experiment, a.method): a for a in arms if a.plateau_gaps}  # one arm per experiment carries its check
     if checked:
         print(f"\nplateau check: full's PGD-20 gain from E/2 to E within 1 point in {sum(a.plateau for a in checked.values())} "

@@ -1,6 +1,6 @@
 """benchmarks/coreset_evidence.py: the pooled view of the coreset experiments pairs each selector run with the
-full and random runs of its own seed and experiment, joins seeds run into separate files, refuses files of
-different settings, and its sign test is the exact binomial one."""
+full, random and full-time runs of its own seed and experiment, joins seeds run into separate files, refuses files
+of different settings, and its sign test is the exact binomial one."""
 from __future__ import annotations
 
 import json
@@ -89,3 +89,22 @@ def test_sign_test_is_the_exact_two_sided_binomial(evidence):
     assert evidence.sign_test(3, 3) == 1.0
     assert evidence.sign_test(23, 12) == pytest.approx(2 * sum(math.comb(35, k) for k in range(13)) / 2 ** 35)
     assert evidence.sign_test(0, 0) == 1.0
+
+
+def test_full_time_is_paired_by_seed_with_the_selector_and_random_and_pooled(evidence, tmp_path, monkeypatch, capsys):
+    # seed 1 has no full-time run: the full-time differences are those of seeds 0 and 2 only
+    rows = [_row(0, "full", 0.62), _row(0, "full-time", 0.56), _row(0, "rcs", 0.58), _row(0, "random", 0.55),
+            _row(1, "full", 0.62), _row(1, "rcs", 0.50), _row(1, "random", 0.55),
+            _row(2, "full", 0.62), _row(2, "full-time", 0.57), _row(2, "rcs", 0.56), _row(2, "random", 0.58)]
+    done = _write(tmp_path / "a.json", rows)
+    (arm,) = evidence.experiment_arms([done])
+    assert arm.vs_full_time == pytest.approx([2.0, -1.0])
+    assert arm.random_vs_full_time == pytest.approx([-1.0, 1.0])
+    assert arm.vs_random == pytest.approx([3.0, -5.0, -2.0])
+    monkeypatch.setattr("sys.argv", ["coreset_evidence.py", done])
+    evidence.main()
+    out = capsys.readouterr().out
+    assert "| +0.50 ± 2.12 | n/a |" in out  # the table's minus full-time column, then no E/2 runs
+    assert ("against full training for its time (full-time): above it in 1 of 1 experiments; 2 seeds: +0.50 ± 1.50 (SE), "
+            "1 above, 1 below, sign test p = 1.000; random on the same seeds: +0.00 ± 1.00 (SE)") in out
+    assert out.rstrip().endswith("full_time_experiments=1 above_full_time=1 vs_full_time=+0.50 random_vs_full_time=+0.00")
