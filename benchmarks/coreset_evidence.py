@@ -150,7 +150,7 @@ def pooled_stats(diffs: list[float]) -> tuple[float, float, int, int, float]:
 def pooled(diffs: list[float]) -> str:
     """'+mean ± SE (SE), k above, j below, sign test p' of pooled per-seed differences (points)."""
     mean, se, pos, neg, p = pooled_stats(diffs)
-    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, sign test p = {p:.3f}"
+    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, sign test p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
 
 
 def _mean(diffs: list[float]) -> str:
