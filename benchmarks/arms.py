@@ -52,11 +52,11 @@ def check_reused(out: Path, recipe: str, overrides: list[str]) -> None:
                          "move the folder away or drop --reuse to retrain it")
 
 
-def saved_evaluation(out: Path, eval_overrides: list[str]) -> dict[str, Any] | None:
+def saved_evaluation(out: Path, eval_overrides: list[str], summary: dict[str, Any]) -> dict[str, Any] | None:
     """The latest evaluation in a finished run's report.json when it is the one `eval_overrides` ask for, else None.
 
-    It is reused only if it evaluated this very training (the run.json it recorded is the folder's now: a retrained
-    folder's report is stale) with every eval setting as the run's config plus `eval_overrides` gives it, and measured
+    It is reused only if it evaluated this very training (the run.json it recorded is `summary`, the folder's run.json
+    now: a retrained folder's report is stale) with every eval setting as the run's config plus `eval_overrides` gives it, and measured
     every requested protocol and attack; its report holds only those protocols (report.json may accumulate others)."""
     saved = read_report(out / "report.json")  # a damaged report is refused with the fix named
     if saved is None:
@@ -66,7 +66,7 @@ def saved_evaluation(out: Path, eval_overrides: list[str]) -> dict[str, Any] | N
         return None
     wanted = json.loads(json.dumps(wanted))  # tuples as the report's lists
     settings, training = saved.get("settings", {}), saved.get("extra", {}).get("training")
-    if any(settings.get(k) != v for k, v in wanted.items()) or training != json.loads((out / "run.json").read_text()):
+    if any(settings.get(k) != v for k, v in wanted.items()) or training != summary:
         return None
     protocols = saved["protocols"]
     if any(p not in protocols or not set(wanted["attacks"]) <= {a["attack"] for a in protocols[p]["attacks"]}
@@ -103,10 +103,10 @@ def train_and_evaluate(recipe: str, out: Path, overrides: list[str], eval_overri
     if trained:
         resumed = reuse and (out / "checkpoint.pt").is_file()
         api.pretrain(None if resumed else recipe, out, overrides=None if resumed else overrides, resume=resumed)
-    report = None if trained else saved_evaluation(out, eval_overrides)
+    summary = json.loads((out / "run.json").read_text())  # evaluation does not change it
+    report = None if trained else saved_evaluation(out, eval_overrides, summary)
     if report is None:
         report = api.evaluate(out, overrides=eval_overrides)
     else:
         print(f"{out}: reused its saved evaluation (the same training and eval settings)", flush=True)
-    summary = json.loads((out / "run.json").read_text())
     return report, summary, time.perf_counter() - started

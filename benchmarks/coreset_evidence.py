@@ -147,10 +147,15 @@ def pooled_stats(diffs: list[float]) -> tuple[float, float, int, int, float]:
     return statistics.mean(diffs), se, pos, neg, sign_test(pos, neg)
 
 
+def sign_p_text(p: float) -> str:
+    """'sign test p = x' (three decimals), or 'sign test p < 0.001' where three decimals would print 0.000."""
+    return f"sign test p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+
+
 def pooled(diffs: list[float]) -> str:
     """'+mean ± SE (SE), k above, j below, sign test p' of pooled per-seed differences (points)."""
     mean, se, pos, neg, p = pooled_stats(diffs)
-    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, sign test p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, {sign_p_text(p)}"
 
 
 def _mean(diffs: list[float]) -> str:
@@ -190,7 +195,7 @@ def main() -> None:
         mean, se, pos, neg, p_sign = pooled_stats(diffs)
         print(f"  {selector}: {len(mine)} experiments, above random in {above}, beyond their seed spread in {beyond}, "
               f"within 2 points of full in {near_full}; {len(diffs)} seeds: {mean:+.2f} ± {se:.2f} (SE), "
-              f"{pos} above random, {neg} below, {len(diffs) - pos - neg} tied, sign test p = {p_sign:.3f}")
+              f"{pos} above random, {neg} below, {len(diffs) - pos - neg} tied, {sign_p_text(p_sign)}")
         timed = [a for a in mine if a.vs_full_time]
         on_time = [d for a in timed for d in a.vs_full_time]
         random_on_time = [d for a in timed for d in a.random_vs_full_time]

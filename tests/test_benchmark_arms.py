@@ -110,4 +110,4 @@ def test_a_reused_run_reuses_its_saved_evaluation_only_when_it_is_the_one_asked_
     api.pretrain("acl_fmnist_cpu", tmp_path / "other", overrides=[*over, "train.seed=1"])
     for name in ("encoder.safetensors", "run.json"):
         shutil.copy(tmp_path / "other" / name, run / name)
-    assert arms.saved_evaluation(run, ev) is None
+    assert arms.saved_evaluation(run, ev, json.loads((run / "run.json").read_text())) is None
