@@ -55,7 +55,8 @@ EXPERIMENTS = [
     "rcs_e80_sample_cpu.json",
     "rcs_plateau250_cpu.json+rcs_plateau250_seeds34_cpu.json",
     "rcs_plateau250_e640_baselines_cpu.json+rcs_plateau250_e640_seed2_cpu.json",
-    "rcs_plateau250_e1280_seed0_cpu.json+rcs_plateau250_e1280_seed1_cpu.json+rcs_plateau250_e1280_seed2_cpu.json",
+    "rcs_plateau250_e1280_seed0_cpu.json+rcs_plateau250_e1280_seed1_cpu.json+rcs_plateau250_e1280_seed2_cpu.json"
+    "+rcs_plateau250_e1280_seed3_cpu.json+rcs_plateau250_e1280_seed4_cpu.json",
 ]
 NOT_SELECTORS = {"full", "full-half", "random", *BASELINES}
 
