@@ -3,7 +3,8 @@
 An experiment is one setting's --json file(s) (seeds run separately joined with '+'), read as
 `acs_speed_quality.py --from-json` reads them (files of different settings refused). Per experiment and
 selector: seeds, step-normalized speed-up, PGD-20 (in percent, the method's own evaluation: `direct` or SLF),
-its per-seed difference from random (mean ± sd), its mean difference from full, its difference from full
+its per-seed difference from random (mean ± sd) and that difference's paired t-test (two-sided p; the seeds' PGD-20
+numbers paired by seed), its mean difference from full, its difference from full
 training for its own time (`full-time`, the baseline a careful user would pick; mean ± sd over the seeds that
 have one), and full training's gain from E/2 to E (the plateau check: mean within 1 point; per seed in
 brackets). Where the check holds, the selectors' numbers there are repeated under it. Then, per selector over
@@ -31,6 +32,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from scipy import stats
 
 from acs_speed_quality import BASELINES, on_plateau, per_seed, pgd, plateau_gaps, read_results, signed_mean_sd
 from arms import step_normalized
@@ -87,8 +90,26 @@ class Arm:
         return bool(self.plateau_gaps) and on_plateau(self.plateau_gaps)
 
     @property
+    def t_p(self) -> float | None:
+        """Two-sided p of the paired t-test of vs_random against 0; None below 2 seeds or with no spread."""
+        return paired_t_p(self.vs_random)
+
+    @property
     def beyond_spread(self) -> bool:
         return len(self.vs_random) > 1 and statistics.mean(self.vs_random) > statistics.stdev(self.vs_random)
+
+
+def paired_t_p(diffs: list[float]) -> float | None:
+    """Two-sided p of a one-sample t-test of paired per-seed differences against 0 (len - 1 degrees of freedom);
+    None for fewer than 2 differences or identical ones, where the test is undefined."""
+    if len(diffs) < 2 or statistics.stdev(diffs) == 0:
+        return None
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def t_p_text(p: float | None) -> str:
+    """'paired t p = x' (three decimals), '< 0.001', or 'n/a' where the test is undefined."""
+    return "n/a" if p is None else f"paired t p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
 
 
 def setting_label(settings: dict[str, Any]) -> str:
@@ -177,13 +198,13 @@ def main() -> None:
             print(f"{e}: no selector arm with full and random arms of the same seed; left out")
         arms += found
 
-    print("| method | setting | selector | seeds | speed-up | PGD-20 % | minus random, per seed (mean ± sd) | minus full | "
-          "minus full-time (mean ± sd) | full E minus E/2 |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | setting | selector | seeds | speed-up | PGD-20 % | minus random, per seed (mean ± sd) | paired t p | "
+          "minus full | minus full-time (mean ± sd) | full E minus E/2 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for a in arms:
         gap = "n/a" if a.plateau_gap is None else f"{a.plateau_gap:+.2f} ({', '.join(f'{g:+.1f}' for g in a.plateau_gaps)})"
         print(f"| {a.method} | {a.experiment} | {a.selector} | {len(a.vs_random)} | {a.speedup:.2f}x | {a.pgd20:.2f} | "
-              f"{per_seed(a.vs_random)} | "
+              f"{per_seed(a.vs_random)} | {'n/a' if a.t_p is None else f'{a.t_p:.3f}'} | "
               f"{statistics.mean(a.vs_full):+.2f} | {signed_mean_sd(a.vs_full_time) if a.vs_full_time else 'n/a'} | {gap} |")
 
     results = []
@@ -222,7 +243,7 @@ def main() -> None:
         for a in arms:
             if (a.experiment, a.method) == (experiment, method):
                 print(f"    {a.selector}: {signed_mean_sd(a.vs_random)} over random "
-                      f"({'beyond' if a.beyond_spread else 'not beyond'} the seed spread), "
+                      f"({'beyond' if a.beyond_spread else 'not beyond'} the seed spread, {t_p_text(a.t_p)}), "
                       f"{statistics.mean(a.vs_full):+.2f} from full, {a.speedup:.2f}x")
     print("\n".join(results))
 

@@ -1,6 +1,6 @@
 """benchmarks/coreset_evidence.py: the pooled view of the coreset experiments pairs each selector run with the
 full, random and full-time runs of its own seed and experiment, joins seeds run into separate files, refuses files
-of different settings, and its sign test is the exact binomial one."""
+of different settings, its sign test is the exact binomial one and its paired t-test the Student one."""
 from __future__ import annotations
 
 import json
@@ -72,7 +72,10 @@ def test_the_plateau_check_is_the_mean_gap_and_names_the_experiments_where_it_ho
     assert "within 1 point in 1 of the 2 experiments" in out
     held = [line for line in out.splitlines() if line.startswith("  held:")]
     assert held == ["  held: pgd_at 500 img b32 E=320 w4 batch, gain +0.60 ± 1.70 (sd over 2 seeds); there:"]
-    assert "    craig: -2.00 ± 1.41 over random (not beyond the seed spread), -7.10 from full, " in out
+    # craig minus random: -1 and -3 points, t = -2 on 1 degree of freedom (Cauchy): p = 1 - 2 atan(2) / pi
+    assert ("    craig: -2.00 ± 1.41 over random (not beyond the seed spread, paired t p = 0.295), -7.10 from full, "
+            in out)
+    assert "| -2.00 ± 1.41 (-1.0, -3.0) | 0.295 | -7.10 |" in out
     assert "gradmatch: " not in out.split("held:")[1]
     assert "| +0.60 (+1.8, -0.6) |" in out
 
@@ -89,6 +92,19 @@ def test_sign_test_is_the_exact_two_sided_binomial(evidence):
     assert evidence.sign_test(3, 3) == 1.0
     assert evidence.sign_test(23, 12) == pytest.approx(2 * sum(math.comb(35, k) for k in range(13)) / 2 ** 35)
     assert evidence.sign_test(0, 0) == 1.0
+
+
+def test_paired_t_test_is_students_two_sided_one_sample_test(evidence):
+    # 1 degree of freedom: the t distribution is Cauchy, so p = 1 - 2 atan(|t|) / pi in closed form
+    assert evidence.paired_t_p([1.0, 3.0]) == pytest.approx(1 - 2 * math.atan(2.0) / math.pi)
+    # 2 degrees of freedom: p = 1 - |t| / sqrt(2 + t^2); diffs 1, 2, 3 give t = 2 / (1 / sqrt(3))
+    t = 2 * math.sqrt(3)
+    assert evidence.paired_t_p([1.0, 2.0, 3.0]) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert evidence.paired_t_p([-1.0, -2.0, -3.0]) == pytest.approx(evidence.paired_t_p([1.0, 2.0, 3.0]))
+    assert evidence.paired_t_p([2.0]) is None  # one seed: no spread to test against
+    assert evidence.paired_t_p([1.0, 1.0]) is None  # identical differences: t undefined
+    assert evidence.t_p_text(None) == "n/a"
+    assert evidence.t_p_text(0.0004) == "paired t p < 0.001"
 
 
 def test_full_time_is_paired_by_seed_with_the_selector_and_random_and_pooled(evidence, tmp_path, monkeypatch, capsys):
