@@ -107,9 +107,10 @@ def paired_t_p(diffs: list[float]) -> float | None:
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
-def t_p_text(p: float | None) -> str:
-    """'paired t p = x' (three decimals), '< 0.001', or 'n/a' where the test is undefined."""
-    return "n/a" if p is None else f"paired t p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+def p_text(test: str, p: float | None) -> str:
+    """'<test> p = x' (three decimals), '<test> p < 0.001' where three decimals would print 0.000, or 'n/a' where the
+    test is undefined."""
+    return "n/a" if p is None else f"{test} p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
 
 
 def setting_label(settings: dict[str, Any]) -> str:
@@ -170,15 +171,10 @@ def pooled_stats(diffs: list[float]) -> tuple[float, float, int, int, float]:
     return statistics.mean(diffs), se, pos, neg, sign_test(pos, neg)
 
 
-def sign_p_text(p: float) -> str:
-    """'sign test p = x' (three decimals), or 'sign test p < 0.001' where three decimals would print 0.000."""
-    return f"sign test p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
-
-
 def pooled(diffs: list[float]) -> str:
     """'+mean ± SE (SE), k above, j below, sign test p' of pooled per-seed differences (points)."""
     mean, se, pos, neg, p = pooled_stats(diffs)
-    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, {sign_p_text(p)}"
+    return f"{mean:+.2f} ± {se:.2f} (SE), {pos} above, {neg} below, {p_text('sign test', p)}"
 
 
 def _mean(diffs: list[float]) -> str:
@@ -218,7 +214,7 @@ def main() -> None:
         mean, se, pos, neg, p_sign = pooled_stats(diffs)
         print(f"  {selector}: {len(mine)} experiments, above random in {above}, beyond their seed spread in {beyond}, "
               f"within 2 points of full in {near_full}; {len(diffs)} seeds: {mean:+.2f} ± {se:.2f} (SE), "
-              f"{pos} above random, {neg} below, {len(diffs) - pos - neg} tied, {sign_p_text(p_sign)}")
+              f"{pos} above random, {neg} below, {len(diffs) - pos - neg} tied, {p_text('sign test', p_sign)}")
         timed = [a for a in mine if a.vs_full_time]
         on_time = [d for a in timed for d in a.vs_full_time]
         random_on_time = [d for a in timed for d in a.random_vs_full_time]
@@ -243,7 +239,7 @@ def main() -> None:
         for a in arms:
             if (a.experiment, a.method) == (experiment, method):
                 print(f"    {a.selector}: {signed_mean_sd(a.vs_random)} over random "
-                      f"({'beyond' if a.beyond_spread else 'not beyond'} the seed spread, {t_p_text(a.t_p)}), "
+                      f"({'beyond' if a.beyond_spread else 'not beyond'} the seed spread, {p_text('paired t', a.t_p)}), "
                       f"{statistics.mean(a.vs_full):+.2f} from full, {a.speedup:.2f}x")
     print("\n".join(results))
 

@@ -103,8 +103,9 @@ def test_paired_t_test_is_students_two_sided_one_sample_test(evidence):
     assert evidence.paired_t_p([-1.0, -2.0, -3.0]) == pytest.approx(evidence.paired_t_p([1.0, 2.0, 3.0]))
     assert evidence.paired_t_p([2.0]) is None  # one seed: no spread to test against
     assert evidence.paired_t_p([1.0, 1.0]) is None  # identical differences: t undefined
-    assert evidence.t_p_text(None) == "n/a"
-    assert evidence.t_p_text(0.0004) == "paired t p < 0.001"
+    assert evidence.p_text("paired t", None) == "n/a"
+    assert evidence.p_text("paired t", 0.0004) == "paired t p < 0.001"
+    assert evidence.p_text("sign test", 0.0625) == "sign test p = 0.062"
 
 
 def test_full_time_is_paired_by_seed_with_the_selector_and_random_and_pooled(evidence, tmp_path, monkeypatch, capsys):
