@@ -303,9 +303,12 @@ def test_eps_curve_is_checked_before_the_probe_trains(run, capsys, monkeypatch):
 def test_ctrl_c_before_the_first_checkpoint_does_not_suggest_resume(tmp_path, root):
     out = tmp_path / "intr"
     overrides = TINY + [f"data.root={root}", "train.epochs=200", "train.checkpoint_every_epochs=0"]
-    # PYTHONFAULTHANDLER: if the run ignores Ctrl-C, SIGABRT makes it print every thread's stack for the failure
+    # PYTHONFAULTHANDLER: if the run ignores Ctrl-C, SIGABRT makes it print every thread's stack for the failure.
+    # SIG_DFL in the child: a suite started in the background (`cmd &` in a script) passes SIGINT down as ignored, and
+    # Python then keeps it ignored, so the run would train on; the test is about how a run handles a Ctrl-C it gets.
     proc = subprocess.Popen(cli("pretrain", "--config", "acl_fmnist_cpu", "--out", str(out), *overrides),
-                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**ENV, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "metrics.jsonl").exists():
         time.sleep(0.05)
