@@ -107,10 +107,16 @@ def paired_t_p(diffs: list[float]) -> float | None:
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
+def p_value(p: float | None) -> str:
+    """A p-value with three decimals, '< 0.001' where three decimals would print 0.000, 'n/a' where the test is
+    undefined (None)."""
+    return "n/a" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def p_text(test: str, p: float | None) -> str:
-    """'<test> p = x' (three decimals), '<test> p < 0.001' where three decimals would print 0.000, or 'n/a' where the
-    test is undefined."""
-    return "n/a" if p is None else f"{test} p {'< 0.001' if p < 0.001 else f'= {p:.3f}'}"
+    """'<test> p = x' or '<test> p < 0.001' (as p_value), 'n/a' where the test is undefined."""
+    value = p_value(p)
+    return value if p is None else f"{test} p {value if value.startswith('<') else '= ' + value}"
 
 
 def setting_label(settings: dict[str, Any]) -> str:
@@ -200,7 +206,7 @@ def main() -> None:
     for a in arms:
         gap = "n/a" if a.plateau_gap is None else f"{a.plateau_gap:+.2f} ({', '.join(f'{g:+.1f}' for g in a.plateau_gaps)})"
         print(f"| {a.method} | {a.experiment} | {a.selector} | {len(a.vs_random)} | {a.speedup:.2f}x | {a.pgd20:.2f} | "
-              f"{per_seed(a.vs_random)} | {'n/a' if a.t_p is None else f'{a.t_p:.3f}'} | "
+              f"{per_seed(a.vs_random)} | {p_value(a.t_p)} | "
               f"{statistics.mean(a.vs_full):+.2f} | {signed_mean_sd(a.vs_full_time) if a.vs_full_time else 'n/a'} | {gap} |")
 
     results = []

@@ -106,6 +106,8 @@ def test_paired_t_test_is_students_two_sided_one_sample_test(evidence):
     assert evidence.p_text("paired t", None) == "n/a"
     assert evidence.p_text("paired t", 0.0004) == "paired t p < 0.001"
     assert evidence.p_text("sign test", 0.0625) == "sign test p = 0.062"
+    assert evidence.p_value(0.0004) == "< 0.001"  # the table's cell, never 0.000
+    assert evidence.p_value(0.0151) == "0.015" and evidence.p_value(None) == "n/a"
 
 
 def test_full_time_is_paired_by_seed_with_the_selector_and_random_and_pooled(evidence, tmp_path, monkeypatch, capsys):
